@@ -1,0 +1,324 @@
+//! The feature engine without actors: the user side (sessions and users, partitioned by user) and
+//! the catalog (products and categories), and their composition used by training replay. The
+//! online shards and catalog actor own exactly these types.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::event::{Event, EventType, Millis};
+use crate::features::{self, CategoryState, FeatureVector, ProductState, SessionState, UserState};
+
+/// Default inactivity after which a session ends: 30 minutes.
+pub const DEFAULT_SESSION_TIMEOUT: Millis = 30 * 60 * 1000;
+/// How far event time must move before idle sessions are looked for again.
+const EXPIRY_SCAN_INTERVAL: Millis = 60 * 1000;
+
+/// Identifies a session: the user and a hash of their session string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub user_id: u64,
+    pub session_hash: u64,
+}
+
+impl SessionKey {
+    /// The key of a user's session string.
+    pub fn new(user_id: u64, user_session: &str) -> Self {
+        SessionKey {
+            user_id,
+            session_hash: xxh3_64(user_session.as_bytes()),
+        }
+    }
+
+    /// The key of the event's session.
+    pub fn of(event: &Event) -> Self {
+        Self::new(event.user_id, &event.user_session)
+    }
+}
+
+/// What applying an event did.
+#[derive(Debug, PartialEq)]
+pub enum Applied {
+    /// The user had applied an event with the same identity: nothing changed.
+    Duplicate,
+    /// The event changed state; `closed` is the session it ended by arriving after a gap longer
+    /// than the session timeout.
+    Changed { closed: Option<SessionState> },
+}
+
+/// Sessions and users of one partition of users.
+#[derive(Debug)]
+pub struct UserSide {
+    pub sessions: HashMap<SessionKey, SessionState>,
+    pub users: HashMap<u64, UserState>,
+    session_timeout: Millis,
+    watermark: Millis,
+    next_expiry_scan: Millis,
+    track_dirty: bool,
+    pub dirty_sessions: HashSet<SessionKey>,
+    pub dirty_users: HashSet<u64>,
+}
+
+impl UserSide {
+    /// An empty partition. `track_dirty` records what changed since the last flush.
+    pub fn new(session_timeout: Millis, track_dirty: bool) -> Self {
+        UserSide {
+            sessions: HashMap::new(),
+            users: HashMap::new(),
+            session_timeout,
+            watermark: Millis::MIN,
+            next_expiry_scan: Millis::MIN,
+            track_dirty,
+            dirty_sessions: HashSet::new(),
+            dirty_users: HashSet::new(),
+        }
+    }
+
+    /// The inactivity after which a session ends.
+    pub fn session_timeout(&self) -> Millis {
+        self.session_timeout
+    }
+
+    /// The latest event time seen.
+    pub fn watermark(&self) -> Millis {
+        self.watermark
+    }
+
+    /// Applies one event to its session and user. Idempotent: an event whose identity the user
+    /// applied recently is a duplicate.
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        let identity = event.identity();
+        let user = self
+            .users
+            .entry(event.user_id)
+            .or_insert_with(|| UserState::new(event.user_id, event.time));
+        if user.has_seen(identity) {
+            return Applied::Duplicate;
+        }
+        let key = SessionKey::of(event);
+        let mut closed = None;
+        let session = match self.sessions.entry(key) {
+            Entry::Occupied(entry) if event.time - entry.get().last_event_at > self.session_timeout => {
+                let session = entry.into_mut();
+                let fresh = SessionState::new(event.user_id, &event.user_session, event.time);
+                closed = Some(std::mem::replace(session, fresh));
+                user.start_session();
+                session
+            }
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                user.start_session();
+                entry.insert(SessionState::new(event.user_id, &event.user_session, event.time))
+            }
+        };
+        let first_purchase = event.event_type == EventType::Purchase && session.counts.purchases == 0;
+        session.apply(event);
+        user.apply(event, identity, first_purchase);
+        self.watermark = self.watermark.max(event.time);
+        if self.track_dirty {
+            self.dirty_sessions.insert(key);
+            self.dirty_users.insert(event.user_id);
+        }
+        Applied::Changed { closed }
+    }
+
+    /// Moves the watermark (live mode moves it with the wall clock) without an event.
+    pub fn advance_watermark(&mut self, time: Millis) {
+        self.watermark = self.watermark.max(time);
+    }
+
+    /// Ends and removes the sessions idle for longer than the timeout at the watermark. Scans at
+    /// most once per minute of event time unless `force` is set.
+    pub fn expire_sessions(&mut self, force: bool) -> Vec<SessionState> {
+        if !force && self.watermark < self.next_expiry_scan {
+            return Vec::new();
+        }
+        self.next_expiry_scan = self.watermark.saturating_add(EXPIRY_SCAN_INTERVAL);
+        let deadline = self.watermark.saturating_sub(self.session_timeout);
+        let expired: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.last_event_at < deadline)
+            .map(|(key, _)| *key)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|key| self.sessions.remove(&key))
+            .collect()
+    }
+
+    /// Ends every session now, as at the end of a replay.
+    pub fn close_all_sessions(&mut self) -> Vec<SessionState> {
+        self.sessions.drain().map(|(_, session)| session).collect()
+    }
+
+    /// The user-side half of the feature vector.
+    pub fn features(&self, key: SessionKey, product_id: u64, out: &mut [f64]) {
+        features::user_side_features(self.sessions.get(&key), self.users.get(&key.user_id), product_id, out);
+    }
+}
+
+/// Products and categories.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub products: HashMap<u64, ProductState>,
+    pub categories: HashMap<u64, CategoryState>,
+    track_dirty: bool,
+    pub dirty_products: HashSet<u64>,
+    pub dirty_categories: HashSet<u64>,
+}
+
+impl Catalog {
+    /// An empty catalog. `track_dirty` records what changed since the last flush.
+    pub fn new(track_dirty: bool) -> Self {
+        Catalog {
+            track_dirty,
+            ..Catalog::default()
+        }
+    }
+
+    /// Applies an event the user side accepted.
+    pub fn apply(&mut self, event: &Event) {
+        let product = match self.products.entry(event.product_id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                self.categories
+                    .entry(event.category_id)
+                    .or_insert_with(|| CategoryState::new(event.category_id))
+                    .add_product(event.price);
+                if self.track_dirty {
+                    self.dirty_categories.insert(event.category_id);
+                }
+                entry.insert(ProductState::new(event))
+            }
+        };
+        product.apply(event);
+        if self.track_dirty {
+            self.dirty_products.insert(event.product_id);
+        }
+    }
+
+    /// The catalog half of the feature vector.
+    pub fn features(&self, product_id: u64, out: &mut [f64]) {
+        let product = self.products.get(&product_id);
+        let category = product.and_then(|product| self.categories.get(&product.category_id));
+        features::catalog_features(product, category, out);
+    }
+}
+
+/// The whole engine in one thread, as training replays history.
+#[derive(Debug)]
+pub struct FeatureEngine {
+    pub users: UserSide,
+    pub catalog: Catalog,
+}
+
+impl FeatureEngine {
+    /// An engine with the given session timeout.
+    pub fn new(session_timeout: Millis) -> Self {
+        FeatureEngine {
+            users: UserSide::new(session_timeout, false),
+            catalog: Catalog::new(false),
+        }
+    }
+
+    /// Applies one event to both sides.
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        let applied = self.users.apply(event);
+        if matches!(applied, Applied::Changed { .. }) {
+            self.catalog.apply(event);
+        }
+        applied
+    }
+
+    /// The feature vector for scoring `product_id` in a session, from the current state.
+    pub fn features(&self, key: SessionKey, product_id: u64) -> FeatureVector {
+        let mut vector = [0.0; features::FEATURE_COUNT];
+        let (user_side, catalog_side) = vector.split_at_mut(features::USER_SIDE_COUNT);
+        self.users.features(key, product_id, user_side);
+        self.catalog.features(product_id, catalog_side);
+        vector
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{FEATURES, Outcome};
+
+    fn event(time_seconds: i64, event_type: EventType, product_id: u64, session: &str) -> Event {
+        Event {
+            time: time_seconds * 1000,
+            event_type,
+            product_id,
+            category_id: 1,
+            category_code: None,
+            brand: None,
+            price: 10.0,
+            user_id: 42,
+            user_session: session.into(),
+            event_id: None,
+        }
+    }
+
+    fn value(vector: &FeatureVector, name: &str) -> f64 {
+        vector[FEATURES.iter().position(|feature| feature.name == name).expect(name)]
+    }
+
+    #[test]
+    fn duplicates_change_nothing() {
+        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        let view = event(0, EventType::View, 5, "a");
+        assert!(matches!(engine.apply(&view), Applied::Changed { closed: None }));
+        assert_eq!(engine.apply(&view), Applied::Duplicate);
+        let vector = engine.features(SessionKey::of(&view), 5);
+        assert_eq!(value(&vector, "session_views"), 1.0);
+        assert_eq!(value(&vector, "product_views"), 1.0);
+        assert_eq!(value(&vector, "user_views"), 1.0);
+    }
+
+    #[test]
+    fn a_long_gap_starts_a_new_session() {
+        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        engine.apply(&event(0, EventType::Cart, 5, "a"));
+        let late = event(31 * 60, EventType::View, 6, "a");
+        let Applied::Changed { closed: Some(closed) } = engine.apply(&late) else {
+            panic!("the gap should close the session");
+        };
+        assert_eq!(closed.outcome(), Outcome::Abandoned);
+        let vector = engine.features(SessionKey::of(&late), 6);
+        assert_eq!(value(&vector, "session_events"), 1.0);
+        assert_eq!(value(&vector, "user_earlier_sessions"), 1.0);
+        assert_eq!(value(&vector, "user_events"), 2.0);
+    }
+
+    #[test]
+    fn sessions_expire_at_the_watermark() {
+        let mut side = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
+        side.apply(&event(0, EventType::View, 5, "a"));
+        side.apply(&event(20 * 60, EventType::View, 5, "b"));
+        side.advance_watermark(31 * 60 * 1000);
+        let expired = side.expire_sessions(false);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].session_id, "a");
+        assert_eq!(side.sessions.len(), 1);
+        assert_eq!(side.dirty_sessions.len(), 2);
+    }
+
+    #[test]
+    fn earlier_purchase_sessions_exclude_the_current_one() {
+        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        engine.apply(&event(0, EventType::Purchase, 5, "a"));
+        let view = event(10, EventType::View, 6, "b");
+        engine.apply(&view);
+        let purchase = event(20, EventType::Purchase, 6, "b");
+        engine.apply(&purchase);
+        let vector = engine.features(SessionKey::of(&purchase), 6);
+        assert_eq!(value(&vector, "user_earlier_purchase_sessions"), 1.0);
+        assert_eq!(value(&vector, "user_earlier_sessions"), 1.0);
+        assert_eq!(value(&vector, "user_seconds_since_last_purchase"), 0.0);
+        assert_eq!(value(&vector, "session_product_seconds_since_last_view"), 10.0);
+    }
+}

@@ -1,0 +1,707 @@
+//! Clickstream events in the REES46 "eCommerce behavior data" format: the CSV row form used by
+//! history files and the JSON form that travels on the bus, with strict, typed parse errors.
+
+use std::fmt;
+use std::io::Read;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+/// The CSV header every REES46 file starts with.
+pub const CSV_HEADER: [&str; 9] = [
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "user_session",
+];
+
+/// Milliseconds since the Unix epoch, UTC. Event time is the only clock the domain knows.
+pub type Millis = i64;
+
+/// The four kinds of clickstream events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    View,
+    Cart,
+    RemoveFromCart,
+    Purchase,
+}
+
+impl EventType {
+    /// Every event type, in a fixed order (used for metrics and reports).
+    pub const ALL: [EventType; 4] = [Self::View, Self::Cart, Self::RemoveFromCart, Self::Purchase];
+
+    /// The wire name, as in the REES46 files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::View => "view",
+            Self::Cart => "cart",
+            Self::RemoveFromCart => "remove_from_cart",
+            Self::Purchase => "purchase",
+        }
+    }
+
+    /// Parses the wire name; anything else is rejected.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "view" => Some(Self::View),
+            "cart" => Some(Self::Cart),
+            "remove_from_cart" => Some(Self::RemoveFromCart),
+            "purchase" => Some(Self::Purchase),
+            _ => None,
+        }
+    }
+
+    /// Whether the event is a scoring point: every event but a purchase.
+    pub fn is_scoring_point(self) -> bool {
+        !matches!(self, Self::Purchase)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One validated clickstream event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// When the shopper acted, in milliseconds since the epoch (UTC).
+    pub time: Millis,
+    pub event_type: EventType,
+    pub product_id: u64,
+    pub category_id: u64,
+    pub category_code: Option<String>,
+    pub brand: Option<String>,
+    /// Unit price; finite and not negative.
+    pub price: f64,
+    pub user_id: u64,
+    pub user_session: String,
+    /// The producer's identity for the event, when it sent one.
+    pub event_id: Option<String>,
+}
+
+impl Event {
+    /// A stable 64-bit identity: the hash of `event_id` when present, else of every field, so an
+    /// exact duplicate row or a redelivered message maps to the same identity.
+    pub fn identity(&self) -> u64 {
+        let mut hasher = Xxh3::new();
+        match &self.event_id {
+            Some(id) => {
+                hasher.update(b"id:");
+                hasher.update(id.as_bytes());
+            }
+            None => {
+                hasher.update(&self.time.to_le_bytes());
+                hasher.update(self.event_type.as_str().as_bytes());
+                hasher.update(&self.product_id.to_le_bytes());
+                hasher.update(&self.category_id.to_le_bytes());
+                hasher.update(self.category_code.as_deref().unwrap_or("").as_bytes());
+                hasher.update(&[0]);
+                hasher.update(self.brand.as_deref().unwrap_or("").as_bytes());
+                hasher.update(&[0]);
+                hasher.update(&self.price.to_bits().to_le_bytes());
+                hasher.update(&self.user_id.to_le_bytes());
+                hasher.update(self.user_session.as_bytes());
+            }
+        }
+        hasher.digest()
+    }
+
+    /// The event time as a chrono timestamp.
+    pub fn datetime(&self) -> DateTime<Utc> {
+        millis_to_datetime(self.time)
+    }
+
+    /// Builds an event from the JSON form, validating every field.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, ParseError> {
+        let raw: JsonEvent = serde_json::from_slice(bytes).map_err(|error| ParseError::Json {
+            reason: error.to_string(),
+        })?;
+        raw.validate()
+    }
+
+    /// The JSON form of the event (REES46 time format).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&JsonEvent::from(self)).expect("an event always serializes")
+    }
+
+    /// Writes the event as one REES46 CSV record.
+    pub fn write_csv<W: std::io::Write>(&self, writer: &mut csv::Writer<W>) -> csv::Result<()> {
+        writer.write_record([
+            format_time(self.time).as_str(),
+            self.event_type.as_str(),
+            &self.product_id.to_string(),
+            &self.category_id.to_string(),
+            self.category_code.as_deref().unwrap_or(""),
+            self.brand.as_deref().unwrap_or(""),
+            &format_price(self.price),
+            &self.user_id.to_string(),
+            &self.user_session,
+        ])
+    }
+}
+
+/// Formats a price the way REES46 files do: up to two decimals, no trailing zeros beyond them.
+pub fn format_price(price: f64) -> String {
+    format!("{price:.2}")
+}
+
+/// Formats event time as REES46 does: `2019-10-01 00:00:04 UTC`.
+pub fn format_time(time: Millis) -> String {
+    let datetime = millis_to_datetime(time);
+    if time % 1000 == 0 {
+        datetime.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    } else {
+        datetime.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+    }
+}
+
+/// Converts epoch milliseconds to a chrono timestamp, clamping values chrono cannot represent.
+pub fn millis_to_datetime(time: Millis) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(time).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Parses `2019-10-01 00:00:04 UTC` (optionally with fractional seconds) or RFC 3339.
+pub fn parse_time(text: &str) -> Option<Millis> {
+    if let Some(naive) = text.strip_suffix(" UTC") {
+        // The fixed layout is parsed by hand: it is the hot path of every replay.
+        if let Some(millis) = parse_rees46_fast(naive) {
+            return Some(millis);
+        }
+        return NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S%.f")
+            .ok()
+            .map(|datetime| datetime.and_utc().timestamp_millis());
+    }
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|datetime| datetime.with_timezone(&Utc).timestamp_millis())
+}
+
+fn parse_rees46_fast(text: &str) -> Option<Millis> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 19
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b' '
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let mut value = 0u32;
+        for &byte in &bytes[range] {
+            if !byte.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u32::from(byte - b'0');
+        }
+        Some(value)
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?;
+    let time = chrono::NaiveTime::from_hms_opt(number(11..13)?, number(14..16)?, number(17..19)?)?;
+    Some(date.and_time(time).and_utc().timestamp_millis())
+}
+
+/// Why a row or a message was rejected. Every variant names the field or the line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {line}: {source}")]
+    AtLine {
+        line: u64,
+        #[source]
+        source: Box<ParseError>,
+    },
+    #[error("missing field `{field}`")]
+    MissingField { field: &'static str },
+    #[error("invalid `{field}` {value:?}: {reason}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("expected 9 fields, found {found}")]
+    FieldCount { found: usize },
+    #[error("bad header: expected `{expected}`, found `{found}`")]
+    Header { expected: String, found: String },
+    #[error("invalid json: {reason}")]
+    Json { reason: String },
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("io error: {reason}")]
+    Io { reason: String },
+}
+
+impl ParseError {
+    /// A short, stable reason code for metrics and dead-letter headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AtLine { source, .. } => source.code(),
+            Self::MissingField { .. } => "missing_field",
+            Self::InvalidField { .. } => "invalid_field",
+            Self::FieldCount { .. } => "field_count",
+            Self::Header { .. } => "bad_header",
+            Self::Json { .. } => "bad_json",
+            Self::NotUtf8 => "not_utf8",
+            Self::Io { .. } => "io",
+        }
+    }
+
+    fn at_line(self, line: u64) -> ParseError {
+        ParseError::AtLine {
+            line,
+            source: Box::new(self),
+        }
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &'static str) -> ParseError {
+    ParseError::InvalidField {
+        field,
+        value: value.chars().take(64).collect(),
+        reason,
+    }
+}
+
+fn parse_id(field: &'static str, text: &str) -> Result<u64, ParseError> {
+    if text.is_empty() {
+        return Err(ParseError::MissingField { field });
+    }
+    if text.len() > 20 || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(invalid(field, text, "expected an unsigned integer"));
+    }
+    text.parse::<u64>()
+        .map_err(|_| invalid(field, text, "does not fit in 64 bits"))
+}
+
+fn parse_price(text: &str) -> Result<f64, ParseError> {
+    if text.is_empty() {
+        return Err(ParseError::MissingField { field: "price" });
+    }
+    let price: f64 = text
+        .parse()
+        .map_err(|_| invalid("price", text, "expected a decimal number"))?;
+    check_price(price, text)
+}
+
+fn check_price(price: f64, text: &str) -> Result<f64, ParseError> {
+    if !price.is_finite() {
+        return Err(invalid("price", text, "must be finite"));
+    }
+    if price < 0.0 {
+        return Err(invalid("price", text, "must not be negative"));
+    }
+    Ok(price)
+}
+
+fn parse_event_type(text: &str) -> Result<EventType, ParseError> {
+    if text.is_empty() {
+        return Err(ParseError::MissingField {
+            field: "event_type",
+        });
+    }
+    EventType::parse(text).ok_or_else(|| {
+        invalid(
+            "event_type",
+            text,
+            "expected view, cart, remove_from_cart or purchase",
+        )
+    })
+}
+
+fn parse_event_time(text: &str) -> Result<Millis, ParseError> {
+    if text.is_empty() {
+        return Err(ParseError::MissingField {
+            field: "event_time",
+        });
+    }
+    parse_time(text).ok_or_else(|| {
+        invalid(
+            "event_time",
+            text,
+            "expected `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339",
+        )
+    })
+}
+
+fn parse_session(text: &str) -> Result<String, ParseError> {
+    if text.is_empty() {
+        return Err(ParseError::MissingField {
+            field: "user_session",
+        });
+    }
+    if text.len() > 128 {
+        return Err(invalid("user_session", text, "longer than 128 bytes"));
+    }
+    Ok(text.to_owned())
+}
+
+fn optional_text(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// Parses one CSV record (already split into fields).
+pub fn parse_record(record: &csv::ByteRecord) -> Result<Event, ParseError> {
+    if record.len() != 9 {
+        return Err(ParseError::FieldCount {
+            found: record.len(),
+        });
+    }
+    let field = |index: usize| std::str::from_utf8(&record[index]).map_err(|_| ParseError::NotUtf8);
+    Ok(Event {
+        time: parse_event_time(field(0)?)?,
+        event_type: parse_event_type(field(1)?)?,
+        product_id: parse_id("product_id", field(2)?)?,
+        category_id: parse_id("category_id", field(3)?)?,
+        category_code: optional_text(field(4)?),
+        brand: optional_text(field(5)?),
+        price: parse_price(field(6)?)?,
+        user_id: parse_id("user_id", field(7)?)?,
+        user_session: parse_session(field(8)?)?,
+        event_id: None,
+    })
+}
+
+/// Streams events from a REES46 CSV source; each item is an event or a line-numbered error.
+pub struct CsvEvents<R: Read> {
+    reader: csv::Reader<R>,
+    record: csv::ByteRecord,
+    header_checked: bool,
+}
+
+impl<R: Read> CsvEvents<R> {
+    /// Wraps a reader; the first record must be the REES46 header.
+    pub fn new(source: R) -> Self {
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(1 << 20)
+            .from_reader(source);
+        CsvEvents {
+            reader,
+            record: csv::ByteRecord::new(),
+            header_checked: false,
+        }
+    }
+
+    /// Bytes consumed so far, for progress bars.
+    pub fn position(&self) -> u64 {
+        self.reader.position().byte()
+    }
+}
+
+impl<R: Read> Iterator for CsvEvents<R> {
+    type Item = Result<Event, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(error) => {
+                    let line = error.position().map(|position| position.line()).unwrap_or(0);
+                    return Some(Err(ParseError::Io {
+                        reason: error.to_string(),
+                    }
+                    .at_line(line)));
+                }
+            }
+            let line = self.record.position().map(|position| position.line()).unwrap_or(0);
+            if !self.header_checked {
+                self.header_checked = true;
+                let found: Vec<&[u8]> = self.record.iter().collect();
+                let expected: Vec<&[u8]> = CSV_HEADER.iter().map(|name| name.as_bytes()).collect();
+                if found != expected {
+                    return Some(Err(ParseError::Header {
+                        expected: CSV_HEADER.join(","),
+                        found: String::from_utf8_lossy(&self.record.as_slice().to_vec()).into_owned(),
+                    }
+                    .at_line(line)));
+                }
+                continue;
+            }
+            if self.record.len() == 1 && self.record[0].is_empty() {
+                continue;
+            }
+            return Some(parse_record(&self.record).map_err(|error| error.at_line(line)));
+        }
+    }
+}
+
+/// The JSON wire form: the CSV fields, ids as numbers or digit strings, an optional `event_id`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonEvent {
+    event_time: Option<String>,
+    event_type: Option<String>,
+    product_id: Option<JsonId>,
+    category_id: Option<JsonId>,
+    #[serde(default)]
+    category_code: Option<String>,
+    #[serde(default)]
+    brand: Option<String>,
+    price: Option<serde_json::Number>,
+    user_id: Option<JsonId>,
+    user_session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
+}
+
+/// JSON numbers lose precision past 2^53 in many producers, so ids may also come as strings.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum JsonId {
+    Number(u64),
+    Text(String),
+}
+
+impl JsonId {
+    fn resolve(self, field: &'static str) -> Result<u64, ParseError> {
+        match self {
+            JsonId::Number(value) => Ok(value),
+            JsonId::Text(text) => parse_id(field, &text),
+        }
+    }
+}
+
+fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ParseError> {
+    value.ok_or(ParseError::MissingField { field })
+}
+
+impl JsonEvent {
+    /// Checks fields in wire order, so the first missing or invalid one is the one reported.
+    fn validate(self) -> Result<Event, ParseError> {
+        let time = parse_event_time(&required(self.event_time, "event_time")?)?;
+        let event_type = parse_event_type(&required(self.event_type, "event_type")?)?;
+        let product_id = required(self.product_id, "product_id")?.resolve("product_id")?;
+        let category_id = required(self.category_id, "category_id")?.resolve("category_id")?;
+        let price_number = required(self.price, "price")?;
+        let price_text = price_number.to_string();
+        let price = price_number
+            .as_f64()
+            .ok_or_else(|| invalid("price", &price_text, "expected a decimal number"))?;
+        let price = check_price(price, &price_text)?;
+        let user_id = required(self.user_id, "user_id")?.resolve("user_id")?;
+        let user_session = parse_session(&required(self.user_session, "user_session")?)?;
+        let event_id = match self.event_id {
+            Some(id) if id.is_empty() || id.len() > 128 => {
+                return Err(invalid("event_id", &id, "must be 1 to 128 bytes"));
+            }
+            other => other,
+        };
+        Ok(Event {
+            time,
+            event_type,
+            product_id,
+            category_id,
+            category_code: self.category_code.filter(|text| !text.is_empty()),
+            brand: self.brand.filter(|text| !text.is_empty()),
+            price,
+            user_id,
+            user_session,
+            event_id,
+        })
+    }
+}
+
+impl From<&Event> for JsonEvent {
+    fn from(event: &Event) -> Self {
+        JsonEvent {
+            event_time: Some(format_time(event.time)),
+            event_type: Some(event.event_type.as_str().to_owned()),
+            product_id: Some(JsonId::Number(event.product_id)),
+            category_id: Some(JsonId::Number(event.category_id)),
+            category_code: event.category_code.clone(),
+            brand: event.brand.clone(),
+            price: serde_json::Number::from_f64(event.price),
+            user_id: Some(JsonId::Number(event.user_id)),
+            user_session: Some(event.user_session.clone()),
+            event_id: event.event_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str =
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n";
+
+    fn parse_all(body: &str) -> Vec<Result<Event, ParseError>> {
+        CsvEvents::new(format!("{HEADER}{body}").as_bytes()).collect()
+    }
+
+    fn first_error(body: &str) -> ParseError {
+        parse_all(body)
+            .into_iter()
+            .find_map(Result::err)
+            .expect("an error")
+    }
+
+    #[test]
+    fn parses_a_real_row() {
+        let events = parse_all("2019-10-01 00:00:04 UTC,view,1004237,2053013555631882655,electronics.smartphone,apple,1081.98,535871217,c6bd7419-0748-4c7e-a4d2-d8c2d5a2c8e5\n");
+        let event = events[0].clone().unwrap();
+        assert_eq!(event.event_type, EventType::View);
+        assert_eq!(event.product_id, 1004237);
+        assert_eq!(event.category_id, 2053013555631882655);
+        assert_eq!(event.category_code.as_deref(), Some("electronics.smartphone"));
+        assert_eq!(event.brand.as_deref(), Some("apple"));
+        assert_eq!(event.price, 1081.98);
+        assert_eq!(event.user_id, 535871217);
+        assert_eq!(format_time(event.time), "2019-10-01 00:00:04 UTC");
+    }
+
+    #[test]
+    fn empty_code_and_brand_are_none() {
+        let event = parse_all("2019-10-01 00:00:04 UTC,cart,1,2,,,0,3,s\n")[0]
+            .clone()
+            .unwrap();
+        assert_eq!(event.category_code, None);
+        assert_eq!(event.brand, None);
+        assert_eq!(event.price, 0.0);
+    }
+
+    #[test]
+    fn nineteen_digit_user_ids_parse() {
+        let event = parse_all("2021-01-10 10:00:00 UTC,view,1,2,,,1.5,1515915625611023730,s\n")[0]
+            .clone()
+            .unwrap();
+        assert_eq!(event.user_id, 1515915625611023730);
+    }
+
+    #[test]
+    fn errors_name_line_field_and_reason() {
+        let error = first_error(
+            "2019-10-01 00:00:04 UTC,view,1,2,,,1,3,s\n2019-10-01 00:00:04 UTC,click,1,2,,,1,3,s\n",
+        );
+        assert_eq!(
+            error.to_string(),
+            "line 3: invalid `event_type` \"click\": expected view, cart, remove_from_cart or purchase"
+        );
+        assert_eq!(error.code(), "invalid_field");
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        let cases = [
+            ("2019-13-01 00:00:04 UTC,view,1,2,,,1,3,s", "event_time"),
+            (",view,1,2,,,1,3,s", "event_time"),
+            ("2019-10-01 00:00:04 UTC,,1,2,,,1,3,s", "event_type"),
+            ("2019-10-01 00:00:04 UTC,view,-1,2,,,1,3,s", "product_id"),
+            ("2019-10-01 00:00:04 UTC,view,1,x,,,1,3,s", "category_id"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,abc,3,s", "price"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,-5,3,s", "price"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,inf,3,s", "price"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,NaN,3,s", "price"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,1,99999999999999999999,s", "user_id"),
+            ("2019-10-01 00:00:04 UTC,view,1,2,,,1,3,", "user_session"),
+        ];
+        for (row, field) in cases {
+            let error = first_error(&format!("{row}\n"));
+            let ParseError::AtLine { line, source } = &error else {
+                panic!("no line in {error}");
+            };
+            assert_eq!(*line, 2, "{row}");
+            let named = match source.as_ref() {
+                ParseError::InvalidField { field, .. } | ParseError::MissingField { field } => *field,
+                other => panic!("unexpected {other} for {row}"),
+            };
+            assert_eq!(named, field, "{row}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_field_count_and_header() {
+        assert!(matches!(
+            first_error("2019-10-01 00:00:04 UTC,view,1\n"),
+            ParseError::AtLine { source, .. } if matches!(*source, ParseError::FieldCount { found: 3 })
+        ));
+        let errors: Vec<_> = CsvEvents::new("a,b\n1,2\n".as_bytes()).collect();
+        assert!(matches!(&errors[0], Err(ParseError::AtLine { line: 1, source }) if matches!(**source, ParseError::Header { .. })));
+    }
+
+    #[test]
+    fn rejects_non_utf8() {
+        let mut bytes = HEADER.as_bytes().to_vec();
+        bytes.extend_from_slice(b"2019-10-01 00:00:04 UTC,view,1,2,\xff,,1,3,s\n");
+        let errors: Vec<_> = CsvEvents::new(bytes.as_slice()).collect();
+        assert!(matches!(&errors[0], Err(ParseError::AtLine { source, .. }) if matches!(**source, ParseError::NotUtf8)));
+    }
+
+    #[test]
+    fn parses_both_time_formats() {
+        let rees = parse_time("2019-10-01 00:00:04 UTC").unwrap();
+        assert_eq!(parse_time("2019-10-01T00:00:04Z"), Some(rees));
+        assert_eq!(parse_time("2019-10-01T02:00:04+02:00"), Some(rees));
+        assert_eq!(parse_time("2019-10-01 00:00:04.250 UTC"), Some(rees + 250));
+        assert_eq!(parse_time("2019-10-01 00:00:04"), None);
+        assert_eq!(parse_time("2019-02-30 00:00:04 UTC"), None);
+    }
+
+    #[test]
+    fn json_round_trips_and_accepts_string_ids() {
+        let event = parse_all("2019-10-01 00:00:04 UTC,purchase,1,2053013555631882655,a.b,,9.99,3,s\n")[0]
+            .clone()
+            .unwrap();
+        assert_eq!(Event::from_json(event.to_json().as_bytes()).unwrap(), event);
+        let text = r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":"1","category_id":2,"price":1.5,"user_id":"1515915625611023730","user_session":"s","event_id":"e-1"}"#;
+        let parsed = Event::from_json(text.as_bytes()).unwrap();
+        assert_eq!(parsed.user_id, 1515915625611023730);
+        assert_eq!(parsed.event_id.as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let cases = [
+            (r#"{"event_type":"view"}"#, "missing field `event_time`"),
+            ("{not json", "invalid json"),
+            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":-1,"user_id":3,"user_session":"s"}"#, "invalid `price`"),
+            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1.5,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#, "invalid json"),
+            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"buy","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#, "invalid `event_type`"),
+            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s","extra":1}"#, "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let error = Event::from_json(text.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn identity_is_stable_and_prefers_event_id() {
+        let mut event = parse_all("2019-10-01 00:00:04 UTC,view,1,2,,,1,3,s\n")[0]
+            .clone()
+            .unwrap();
+        let copy = event.clone();
+        assert_eq!(event.identity(), copy.identity());
+        event.price = 2.0;
+        assert_ne!(event.identity(), copy.identity());
+        event.event_id = Some("x".into());
+        let mut other = copy.clone();
+        other.event_id = Some("x".into());
+        assert_eq!(event.identity(), other.identity());
+    }
+
+    #[test]
+    fn csv_writer_round_trips() {
+        let event = parse_all("2019-10-01 00:00:04 UTC,remove_from_cart,1,2,a.b,brand,10.50,3,s\n")[0]
+            .clone()
+            .unwrap();
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record(CSV_HEADER).unwrap();
+        event.write_csv(&mut writer).unwrap();
+        let bytes = writer.into_inner().unwrap();
+        let back: Vec<_> = CsvEvents::new(bytes.as_slice()).collect();
+        assert_eq!(back[0].clone().unwrap(), event);
+    }
+}
