@@ -1,1 +1,183 @@
-fn main() {}
+//! The `propensity` command line: parse, load settings, start logging, run the command.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use propensity::config::{LogFormat, Settings};
+
+/// Real-time purchase propensity and cart-abandonment monitoring for online shops.
+#[derive(Parser)]
+#[command(name = "propensity", version, about, long_about = None)]
+struct Cli {
+    /// Directory of the config overlays (<env>.toml); the defaults are built in.
+    #[arg(long, global = true, default_value = "config", env = "PROPENSITY_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// Config overlay to apply over the defaults, e.g. `test` for config/test.toml.
+    #[arg(long, global = true, env = "PROPENSITY_ENV")]
+    env: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a synthetic REES46 clickstream from a documented behavioural model.
+    Generate {
+        /// Number of shoppers.
+        #[arg(long, default_value_t = 2000)]
+        users: u64,
+        /// Days of history.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Random seed; the same seed gives the same bytes.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output CSV file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the generator's own purchase probability for every scoring point.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+    },
+    /// Train the propensity model by replaying history through the feature engine.
+    Train {
+        /// REES46 CSV files (any order inside; they are merged by event time).
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<PathBuf>,
+        /// Where to write the model (JSON).
+        #[arg(long)]
+        model_out: PathBuf,
+        /// Validation starts here (`2019-10-01 00:00:00 UTC` or RFC 3339); default: the last 20% of the time span.
+        #[arg(long)]
+        split_at: Option<String>,
+        /// Write the feature matrix with labels, times and split as CSV.
+        #[arg(long)]
+        export_features: Option<PathBuf>,
+        /// Write the tree (DOT) and ROC, precision-recall, calibration and importance plots (SVG).
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// A truth file from `generate --truth`: report the oracle's metrics on the same rows.
+        #[arg(long)]
+        truth: Option<PathBuf>,
+        /// Print the report as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+        /// Deepest tree level.
+        #[arg(long, default_value_t = propensity::model::TrainOptions::default().max_depth)]
+        max_depth: usize,
+        /// Fewest training rows in a leaf.
+        #[arg(long, default_value_t = propensity::model::TrainOptions::default().min_samples_leaf)]
+        min_samples_leaf: usize,
+    },
+    /// List every feature with its entity and meaning.
+    Features {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the service: HTTP API, actors, store.
+    Serve,
+    /// Generate data, train, serve and replay the held-out part in accelerated real time.
+    Demo {
+        /// Use these events instead of generating them.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Shoppers to generate.
+        #[arg(long, default_value_t = 3000)]
+        users: u64,
+        /// Days to generate.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Random seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Event-time seconds replayed per wall-clock second.
+        #[arg(long, default_value_t = 3600.0)]
+        speedup: f64,
+        /// Stop after the replay with a final summary instead of serving on.
+        #[arg(long)]
+        exit_after_replay: bool,
+        /// Where the demo keeps its data, model, report and state.
+        #[arg(long, default_value = "var/demo")]
+        work_dir: PathBuf,
+    },
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.logging.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.logging.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let env = match (&cli.command, &cli.env) {
+        (_, Some(env)) => Some(env.clone()),
+        (Command::Demo { .. }, None) if cli.config_dir.join("demo.toml").exists() => Some("demo".to_owned()),
+        _ => None,
+    };
+    let settings = Settings::load(&cli.config_dir, env.as_deref())?;
+    init_logging(&settings);
+    match cli.command {
+        Command::Generate { users, days, seed, out, truth } => {
+            let summary = propensity::demo::generate_files(users, days, seed, &out, truth.as_deref(), true)?;
+            println!(
+                "wrote {} events ({} sessions, {} with a cart, {} abandoned, {} purchases, {} scoring points) to {}",
+                summary.events,
+                summary.sessions,
+                summary.sessions_with_cart,
+                summary.abandoned_carts,
+                summary.purchases,
+                summary.scoring_points,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Train { events, model_out, split_at, export_features, report_dir, truth, json, max_depth, min_samples_leaf } => {
+            let split_at = split_at
+                .map(|text| {
+                    propensity_actors::event::parse_time(&text)
+                        .with_context(|| format!("--split-at {text:?} is not `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339"))
+                })
+                .transpose()?;
+            let options = propensity::model::TrainOptions { max_depth, min_samples_leaf, ..Default::default() };
+            let request = propensity::train::TrainRequest {
+                events,
+                model_out,
+                split_at,
+                export_features,
+                report_dir,
+                truth,
+                session_timeout: settings.engine.session_timeout_millis(),
+                options,
+                show_progress: !json,
+            };
+            let (report, _) = propensity::train::run(&request)?;
+            propensity::train::print_report(&report, json)
+        }
+        Command::Features { json } => {
+            let features = propensity_actors::features::FEATURES;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&features[..])?);
+            } else {
+                for feature in features {
+                    println!("{:<40} {:<16} {}", feature.name, format!("{:?}", feature.entity), feature.description);
+                }
+            }
+            Ok(())
+        }
+        Command::Serve => actix_rt::System::new().block_on(propensity::serve::run(settings)),
+        Command::Demo { events, users, days, seed, speedup, exit_after_replay, work_dir } => {
+            if speedup <= 0.0 || !speedup.is_finite() {
+                anyhow::bail!("--speedup must be a positive number");
+            }
+            let options = propensity::demo::DemoOptions { events, users, days, seed, speedup, exit_after_replay, work_dir };
+            actix_rt::System::new().block_on(propensity::demo::run(options, settings)).map(|_| ())
+        }
+    }
+}

@@ -8,7 +8,7 @@ PROG=services.sh
 ALL_SERVICES=(rabbitmq cassandra prometheus)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VAR=${PROPENSITY_VAR:-$REPO/var}
+VAR=$(realpath -m "${PROPENSITY_VAR:-$REPO/var}")
 
 CASSANDRA_VERSION=${CASSANDRA_VERSION:-5.0.9}
 CASSANDRA_HEAP=${CASSANDRA_HEAP:-1G}
@@ -189,7 +189,7 @@ rabbitmq_install() {
 
     local cookie=/var/lib/rabbitmq/.erlang.cookie
     if [[ ! -s $cookie ]]; then
-        tr -dc 'A-Z' </dev/urandom | head -c 20 >"$cookie"
+        head -c 60 /dev/urandom | base64 | tr -dc '[:upper:]' >"$cookie"
         chown rabbitmq:rabbitmq "$cookie" 2>/dev/null || true
         chmod 400 "$cookie"
     fi
@@ -218,10 +218,10 @@ rabbitmq_start() {
     fi
     log "rabbitmq: starting (log: $RMQ_DIR/log/)"
     : >"$RMQ_DIR/log/stdout.log"
-    # Foreground mode under nohup rather than -detached: the script's pid then
+    # Foreground mode sent to the background, rather than -detached: its pid
     # stays valid for 'down', and early boot errors land in stdout.log.
-    # The subshell execs, so $! is the server script itself; TERM to it stops
-    # the broker cleanly. HUP stays ignored across exec, as with nohup.
+    # The subshell execs, so $! is the server script itself, and TERM to it
+    # stops the broker cleanly. HUP stays ignored across exec, as with nohup.
     (trap '' HUP; rmq_env; exec /usr/lib/rabbitmq/bin/rabbitmq-server) \
         >>"$RMQ_DIR/log/stdout.log" 2>&1 </dev/null &
     echo $! >"$RMQ_DIR/server.pid"
@@ -398,10 +398,10 @@ EOF
 # (JPMS exports/opens are needed on Java 11 and 17 alike) and cassandra-env.sh,
 # plus settings for a quick single-node start.
 cassandra_jvm_opts() {
-    local conf=$CAS_DIR/conf jamm
+    local conf=$CAS_DIR/conf jamm=("$CAS_DIR"/lib/jamm-*.jar)
     CAS_OPTS=(
         -ea -da:net.openhft...
-        -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError
+        -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError
         -XX:HeapDumpPath="$CAS_DIR/logs"
         -Xss256k -XX:+AlwaysPreTouch -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem
         -Djava.net.preferIPv4Stack=true
@@ -438,7 +438,7 @@ cassandra_jvm_opts() {
         -Dio.netty.allocator.useCacheForAllThreads=true
         -Dio.netty.allocator.maxOrder=11
         # JMX on localhost only, so nodetool works locally.
-        -Dcassandra.jmx.local.port=$CASSANDRA_JMX_PORT
+        -Dcassandra.jmx.local.port="$CASSANDRA_JMX_PORT"
         -Dcassandra.config="file://$conf/cassandra.yaml"
         -Dlogback.configurationFile="file://$conf/logback.xml"
         -Dcassandra.logdir="$CAS_DIR/logs"
@@ -452,8 +452,7 @@ cassandra_jvm_opts() {
         -Dcassandra.superuser_setup_delay_ms=0
     )
     # cassandra-env.sh loads jamm as an agent to measure object sizes.
-    jamm=$(ls "$CAS_DIR"/lib/jamm-*.jar 2>/dev/null | head -n1 || true)
-    [[ -n $jamm ]] && CAS_OPTS+=(-javaagent:"$jamm")
+    [[ -f ${jamm[0]} ]] && CAS_OPTS+=(-javaagent:"${jamm[0]}")
     return 0
 }
 
@@ -490,7 +489,9 @@ cassandra_new_log() {
 
 cassandra_fail() {
     show_tail "$CAS_DIR/logs/stdout.log" 15
-    show_tail "$CAS_DIR/logs/system.log" 30
+    # Only this start's part of system.log: older runs would mislead.
+    cassandra_new_log >"$CAS_DIR/logs/this-start.log"
+    show_tail "$CAS_DIR/logs/this-start.log" 30
     die "cassandra: $1"
 }
 
@@ -549,17 +550,16 @@ prometheus_install() {
     apt_install prometheus
     # Tests run their own prometheus processes; a packaged daemon (user
     # 'prometheus', :9090) would only take the port.
-    local pids
-    pids=$(pgrep -u prometheus -x prometheus 2>/dev/null || true)
-    if [[ -n $pids ]]; then
-        log "prometheus: stopping the Debian package's daemon (pid $pids)"
-        /etc/init.d/prometheus stop >/dev/null 2>&1 || kill $pids 2>/dev/null || true
+    if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
+        log "prometheus: stopping the Debian package's daemon"
+        /etc/init.d/prometheus stop >/dev/null 2>&1 || pkill -u prometheus -x prometheus || true
     fi
 }
 prometheus_start() { :; }
 prometheus_wait() {
-    command -v prometheus >/dev/null && command -v promtool >/dev/null ||
+    if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
         die "prometheus: prometheus/promtool not on PATH after install"
+    fi
     log "prometheus: installed ($(prometheus_versions)); tests start their own servers"
 }
 prometheus_down() { log "prometheus: nothing to stop (tests start and stop their own servers)"; }

@@ -52,7 +52,13 @@ pub fn evaluate(scores: &[f64], labels: &[bool]) -> Metrics {
     let positives = labels.iter().filter(|&&label| label).count();
     let negatives = rows - positives;
     let both_classes = positives > 0 && negatives > 0;
-    let mean = |sum: f64| if rows == 0 { f64::NAN } else { sum / rows as f64 };
+    let mean = |sum: f64| {
+        if rows == 0 {
+            f64::NAN
+        } else {
+            sum / rows as f64
+        }
+    };
 
     let brier = mean(
         scores
@@ -222,11 +228,28 @@ pub struct ReliabilityBin {
 /// observed positive rate; a calibrated model has the two close in every populated bin. Scores
 /// outside `[0, 1]` are clamped into the end bins.
 pub fn reliability_bins(scores: &[f64], labels: &[bool], bins: usize) -> Vec<ReliabilityBin> {
+    reliability_bins_over(scores, labels, bins, 1.0)
+}
+
+/// Like [`reliability_bins`] but over `[0, upper]`, for models whose scores never come near 1
+/// (a 3 % base rate would put nearly every row into the first of ten bins over `[0, 1]`).
+/// Scores above `upper` fall into the last bin; a non-positive `upper` means 1.
+pub fn reliability_bins_over(
+    scores: &[f64],
+    labels: &[bool],
+    bins: usize,
+    upper: f64,
+) -> Vec<ReliabilityBin> {
     let bins = bins.max(1);
+    let upper = if upper > 0.0 && upper.is_finite() {
+        upper
+    } else {
+        1.0
+    };
     let mut sums = vec![(0usize, 0usize, 0.0f64); bins];
     for (&score, &label) in scores.iter().zip(labels) {
         // The cast saturates, and NaN becomes 0, so every score lands in some bin.
-        let bin = ((score.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        let bin = ((score.clamp(0.0, upper) / upper * bins as f64) as usize).min(bins - 1);
         sums[bin].0 += 1;
         sums[bin].1 += usize::from(label);
         sums[bin].2 += score;
@@ -234,11 +257,15 @@ pub fn reliability_bins(scores: &[f64], labels: &[bool], bins: usize) -> Vec<Rel
     sums.into_iter()
         .enumerate()
         .map(|(bin, (rows, positives, score_sum))| ReliabilityBin {
-            lower: bin as f64 / bins as f64,
-            upper: (bin + 1) as f64 / bins as f64,
+            lower: upper * bin as f64 / bins as f64,
+            upper: upper * (bin + 1) as f64 / bins as f64,
             rows,
             positives,
-            mean_score: if rows == 0 { f64::NAN } else { score_sum / rows as f64 },
+            mean_score: if rows == 0 {
+                f64::NAN
+            } else {
+                score_sum / rows as f64
+            },
             observed_rate: if rows == 0 {
                 f64::NAN
             } else {
@@ -317,7 +344,10 @@ mod tests {
         assert!(close(metrics.average_precision, 0.5 + 1.0 / 3.0));
         // A perfect ranking has AP 1; all tied gives the base rate.
         let labels = [false, true, false, true];
-        assert_eq!(evaluate(&[0.1, 0.9, 0.2, 0.8], &labels).average_precision, 1.0);
+        assert_eq!(
+            evaluate(&[0.1, 0.9, 0.2, 0.8], &labels).average_precision,
+            1.0
+        );
         assert_eq!(evaluate(&[0.4; 4], &labels).average_precision, 0.5);
     }
 
@@ -334,7 +364,11 @@ mod tests {
     #[test]
     fn log_loss_is_clipped_for_confident_mistakes() {
         let metrics = evaluate(&[0.0, 1.0], &[true, false]);
-        assert!(close(metrics.log_loss, -(LOG_LOSS_EPSILON.ln())));
+        let clipped_low = LOG_LOSS_EPSILON;
+        let clipped_high = 1.0 - LOG_LOSS_EPSILON;
+        let expected = (-clipped_low.ln() - (1.0 - clipped_high).ln()) / 2.0;
+        assert!(close(metrics.log_loss, expected), "{}", metrics.log_loss);
+        assert!(metrics.log_loss > 34.0);
         assert!(metrics.log_loss.is_finite());
         assert_eq!(metrics.brier, 1.0);
     }
@@ -368,7 +402,8 @@ mod tests {
         assert!(back.roc_auc.is_nan());
         assert_eq!(back.brier, metrics.brier);
         let defined = evaluate(&[0.2, 0.4], &[false, true]);
-        let back: Metrics = serde_json::from_str(&serde_json::to_string(&defined).unwrap()).unwrap();
+        let back: Metrics =
+            serde_json::from_str(&serde_json::to_string(&defined).unwrap()).unwrap();
         assert_eq!(back, defined);
     }
 
@@ -384,13 +419,43 @@ mod tests {
         let labels = [false, true, false, true, true, false];
         let bins = reliability_bins(&scores, &labels, 10);
         assert_eq!(bins.len(), 10);
-        assert_eq!((bins[0].rows, bins[0].positives), (2, 0), "negative scores clamp to bin 0");
+        assert_eq!(
+            (bins[0].rows, bins[0].positives),
+            (2, 0),
+            "negative scores clamp to bin 0"
+        );
         assert_eq!((bins[1].rows, bins[1].positives), (2, 1));
         assert!(close(bins[1].mean_score, 0.135));
         assert_eq!(bins[1].observed_rate, 0.5);
-        assert_eq!(bins[9].rows, 2, "a score of exactly 1 belongs to the last bin");
+        assert_eq!(
+            bins[9].rows, 2,
+            "a score of exactly 1 belongs to the last bin"
+        );
         assert!(bins[5].mean_score.is_nan());
         assert_eq!(bins.iter().map(|bin| bin.rows).sum::<usize>(), scores.len());
         assert!(close(bins[3].lower, 0.3) && close(bins[3].upper, 0.4));
+    }
+
+    #[test]
+    fn reliability_bins_over_a_narrow_range() {
+        let bins = reliability_bins_over(
+            &[0.01, 0.03, 0.19, 0.5],
+            &[false, false, true, true],
+            10,
+            0.2,
+        );
+        assert_eq!(bins[0].rows, 1);
+        assert_eq!(bins[1].rows, 1);
+        assert_eq!(
+            (bins[9].rows, bins[9].positives),
+            (2, 2),
+            "0.5 is clamped into the last bin"
+        );
+        assert!(close(bins[9].upper, 0.2));
+        assert_eq!(
+            reliability_bins_over(&[0.5], &[true], 4, 0.0)[2].rows,
+            1,
+            "upper 0 means 1"
+        );
     }
 }

@@ -119,7 +119,9 @@ impl Tree {
         }
         // Nodes are addressed by u32 so the vector must fit that index space.
         if nodes.len() > u32::MAX as usize {
-            return Err(ModelError::InvalidModel("the tree has too many nodes".into()));
+            return Err(ModelError::InvalidModel(
+                "the tree has too many nodes".into(),
+            ));
         }
         let mut has_parent = vec![false; nodes.len()];
         for (index, node) in nodes.iter().enumerate() {
@@ -257,9 +259,22 @@ impl Tree {
     /// The smoothed (uncalibrated) probability of the leaf that `features` lands in.
     #[inline]
     pub fn leaf_probability(&self, features: &[f64]) -> f64 {
-        match self.nodes[self.leaf_index(features)] {
-            Node::Leaf { probability, .. } => probability,
-            Node::Split { .. } => unreachable!("walk always ends on a leaf"),
+        self.leaf_at(self.leaf_index(features)).0
+    }
+
+    /// `(probability, positives, total)` of the leaf at `index`, as returned by [`Tree::walk`].
+    ///
+    /// # Panics
+    /// If `index` is out of range or not a leaf.
+    #[inline]
+    pub fn leaf_at(&self, index: usize) -> (f64, u64, u64) {
+        match self.nodes[index] {
+            Node::Leaf {
+                probability,
+                positives,
+                total,
+            } => (probability, positives, total),
+            Node::Split { .. } => panic!("node {index} is a split, not a leaf"),
         }
     }
 
@@ -432,7 +447,11 @@ fn push_linfa_node(node: &TreeNode<f64, bool>, nodes: &mut Vec<Node>) -> u32 {
         total: 0,
     };
     let children = node.children();
-    match (node.is_leaf(), children[0].as_deref(), children[1].as_deref()) {
+    match (
+        node.is_leaf(),
+        children[0].as_deref(),
+        children[1].as_deref(),
+    ) {
         (false, Some(left), Some(right)) => {
             let (feature, threshold, _impurity_decrease) = node.split();
             nodes.push(Node::Split {
@@ -574,16 +593,35 @@ mod tests {
         let json = r#"{"nodes":[{"kind":"split","feature":0,"threshold":1.0,"left":0,"right":0}]}"#;
         assert!(serde_json::from_str::<Tree>(json).is_err());
         let tree = small_tree();
-        let round_trip: Tree = serde_json::from_str(&serde_json::to_string(&tree).unwrap()).unwrap();
+        let round_trip: Tree =
+            serde_json::from_str(&serde_json::to_string(&tree).unwrap()).unwrap();
         assert_eq!(round_trip, tree);
     }
 
     #[test]
     fn node_counts_sum_leaves_into_splits() {
         let counts = small_tree().node_counts();
-        assert_eq!(counts[0], NodeCounts { positives: 12, total: 30 });
-        assert_eq!(counts[1], NodeCounts { positives: 3, total: 20 });
-        assert_eq!(counts[4], NodeCounts { positives: 9, total: 10 });
+        assert_eq!(
+            counts[0],
+            NodeCounts {
+                positives: 12,
+                total: 30
+            }
+        );
+        assert_eq!(
+            counts[1],
+            NodeCounts {
+                positives: 3,
+                total: 20
+            }
+        );
+        assert_eq!(
+            counts[4],
+            NodeCounts {
+                positives: 9,
+                total: 10
+            }
+        );
     }
 
     #[test]
@@ -603,9 +641,27 @@ mod tests {
         let features = array![[0.0, 0.0], [0.0, 5.0], [1.0, 0.0], [1.0, 9.0], [0.5, 2.0]];
         tree.count_rows(features.view(), &[true, false, true, true, false]);
         let counts = tree.node_counts();
-        assert_eq!(counts[2], NodeCounts { positives: 1, total: 2 });
-        assert_eq!(counts[3], NodeCounts { positives: 0, total: 1 });
-        assert_eq!(counts[4], NodeCounts { positives: 2, total: 2 });
+        assert_eq!(
+            counts[2],
+            NodeCounts {
+                positives: 1,
+                total: 2
+            }
+        );
+        assert_eq!(
+            counts[3],
+            NodeCounts {
+                positives: 0,
+                total: 1
+            }
+        );
+        assert_eq!(
+            counts[4],
+            NodeCounts {
+                positives: 2,
+                total: 2
+            }
+        );
         assert_eq!(counts[0].total, 5);
     }
 
@@ -622,30 +678,44 @@ mod tests {
 
     #[test]
     fn smoothing_is_the_m_estimate() {
-        let mut tree = Tree::new(vec![
-            split(0, 0.0, 1, 2),
-            leaf(0.0, 3, 10),
-            leaf(0.0, 0, 0),
-        ])
-        .unwrap();
+        let mut tree =
+            Tree::new(vec![split(0, 0.0, 1, 2), leaf(0.0, 3, 10), leaf(0.0, 0, 0)]).unwrap();
         tree.smooth_leaves(0.2, 10.0);
         assert_eq!(tree.leaf_probability(&[-1.0]), (3.0 + 10.0 * 0.2) / 20.0);
-        assert_eq!(tree.leaf_probability(&[1.0]), 0.2, "empty leaf gets the base rate");
+        assert_eq!(
+            tree.leaf_probability(&[1.0]),
+            0.2,
+            "empty leaf gets the base rate"
+        );
         tree.smooth_leaves(0.2, 0.0);
         assert_eq!(tree.leaf_probability(&[-1.0]), 0.3);
-        assert_eq!(tree.leaf_probability(&[1.0]), 0.2, "no 0/0 without smoothing");
+        assert_eq!(
+            tree.leaf_probability(&[1.0]),
+            0.2,
+            "no 0/0 without smoothing"
+        );
     }
 
     #[test]
     fn prune_collapses_splits_with_small_children() {
-        let tree = small_tree();
-        // Leaves hold 10 rows each: a minimum of 15 collapses the inner split, 25 the root too.
+        // x0 <= 0.5 ? (x1 <= 2 ? 10 rows : 10 rows) : 30 rows
+        let tree = Tree::new(vec![
+            split(0, 0.5, 1, 4),
+            split(1, 2.0, 2, 3),
+            leaf(0.1, 1, 10),
+            leaf(0.2, 2, 10),
+            leaf(0.9, 27, 30),
+        ])
+        .unwrap();
+        // A minimum of 15 collapses the inner split (children of 10) but keeps the root (20, 30).
         let pruned = tree.prune_small_leaves(15);
-        assert_eq!(pruned.nodes().len(), 3);
-        assert_eq!(pruned.node_counts()[1], NodeCounts { positives: 3, total: 20 });
+        assert_eq!(
+            pruned.nodes(),
+            &[split(0, 0.5, 1, 2), leaf(0.0, 3, 20), leaf(0.0, 27, 30)]
+        );
         assert_eq!(pruned.leaf_index(&[0.9, 0.0]), 2);
-        let root_only = tree.prune_small_leaves(25);
-        assert_eq!(root_only.nodes(), &[leaf(0.0, 12, 30)]);
+        // 25 makes the root's left child (20 rows) too small as well.
+        assert_eq!(tree.prune_small_leaves(25).nodes(), &[leaf(0.0, 30, 50)]);
         let untouched = tree.prune_small_leaves(10);
         assert_eq!(untouched.node_counts(), tree.node_counts());
         assert_eq!(untouched.nodes().len(), 5);
@@ -674,7 +744,11 @@ mod tests {
         let rows = 400;
         let features = Array2::from_shape_fn((rows, 2), |(row, column)| {
             let x = (row * 37 % rows) as f64 / rows as f64;
-            if column == 0 { x } else { (row * 11 % 17) as f64 }
+            if column == 0 {
+                x
+            } else {
+                (row * 11 % 17) as f64
+            }
         });
         // label = x0 > 0.3 && x1 > 8, so the tree needs both features.
         let labels: Array1<bool> = features
@@ -694,7 +768,10 @@ mod tests {
         // The rule is learnable exactly, so every leaf must be pure.
         for (node, count) in tree.nodes().iter().zip(&counts) {
             if matches!(node, Node::Leaf { .. }) {
-                assert!(count.positives == 0 || count.positives == count.total, "{count:?}");
+                assert!(
+                    count.positives == 0 || count.positives == count.total,
+                    "{count:?}"
+                );
             }
         }
     }

@@ -1,0 +1,263 @@
+//! `CatalogActor`: owns product and category state for the whole service. Shards send it the
+//! events they accepted in batches, so its updates are cheap and it is never on a per-event
+//! cross-thread path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::engine::Catalog;
+use crate::event::Event;
+use crate::features::{self, CategoryState, ProductState};
+use crate::store::{Observer, StateBatch, StateStore, StoreError};
+
+/// Products and categories.
+pub struct CatalogActor {
+    state: Catalog,
+    store: Arc<dyn StateStore>,
+    observer: Arc<dyn Observer>,
+    flush_interval: Duration,
+    flushing: bool,
+    failed_batch: Option<StateBatch>,
+    last_flush_error: Option<StoreError>,
+}
+
+impl CatalogActor {
+    /// An empty catalog that flushes every `flush_interval`.
+    pub fn new(store: Arc<dyn StateStore>, observer: Arc<dyn Observer>, flush_interval: Duration) -> Self {
+        CatalogActor {
+            state: Catalog::new(true),
+            store,
+            observer,
+            flush_interval,
+            flushing: false,
+            failed_batch: None,
+            last_flush_error: None,
+        }
+    }
+
+    fn take_dirty(&mut self) -> StateBatch {
+        let mut batch = StateBatch::default();
+        for product_id in std::mem::take(&mut self.state.dirty_products) {
+            if let Some(product) = self.state.products.get(&product_id) {
+                batch.products.push(product.clone());
+            }
+        }
+        for category_id in std::mem::take(&mut self.state.dirty_categories) {
+            if let Some(category) = self.state.categories.get(&category_id) {
+                batch.categories.push(category.clone());
+            }
+        }
+        if let Some(failed) = self.failed_batch.take() {
+            let products: std::collections::HashSet<u64> = batch.products.iter().map(|p| p.product_id).collect();
+            let categories: std::collections::HashSet<u64> = batch.categories.iter().map(|c| c.category_id).collect();
+            batch.products.extend(failed.products.into_iter().filter(|p| !products.contains(&p.product_id)));
+            batch.categories.extend(failed.categories.into_iter().filter(|c| !categories.contains(&c.category_id)));
+        }
+        batch
+    }
+
+    fn flush(&mut self) -> Option<ResponseActFuture<Self, Result<usize, StoreError>>> {
+        if self.flushing {
+            return None;
+        }
+        let batch = self.take_dirty();
+        if batch.is_empty() {
+            return None;
+        }
+        self.flushing = true;
+        let rows = batch.len();
+        let retry = batch.clone();
+        let started = Instant::now();
+        Some(Box::pin(self.store.save(batch).into_actor(self).map(move |result, actor, _| {
+            actor.flushing = false;
+            actor.observer.flushed(rows, started.elapsed().as_secs_f64(), result.as_ref().err());
+            match result {
+                Ok(()) => {
+                    actor.last_flush_error = None;
+                    Ok(rows)
+                }
+                Err(error) => {
+                    actor.failed_batch = Some(retry);
+                    actor.last_flush_error = Some(error.clone());
+                    Err(error)
+                }
+            }
+        })))
+    }
+
+    fn missing(&self, events: &[Event]) -> (Vec<u64>, Vec<u64>) {
+        let mut products: Vec<u64> = events
+            .iter()
+            .map(|event| event.product_id)
+            .filter(|id| !self.state.products.contains_key(id))
+            .collect();
+        products.sort_unstable();
+        products.dedup();
+        let mut categories: Vec<u64> = events
+            .iter()
+            .map(|event| event.category_id)
+            .filter(|id| !self.state.categories.contains_key(id))
+            .collect();
+        categories.sort_unstable();
+        categories.dedup();
+        (products, categories)
+    }
+
+    fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
+        for product in products {
+            self.state.products.entry(product.product_id).or_insert(product);
+        }
+        for category in categories {
+            self.state.categories.entry(category.category_id).or_insert(category);
+        }
+    }
+}
+
+impl Actor for CatalogActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.flush_interval, |actor, ctx| {
+            if let Some(flush) = actor.flush() {
+                ctx.spawn(flush.map(|_, _, _| ()));
+            }
+        });
+    }
+}
+
+/// Events a shard accepted, for the products' and categories' state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatalogBatch {
+    pub events: Vec<Event>,
+}
+
+impl Handler<CatalogBatch> for CatalogActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
+        let (products, categories) = self.missing(&message.events);
+        if products.is_empty() && categories.is_empty() {
+            for event in &message.events {
+                self.state.apply(event);
+            }
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        AtomicResponse::new(Box::pin(self.store.load_catalog(products, categories).into_actor(self).map(
+            move |loaded, actor, _| {
+                match loaded {
+                    Ok((products, categories)) => actor.rehydrate(products, categories),
+                    Err(error) => tracing::warn!(%error, "catalog rehydration failed; applying on fresh state"),
+                }
+                for event in &message.events {
+                    actor.state.apply(event);
+                }
+            },
+        )))
+    }
+}
+
+/// The catalog-side features of some products.
+#[derive(Message)]
+#[rtype(result = "Vec<f64>")]
+pub struct CatalogFeatures {
+    pub product_ids: Vec<u64>,
+}
+
+impl Handler<CatalogFeatures> for CatalogActor {
+    type Result = AtomicResponse<Self, Vec<f64>>;
+
+    fn handle(&mut self, message: CatalogFeatures, _: &mut Self::Context) -> Self::Result {
+        let width = features::FEATURE_COUNT - features::USER_SIDE_COUNT;
+        let compute = move |actor: &CatalogActor, product_ids: &[u64]| {
+            let mut out = vec![0.0; product_ids.len() * width];
+            for (index, product_id) in product_ids.iter().enumerate() {
+                actor.state.features(*product_id, &mut out[index * width..(index + 1) * width]);
+            }
+            out
+        };
+        let missing: Vec<u64> = message
+            .product_ids
+            .iter()
+            .copied()
+            .filter(|id| !self.state.products.contains_key(id))
+            .collect();
+        if missing.is_empty() {
+            return AtomicResponse::new(Box::pin(fut::ready(compute(self, &message.product_ids))));
+        }
+        AtomicResponse::new(Box::pin(self.store.load_catalog(missing, Vec::new()).into_actor(self).map(
+            move |loaded, actor, _| {
+                if let Ok((products, _)) = loaded {
+                    let categories: Vec<u64> = products
+                        .iter()
+                        .map(|product| product.category_id)
+                        .filter(|id| !actor.state.categories.contains_key(id))
+                        .collect();
+                    actor.rehydrate(products, Vec::new());
+                    if !categories.is_empty() {
+                        // The category median is only a ratio's denominator; a miss gives 1.
+                        tracing::debug!(count = categories.len(), "categories not in memory while scoring");
+                    }
+                }
+                compute(actor, &message.product_ids)
+            },
+        )))
+    }
+}
+
+/// One product's state.
+#[derive(Message)]
+#[rtype(result = "Option<ProductState>")]
+pub struct GetProduct {
+    pub product_id: u64,
+}
+
+impl Handler<GetProduct> for CatalogActor {
+    type Result = ResponseActFuture<Self, Option<ProductState>>;
+
+    fn handle(&mut self, message: GetProduct, _: &mut Self::Context) -> Self::Result {
+        if let Some(product) = self.state.products.get(&message.product_id) {
+            return Box::pin(fut::ready(Some(product.clone())));
+        }
+        Box::pin(
+            self.store
+                .load_catalog(vec![message.product_id], Vec::new())
+                .into_actor(self)
+                .map(|loaded, _, _| loaded.ok().and_then(|(mut products, _)| products.pop())),
+        )
+    }
+}
+
+/// Flushes dirty products and categories now.
+#[derive(Message)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct FlushCatalog;
+
+impl Handler<FlushCatalog> for CatalogActor {
+    type Result = AtomicResponse<Self, Result<usize, StoreError>>;
+
+    fn handle(&mut self, _: FlushCatalog, _: &mut Self::Context) -> Self::Result {
+        if self.flushing {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Busy))));
+        }
+        match self.flush() {
+            Some(flush) => AtomicResponse::new(flush),
+            None => AtomicResponse::new(Box::pin(fut::ready(Ok(0)))),
+        }
+    }
+}
+
+/// Product count and store health.
+#[derive(Message)]
+#[rtype(result = "(usize, bool)")]
+pub struct GetCatalogStats;
+
+impl Handler<GetCatalogStats> for CatalogActor {
+    type Result = MessageResult<GetCatalogStats>;
+
+    fn handle(&mut self, _: GetCatalogStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.state.products.len(), self.last_flush_error.is_none()))
+    }
+}

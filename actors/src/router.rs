@@ -1,0 +1,185 @@
+//! The handle to a running engine: N shard actors, one per arbiter, and the catalog actor on its
+//! own arbiter. It routes events by a hash of user_id, so one user's events always land, in
+//! order, on the same shard, and it gathers features for scoring from both sides.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use crate::catalog::{CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct};
+use crate::engine::SessionKey;
+use crate::event::{Event, Millis};
+use crate::features::{FEATURE_COUNT, FeatureVector, ProductState, SessionState, USER_SIDE_COUNT, UserState};
+use crate::shard::{ApplyBatch, BatchApplied, FlushNow, GetSession, GetShardStats, GetUser, ShardActor, ShardSettings, UserSideFeatures};
+use crate::store::{Observer, StateStore, StoreError};
+
+/// Why the engine could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine actor stopped: {0}")]
+    Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Totals over every shard and the catalog.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub live_sessions: usize,
+    pub users_in_memory: usize,
+    pub products_in_memory: usize,
+    pub watermark: Millis,
+    pub store_healthy: bool,
+}
+
+/// A cheap, cloneable handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    shards: Arc<Vec<Addr<ShardActor>>>,
+    catalog: Addr<CatalogActor>,
+}
+
+/// The shard a user belongs to. The id is mixed first: shop user ids are often sequential.
+pub fn shard_of(user_id: u64, shards: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % shards as u64) as usize
+}
+
+impl Engine {
+    /// Starts `shards` shard arbiters and a catalog arbiter. Must run inside an actix system.
+    pub fn start(shards: usize, settings: ShardSettings, store: Arc<dyn StateStore>, observer: Arc<dyn Observer>) -> Engine {
+        let flush_interval = settings.flush_interval;
+        let catalog_store = store.clone();
+        let catalog_observer = observer.clone();
+        let catalog = CatalogActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            CatalogActor::new(catalog_store, catalog_observer, flush_interval)
+        });
+        let shards = (0..shards.max(1))
+            .map(|index| {
+                let (settings, catalog, store, observer) = (settings.clone(), catalog.clone(), store.clone(), observer.clone());
+                ShardActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                    ShardActor::new(index, settings, catalog, store, observer)
+                })
+            })
+            .collect();
+        Engine {
+            shards: Arc::new(shards),
+            catalog,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, user_id: u64) -> &Addr<ShardActor> {
+        &self.shards[shard_of(user_id, self.shards.len())]
+    }
+
+    /// Applies a batch of events; resolves when every shard has applied its part. One message
+    /// per shard per batch keeps cross-thread traffic low.
+    pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
+        let count = self.shards.len();
+        let mut parts: Vec<Vec<Event>> = (0..count).map(|_| Vec::with_capacity(events.len() / count + 1)).collect();
+        for event in events {
+            parts[shard_of(event.user_id, count)].push(event);
+        }
+        let sends = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(index, part)| self.shards[index].send(ApplyBatch { events: part }));
+        let mut total = BatchApplied::default();
+        for result in join_all(sends).await {
+            let applied = result?;
+            total.applied += applied.applied;
+            total.duplicates += applied.duplicates;
+        }
+        Ok(total)
+    }
+
+    /// Feature vectors for scoring each product in a session, from current state.
+    pub async fn features(&self, key: SessionKey, product_ids: Vec<u64>) -> Result<Vec<FeatureVector>, EngineError> {
+        let user_side = self.shard(key.user_id).send(UserSideFeatures { key, product_ids: product_ids.clone() });
+        let catalog_side = self.catalog.send(CatalogFeatures { product_ids: product_ids.clone() });
+        let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
+        let (user_side, catalog_side) = (user_side?, catalog_side?);
+        let width = FEATURE_COUNT - USER_SIDE_COUNT;
+        Ok((0..product_ids.len())
+            .map(|index| {
+                let mut vector = [0.0; FEATURE_COUNT];
+                vector[..USER_SIDE_COUNT].copy_from_slice(&user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT]);
+                vector[USER_SIDE_COUNT..].copy_from_slice(&catalog_side[index * width..(index + 1) * width]);
+                vector
+            })
+            .collect())
+    }
+
+    /// A session's state.
+    pub async fn session(&self, key: SessionKey) -> Result<Option<SessionState>, EngineError> {
+        Ok(self.shard(key.user_id).send(GetSession { key }).await?)
+    }
+
+    /// A user's state.
+    pub async fn user(&self, user_id: u64) -> Result<Option<UserState>, EngineError> {
+        Ok(self.shard(user_id).send(GetUser { user_id }).await?)
+    }
+
+    /// A product's state.
+    pub async fn product(&self, product_id: u64) -> Result<Option<ProductState>, EngineError> {
+        Ok(self.catalog.send(GetProduct { product_id }).await?)
+    }
+
+    /// Makes everything applied so far durable; with `close_sessions`, ends every live session
+    /// first. Returns the number of sessions closed.
+    pub async fn flush(&self, close_sessions: bool) -> Result<usize, EngineError> {
+        let mut closed = 0;
+        for shard in self.shards.iter() {
+            let mut close = close_sessions;
+            loop {
+                match shard.send(FlushNow { close_sessions: close }).await? {
+                    Ok(done) => {
+                        closed += done.sessions_closed;
+                        break;
+                    }
+                    Err(StoreError::Busy) => {
+                        // A timed flush is running; the sessions were closed already if asked.
+                        close = false;
+                        actix::clock::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        // Shards sent their catalog batches before answering, so they are queued ahead of this.
+        loop {
+            match self.catalog.send(FlushCatalog).await? {
+                Ok(_) => break,
+                Err(StoreError::Busy) => actix::clock::sleep(Duration::from_millis(2)).await,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(closed)
+    }
+
+    /// Totals over every shard.
+    pub async fn stats(&self) -> Result<EngineStats, EngineError> {
+        let mut stats = EngineStats {
+            store_healthy: true,
+            ..EngineStats::default()
+        };
+        for shard in self.shards.iter() {
+            let shard_stats = shard.send(GetShardStats).await?;
+            stats.live_sessions += shard_stats.live_sessions;
+            stats.users_in_memory += shard_stats.users;
+            stats.watermark = stats.watermark.max(shard_stats.watermark);
+            stats.store_healthy &= shard_stats.store_healthy;
+        }
+        let (products, healthy) = self.catalog.send(GetCatalogStats).await?;
+        stats.products_in_memory = products;
+        stats.store_healthy &= healthy;
+        Ok(stats)
+    }
+}

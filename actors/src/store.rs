@@ -1,0 +1,70 @@
+//! The seam between the actors and the online store: what they save and load, as a trait the
+//! service implements (embedded, ScyllaDB) and tests replace with a collector.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::engine::SessionKey;
+use crate::features::{CategoryState, ProductState, SessionState, UserState};
+
+/// A boxed future a store returns; stores run on any runtime thread.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Why the store could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out after {0} ms")]
+    Timeout(u64),
+    #[error("a flush is under way")]
+    Busy,
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Dirty state coalesced per entity since the last flush.
+#[derive(Debug, Default, Clone)]
+pub struct StateBatch {
+    pub sessions: Vec<SessionState>,
+    pub users: Vec<UserState>,
+    pub products: Vec<ProductState>,
+    pub categories: Vec<CategoryState>,
+}
+
+impl StateBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.users.is_empty() && self.products.is_empty() && self.categories.is_empty()
+    }
+
+    /// Entities in the batch.
+    pub fn len(&self) -> usize {
+        self.sessions.len() + self.users.len() + self.products.len() + self.categories.len()
+    }
+}
+
+/// Durable home of the entities' state: actors flush to it and rehydrate from it on first use.
+pub trait StateStore: Send + Sync + 'static {
+    /// Writes the batch durably; resolves once it is safe to acknowledge the events behind it.
+    fn save(&self, batch: StateBatch) -> StoreFuture<()>;
+    /// Loads the users and sessions that exist among those asked for.
+    fn load_user_side(&self, users: Vec<u64>, sessions: Vec<SessionKey>) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
+    /// Loads the products and categories that exist among those asked for.
+    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)>;
+}
+
+/// Hears about what the engine does, for metrics; every method defaults to nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// A session ended with this outcome and cart value.
+    fn session_closed(&self, _session: &SessionState) {}
+    /// Events were applied (those given) and duplicates dropped.
+    fn events_applied(&self, _accepted: &[crate::event::Event], _duplicates: u64) {}
+    /// A flush finished.
+    fn flushed(&self, _rows: usize, _seconds: f64, _error: Option<&StoreError>) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}

@@ -1,0 +1,250 @@
+//! Settings: config/default.toml, then config/<env>.toml, then `PROPENSITY__SECTION__KEY`
+//! environment variables. Unknown keys and invalid values are errors that name the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The defaults, compiled in so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Every setting of the service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub engine: EngineSettings,
+    pub model: ModelSettings,
+    pub scoring: ScoringSettings,
+    pub store: StoreSettings,
+    pub bus: BusSettings,
+    pub logging: LoggingSettings,
+}
+
+/// The HTTP API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub auth_token: String,
+    pub body_limit_bytes: usize,
+    pub max_batch: usize,
+    pub workers: usize,
+}
+
+/// The actor engine.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub shards: usize,
+    pub session_timeout_seconds: u64,
+    pub user_idle_seconds: u64,
+    pub flush_interval_ms: u64,
+    pub live_watermark: bool,
+}
+
+impl EngineSettings {
+    /// Shards to run: the configured number, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |cores| cores.get())
+        } else {
+            self.shards
+        }
+    }
+
+    /// Session timeout in event-time milliseconds.
+    pub fn session_timeout_millis(&self) -> i64 {
+        self.session_timeout_seconds as i64 * 1000
+    }
+
+    /// The shard settings these imply.
+    pub fn shard_settings(&self) -> propensity_actors::shard::ShardSettings {
+        propensity_actors::shard::ShardSettings {
+            session_timeout: self.session_timeout_millis(),
+            user_idle: self.user_idle_seconds as i64 * 1000,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            live_watermark: self.live_watermark,
+        }
+    }
+}
+
+/// The model file and its reloading.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub path: PathBuf,
+    pub reload_interval_seconds: u64,
+}
+
+/// Propensity bands.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringSettings {
+    pub low_below: f64,
+    pub high_from: f64,
+}
+
+/// Which online store.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    Embedded,
+    Scylla,
+}
+
+/// The online store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub kind: StoreKind,
+    pub embedded_path: PathBuf,
+}
+
+/// Which event bus.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    Http,
+    Rabbitmq,
+}
+
+/// The event bus.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    pub kind: BusKind,
+}
+
+/// Log output.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Settings {
+    /// Loads the defaults, the overlay of `env` from `config_dir` when given, and the environment.
+    pub fn load(config_dir: &Path, env: Option<&str>) -> Result<Settings> {
+        Self::load_with(config_dir, env, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment variables given, for tests.
+    pub fn load_with(config_dir: &Path, env: Option<&str>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(env) = env {
+            let path = config_dir.join(format!("{env}.toml"));
+            if !path.exists() {
+                bail!("no config overlay for environment {env:?}: {} does not exist", path.display());
+            }
+            builder = builder.add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
+        }
+        let overrides: std::collections::HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("PROPENSITY__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("PROPENSITY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let settings: Settings = builder
+            .build()
+            .context("failed to read settings")?
+            .try_deserialize()
+            .map_err(|error| anyhow::anyhow!("invalid settings: {error}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values serde cannot: each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        let scoring = &self.scoring;
+        if !(0.0..=1.0).contains(&scoring.low_below) || !(0.0..=1.0).contains(&scoring.high_from) {
+            bail!("invalid settings: scoring.low_below and scoring.high_from must lie in [0, 1]");
+        }
+        if scoring.low_below > scoring.high_from {
+            bail!("invalid settings: scoring.low_below ({}) must not exceed scoring.high_from ({})", scoring.low_below, scoring.high_from);
+        }
+        if self.engine.session_timeout_seconds == 0 {
+            bail!("invalid settings: engine.session_timeout_seconds must be positive");
+        }
+        if self.engine.flush_interval_ms == 0 {
+            bail!("invalid settings: engine.flush_interval_ms must be positive");
+        }
+        if self.http.body_limit_bytes < 1024 {
+            bail!("invalid settings: http.body_limit_bytes must be at least 1024");
+        }
+        if self.http.max_batch == 0 {
+            bail!("invalid settings: http.max_batch must be positive");
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("invalid settings: http.listen {:?} is not an address like 127.0.0.1:8080", self.http.listen);
+        }
+        if !["trace", "debug", "info", "warn", "error"].iter().any(|level| self.logging.level.starts_with(level)) && !self.logging.level.contains('=') {
+            bail!("invalid settings: logging.level {:?} is not a log filter", self.logging.level);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    fn load(env: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings> {
+        Settings::load_with(&config_dir(), env, vars.iter().map(|(key, value)| (key.to_string(), value.to_string())))
+    }
+
+    #[test]
+    fn every_file_in_config_loads() {
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(config_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            let env = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            let settings = load(if env == "default" { None } else { Some(&env) }, &[])
+                .unwrap_or_else(|error| panic!("{}: {error:#}", path.display()));
+            assert!(settings.engine.session_timeout_seconds > 0);
+            loaded += 1;
+        }
+        assert!(loaded >= 3, "only {loaded} config files");
+    }
+
+    #[test]
+    fn overlay_and_environment_override_defaults() {
+        let settings = load(Some("test"), &[("PROPENSITY__SCORING__HIGH_FROM", "0.7"), ("PROPENSITY__ENGINE__SHARDS", "3")]).unwrap();
+        assert_eq!(settings.http.listen, "127.0.0.1:0");
+        assert_eq!(settings.scoring.high_from, 0.7);
+        assert_eq!(settings.engine.shard_count(), 3);
+        assert!(!settings.engine.live_watermark);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let error = load(None, &[("PROPENSITY__HTTP__LISTN", "x")]).unwrap_err().to_string();
+        assert!(error.contains("listn"), "{error}");
+        let error = load(None, &[("PROPENSITY__SCORING__LOW_BELOW", "0.9")]).unwrap_err().to_string();
+        assert!(error.contains("scoring.low_below"), "{error}");
+        let error = load(None, &[("PROPENSITY__ENGINE__SHARDS", "many")]).unwrap_err().to_string();
+        assert!(error.contains("shards"), "{error}");
+        let error = load(Some("nope"), &[]).unwrap_err().to_string();
+        assert!(error.contains("nope.toml"), "{error}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The HTTP API: scoring, the event collector, entity lookups, health, readiness, metrics and the
+//! OpenAPI document. `configure` is shared by `serve` and the tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, ResponseError, web};
+use propensity_actors::engine::SessionKey;
+use propensity_actors::event::{Event, format_time};
+use propensity_actors::router::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::config::HttpSettings;
+use crate::metrics::Metrics;
+use crate::scoring::{Score, ScoringActor};
+
+/// The OpenAPI description of every route.
+pub const OPENAPI: &str = include_str!("../../schema/openapi.json");
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Engine,
+    pub scoring: Addr<ScoringActor>,
+    pub metrics: Arc<Metrics>,
+    pub settings: HttpSettings,
+    /// Cleared while a dependency (bus, store) is down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// A request the API refuses or cannot serve, as a JSON body with the right status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    status: u16,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        HttpResponse::build(status).json(ErrorBody {
+            error: &self.to_string(),
+            status: status.as_u16(),
+        })
+    }
+}
+
+impl From<propensity_actors::router::EngineError> for ApiError {
+    fn from(error: propensity_actors::router::EngineError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(error: actix::MailboxError) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+/// Registers every route, the body limits and the JSON error handlers.
+pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
+    let limit = state.settings.body_limit_bytes;
+    config
+        .app_data(state)
+        .app_data(web::PayloadConfig::new(limit))
+        .app_data(web::JsonConfig::default().limit(limit).error_handler(|error, _| {
+            let message = error.to_string();
+            let api_error = match error {
+                actix_web::error::JsonPayloadError::Overflow { .. } | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::TooLarge(message)
+                }
+                _ => ApiError::BadRequest(format!("invalid JSON body: {message}")),
+            };
+            api_error.into()
+        }))
+        .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::BadRequest(format!("invalid path: {error}")).into()))
+        .route("/health", web::get().to(health))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::scope("")
+                .wrap(actix_web::middleware::from_fn(authorize))
+                .route("/ready", web::get().to(ready))
+                .route("/openapi.json", web::get().to(openapi))
+                .route("/v1/score", web::post().to(score))
+                .route("/v1/events", web::post().to(events))
+                .route("/v1/sessions/{user_id}/{user_session}", web::get().to(session))
+                .route("/v1/users/{user_id}", web::get().to(user))
+                .route("/v1/products/{product_id}", web::get().to(product))
+                .default_service(web::to(not_found)),
+        );
+}
+
+async fn authorize(request: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = request.app_data::<web::Data<AppState>>().expect("state is configured");
+    let token = &state.settings.auth_token;
+    if !token.is_empty() {
+        let given = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return Err(ApiError::Unauthorized.into());
+        }
+    }
+    next.call(request).await
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route; see /openapi.json".into()))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let stats = state.engine.stats().await?;
+    let ready = state.ready.load(Ordering::Relaxed) && stats.store_healthy;
+    let body = serde_json::json!({"ready": ready, "store_healthy": stats.store_healthy, "live_sessions": stats.live_sessions});
+    Ok(if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Ok(stats) = state.engine.stats().await {
+        state.metrics.live_sessions.set(stats.live_sessions as i64);
+        state.metrics.users_in_memory.set(stats.users_in_memory as i64);
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+}
+
+/// An id that may come as a JSON number or a string of digits (JavaScript loses digits past 2^53).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum IdField {
+    Number(u64),
+    Text(#[serde(deserialize_with = "digits")] u64),
+}
+
+fn digits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| serde::de::Error::custom(format!("{text:?} is not an unsigned integer id")))
+}
+
+impl IdField {
+    fn get(self) -> u64 {
+        match self {
+            IdField::Number(value) | IdField::Text(value) => value,
+        }
+    }
+}
+
+/// `POST /v1/score`: one product or a batch of them, for ranking.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreRequest {
+    user_id: IdField,
+    user_session: String,
+    product_id: Option<IdField>,
+    product_ids: Option<Vec<IdField>>,
+    #[serde(default = "default_true")]
+    explain: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize)]
+struct ScoreItem {
+    product_id: u64,
+    propensity: f64,
+    band: crate::scoring::Band,
+    action: crate::scoring::Action,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    explanation: serde_json::Value,
+}
+
+async fn score(state: web::Data<AppState>, request: web::Json<ScoreRequest>) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = score_inner(&state, request.into_inner()).await;
+    let status = match &result {
+        Ok(_) => "ok",
+        Err(ApiError::Internal(_)) => "server_error",
+        Err(_) => "client_error",
+    };
+    state.metrics.score_requests.with_label_values(&[status]).inc();
+    state.metrics.score_latency.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResponse, ApiError> {
+    let (product_ids, single) = match (request.product_id, request.product_ids) {
+        (Some(id), None) => (vec![id.get()], true),
+        (None, Some(ids)) if !ids.is_empty() => (ids.into_iter().map(IdField::get).collect::<Vec<_>>(), false),
+        (None, Some(_)) => return Err(ApiError::BadRequest("product_ids must not be empty".into())),
+        _ => return Err(ApiError::BadRequest("give exactly one of product_id or product_ids".into())),
+    };
+    if product_ids.len() > state.settings.max_batch {
+        return Err(ApiError::TooLarge(format!("at most {} product_ids per request", state.settings.max_batch)));
+    }
+    if request.user_session.is_empty() {
+        return Err(ApiError::BadRequest("user_session must not be empty".into()));
+    }
+    let key = SessionKey::new(request.user_id.get(), &request.user_session);
+    let vectors = state.engine.features(key, product_ids.clone()).await?;
+    let result = state.scoring.send(Score { vectors, explain: request.explain }).await?;
+    let mut items: Vec<ScoreItem> = product_ids
+        .into_iter()
+        .zip(result.scores)
+        .map(|(product_id, scored)| {
+            state.metrics.propensity.observe(scored.propensity);
+            ScoreItem {
+                product_id,
+                propensity: scored.propensity,
+                band: scored.band,
+                action: scored.action,
+                explanation: scored.explanation,
+            }
+        })
+        .collect();
+    if single {
+        let item = items.pop().expect("one product");
+        return Ok(HttpResponse::Ok().json(serde_json::json!({
+            "product_id": item.product_id,
+            "propensity": item.propensity,
+            "band": item.band,
+            "action": item.action,
+            "model_version": result.model_version,
+            "explanation": item.explanation,
+        })));
+    }
+    // Best first, for ranking.
+    items.sort_by(|a, b| b.propensity.total_cmp(&a.propensity));
+    Ok(HttpResponse::Ok().json(serde_json::json!({"model_version": result.model_version, "scores": items})))
+}
+
+/// `POST /v1/events`: one event object or an array of them.
+async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        object @ serde_json::Value::Object(_) => vec![object],
+        _ => return Err(ApiError::BadRequest("expected an event object or an array of them".into())),
+    };
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("the batch is empty".into()));
+    }
+    if items.len() > state.settings.max_batch {
+        return Err(ApiError::TooLarge(format!("at most {} events per request", state.settings.max_batch)));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let bytes = serde_json::to_vec(item).expect("a JSON value serializes");
+        match Event::from_json(&bytes) {
+            Ok(event) => events.push(event),
+            Err(error) => {
+                state.metrics.events_rejected.with_label_values(&[error.code()]).inc();
+                // Nothing of a bad batch is applied, so the producer can fix and resend it whole.
+                return Err(ApiError::BadRequest(format!("event {index}: {error}")));
+            }
+        }
+    }
+    let applied = state.engine.ingest(events).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"accepted": applied.applied, "duplicates": applied.duplicates})))
+}
+
+fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError::BadRequest(format!("{what} {text:?} is not an unsigned integer")))
+}
+
+async fn session(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (user_id, user_session) = path.into_inner();
+    let user_id = parse_id(&user_id, "user_id")?;
+    let key = SessionKey::new(user_id, &user_session);
+    let Some(session) = state.engine.session(key).await? else {
+        return Err(ApiError::NotFound(format!("no session {user_session:?} for user {user_id}")));
+    };
+    let cart: Vec<_> = session
+        .products
+        .iter()
+        .filter(|product| product.in_cart > 0)
+        .map(|product| serde_json::json!({"product_id": product.product_id, "quantity": product.in_cart, "price": product.price}))
+        .collect();
+    let features: serde_json::Map<String, serde_json::Value> = propensity_actors::features::FEATURES
+        .iter()
+        .zip(state.engine.features(key, vec![0]).await?[0])
+        .filter(|(feature, _)| matches!(feature.entity, propensity_actors::features::Entity::Session | propensity_actors::features::Entity::User))
+        .map(|(feature, value)| (feature.name.to_owned(), serde_json::json!(value)))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user_id": session.user_id,
+        "user_session": session.session_id,
+        "started_at": format_time(session.started_at),
+        "last_event_at": format_time(session.last_event_at),
+        "outcome_so_far": session.outcome().as_str(),
+        "cart": cart,
+        "cart_items": session.cart_items(),
+        "cart_value": session.cart_value(),
+        "views": session.view_sequence,
+        "counts": session.counts,
+        "features": features,
+    })))
+}
+
+async fn user(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let user_id = parse_id(&path.into_inner(), "user_id")?;
+    let Some(user) = state.engine.user(user_id).await? else {
+        return Err(ApiError::NotFound(format!("no user {user_id}")));
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "user_id": user.user_id,
+        "counts": user.counts,
+        "sessions": user.sessions,
+        "purchase_sessions": user.purchase_sessions,
+        "lifetime_value": user.revenue,
+        "first_event_at": format_time(user.first_event_at),
+        "last_event_at": format_time(user.last_event_at),
+        "last_purchase_at": user.last_purchase_at.map(format_time),
+        "products": user.products.len(),
+    })))
+}
+
+async fn product(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let product_id = parse_id(&path.into_inner(), "product_id")?;
+    let Some(product) = state.engine.product(product_id).await? else {
+        return Err(ApiError::NotFound(format!("no product {product_id}")));
+    };
+    let now = product.last_event_at;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "product_id": product.product_id,
+        "category_id": product.category_id,
+        "price": product.price,
+        "counts": product.counts,
+        "revenue": product.revenue,
+        "last_event_at": format_time(product.last_event_at),
+        "windows": {
+            "last_hour": product.window(now, 1),
+            "last_24_hours": product.window(now, 24),
+        },
+    })))
+}

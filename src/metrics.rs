@@ -1,0 +1,216 @@
+//! Every Prometheus metric of the service, declared once with its help text. No user, session or
+//! product id is ever a label value.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use propensity_actors::event::EventType;
+use propensity_actors::features::{Outcome, SessionState};
+use propensity_actors::store::{Observer, StoreError};
+
+/// The service's metrics and their registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub live_sessions: IntGauge,
+    pub users_in_memory: IntGauge,
+    pub sessions_closed: IntCounterVec,
+    pub abandoned_cart_value: prometheus::Counter,
+    pub score_requests: IntCounterVec,
+    pub score_latency: Histogram,
+    pub propensity: Histogram,
+    pub model_info: IntGaugeVec,
+    pub flush_latency: Histogram,
+    pub flush_rows: IntCounter,
+    pub flush_errors: IntCounter,
+    pub event_lag: Gauge,
+    pub http_requests: HistogramVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let events = register(
+            &registry,
+            IntCounterVec::new(Opts::new("propensity_events_total", "Events applied, by type"), &["type"]).unwrap(),
+        );
+        for event_type in EventType::ALL {
+            events.with_label_values(&[event_type.as_str()]);
+        }
+        let sessions_closed = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "propensity_sessions_closed_total",
+                    "Sessions ended, by outcome: purchased, abandoned (a non-empty cart and no purchase) or browsed",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
+        );
+        for outcome in Outcome::ALL {
+            sessions_closed.with_label_values(&[outcome.as_str()]);
+        }
+        let score_requests = register(
+            &registry,
+            IntCounterVec::new(Opts::new("propensity_score_requests_total", "Scoring requests, by status"), &["status"]).unwrap(),
+        );
+        for status in ["ok", "client_error", "server_error"] {
+            score_requests.with_label_values(&[status]);
+        }
+        Metrics {
+            events,
+            events_rejected: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("propensity_events_rejected_total", "Events rejected or dead-lettered, by reason"),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            duplicates: register(
+                &registry,
+                IntCounter::new("propensity_events_duplicate_total", "Events dropped as duplicates or redeliveries").unwrap(),
+            ),
+            live_sessions: register(&registry, IntGauge::new("propensity_live_sessions", "Sessions in memory").unwrap()),
+            users_in_memory: register(&registry, IntGauge::new("propensity_users_in_memory", "Users in memory").unwrap()),
+            sessions_closed,
+            abandoned_cart_value: register(
+                &registry,
+                prometheus::Counter::new("propensity_abandoned_cart_value_total", "Value of carts left in abandoned sessions").unwrap(),
+            ),
+            score_requests,
+            score_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("propensity_score_duration_seconds", "Time to answer a scoring request")
+                        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+                )
+                .unwrap(),
+            ),
+            propensity: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("propensity_score_propensity", "Propensities returned")
+                        .buckets((1..=10).map(|step| f64::from(step) / 10.0).collect()),
+                )
+                .unwrap(),
+            ),
+            model_info: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("propensity_model_info", "The model being served (value 1)"), &["version"]).unwrap(),
+            ),
+            flush_latency: register(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new("propensity_store_flush_duration_seconds", "Time to flush a batch to the store"))
+                    .unwrap(),
+            ),
+            flush_rows: register(&registry, IntCounter::new("propensity_store_flushed_rows_total", "Entity rows flushed to the store").unwrap()),
+            flush_errors: register(&registry, IntCounter::new("propensity_store_flush_errors_total", "Failed flushes to the store").unwrap()),
+            event_lag: register(
+                &registry,
+                Gauge::new("propensity_event_lag_seconds", "Wall clock minus the latest event time").unwrap(),
+            ),
+            http_requests: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("propensity_http_request_duration_seconds", "HTTP requests by route and status class"),
+                    &["route", "status"],
+                )
+                .unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding never fails");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Observer for Metrics {
+    fn session_closed(&self, session: &SessionState) {
+        let outcome = session.outcome();
+        self.sessions_closed.with_label_values(&[outcome.as_str()]).inc();
+        if outcome == Outcome::Abandoned {
+            self.abandoned_cart_value.inc_by(session.cart_value());
+        }
+    }
+
+    fn events_applied(&self, accepted: &[propensity_actors::event::Event], duplicates: u64) {
+        let mut by_type = [0u64; 4];
+        let mut latest = i64::MIN;
+        for event in accepted {
+            by_type[EventType::ALL.iter().position(|kind| *kind == event.event_type).unwrap_or(0)] += 1;
+            latest = latest.max(event.time);
+        }
+        for (event_type, count) in EventType::ALL.iter().zip(by_type) {
+            if count > 0 {
+                self.events.with_label_values(&[event_type.as_str()]).inc_by(count);
+            }
+        }
+        if latest > i64::MIN {
+            let lag = (chrono::Utc::now().timestamp_millis() - latest) as f64 / 1000.0;
+            self.event_lag.set(lag);
+        }
+        self.duplicates.inc_by(duplicates);
+    }
+
+    fn flushed(&self, rows: usize, seconds: f64, error: Option<&StoreError>) {
+        self.flush_latency.observe(seconds);
+        match error {
+            None => self.flush_rows.inc_by(rows as u64),
+            Some(_) => self.flush_errors.inc(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names_with_help_and_no_ids() {
+        let metrics = Metrics::new();
+        let mut session = SessionState::new(1, "s", 0);
+        session.apply(&propensity_actors::event::Event {
+            time: 0,
+            event_type: EventType::Cart,
+            product_id: 2,
+            category_id: 3,
+            category_code: None,
+            brand: None,
+            price: 9.5,
+            user_id: 1,
+            user_session: "s".into(),
+            event_id: None,
+        });
+        metrics.session_closed(&session);
+        let text = metrics.render();
+        assert!(text.contains("# HELP propensity_sessions_closed_total"));
+        assert!(text.contains("propensity_sessions_closed_total{outcome=\"abandoned\"} 1"));
+        assert!(text.contains("propensity_abandoned_cart_value_total 9.5"));
+        assert!(text.contains("propensity_events_total{type=\"remove_from_cart\"} 0"));
+    }
+}

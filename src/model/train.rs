@@ -1,0 +1,716 @@
+//! Training: fits a class-weighted Gini decision tree with linfa-trees, turns it into our
+//! [`Tree`], counts and smooths the leaves, and calibrates the leaf scores on held-out rows.
+//!
+//! Why each step exists:
+//! - Class weighting (default: balanced, positives weighted `n_neg / n_pos`) matters because
+//!   linfa prunes sibling leaves that predict the same majority class. Unweighted, with a 3 % base
+//!   rate, nearly every leaf predicts "negative" and the tree collapses; balanced weights move the
+//!   decision boundary to the base rate so splits that separate above-average from
+//!   below-average propensity survive.
+//! - Leaf counts come from routing the unweighted training rows through our own tree, because
+//!   linfa keeps no counts and its pruning merges leaves.
+//! - The m-estimate `(positives + m * base_rate) / (total + m)` keeps small leaves from claiming
+//!   0 % or 100 %.
+//! - Calibration: isotonic regression (pool-adjacent-violators) on the leaf scores of the
+//!   calibration rows. A tree yields a handful of distinct scores, and isotonic regression fits a
+//!   free monotone step per score instead of forcing Platt's sigmoid shape onto them, while never
+//!   reordering leaves, so ranking is preserved (ties can only be merged). Each group of rows
+//!   sharing a leaf score is m-estimate smoothed toward the calibration base rate before pooling,
+//!   so calibrated probabilities stay strictly inside (0, 1) when `smoothing > 0`.
+
+use linfa::prelude::*;
+use linfa_trees::{DecisionTree, SplitQuality};
+use ndarray::Array1;
+use serde::{Deserialize, Serialize};
+
+use super::tree::{Tree, for_each_row};
+use super::{Dataset, Model, ModelError};
+
+/// Hyperparameters for [`train`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Maximum number of splits on any root-to-leaf path.
+    pub max_depth: usize,
+    /// Minimum number of (unweighted) training rows in every leaf.
+    pub min_samples_leaf: usize,
+    /// Nodes with fewer training rows than this are not split. linfa compares it against the
+    /// unweighted row count despite the name.
+    pub min_weight_split: f32,
+    /// Weight of each positive row relative to a negative one; `None` means balanced,
+    /// `n_negative / n_positive`.
+    pub positive_class_weight: Option<f32>,
+    /// Strength `m` of the m-estimate that pulls leaf (and calibration group) frequencies toward
+    /// the base rate, in pseudo-rows; 0 disables it.
+    pub smoothing: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            max_depth: 10,
+            min_samples_leaf: 50,
+            // linfa's own default; min_samples_leaf is the binding constraint in practice.
+            min_weight_split: 2.0,
+            positive_class_weight: None,
+            smoothing: 10.0,
+        }
+    }
+}
+
+impl TrainOptions {
+    /// Rejects values that would make linfa fail obscurely or the smoothing meaningless.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let invalid = |message: String| Err(ModelError::InvalidOptions(message));
+        if self.max_depth == 0 {
+            return invalid("max_depth must be at least 1".into());
+        }
+        if self.min_samples_leaf == 0 {
+            return invalid("min_samples_leaf must be at least 1".into());
+        }
+        if !self.min_weight_split.is_finite() || self.min_weight_split < 0.0 {
+            return invalid(format!(
+                "min_weight_split must be a non-negative number, got {}",
+                self.min_weight_split
+            ));
+        }
+        if let Some(weight) = self.positive_class_weight
+            && !(weight.is_finite() && weight > 0.0)
+        {
+            return invalid(format!(
+                "positive_class_weight must be a positive number, got {weight}"
+            ));
+        }
+        if !self.smoothing.is_finite() || self.smoothing < 0.0 {
+            return invalid(format!(
+                "smoothing must be a non-negative number, got {}",
+                self.smoothing
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Maps an uncalibrated leaf score to a calibrated probability.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(
+    tag = "method",
+    rename_all = "snake_case",
+    try_from = "CalibrationRepr"
+)]
+pub enum Calibration {
+    /// Leaf probabilities are used as they are (hand-built or uncalibrated models).
+    Identity,
+    /// A non-decreasing piecewise-linear map through the points `(scores[i], probabilities[i])`,
+    /// fitted by isotonic regression; constant beyond the first and last score.
+    Isotonic {
+        /// Distinct leaf scores seen in the calibration rows, strictly increasing.
+        scores: Vec<f64>,
+        /// Calibrated probability at each score, non-decreasing, in `[0, 1]`.
+        probabilities: Vec<f64>,
+        /// Number of calibration rows the map was fitted on.
+        rows: usize,
+    },
+}
+
+/// The unchecked wire form of [`Calibration`], validated by `TryFrom`.
+#[derive(Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+enum CalibrationRepr {
+    Identity,
+    Isotonic {
+        scores: Vec<f64>,
+        probabilities: Vec<f64>,
+        rows: usize,
+    },
+}
+
+impl TryFrom<CalibrationRepr> for Calibration {
+    type Error = ModelError;
+
+    fn try_from(repr: CalibrationRepr) -> Result<Self, Self::Error> {
+        let calibration = match repr {
+            CalibrationRepr::Identity => Calibration::Identity,
+            CalibrationRepr::Isotonic {
+                scores,
+                probabilities,
+                rows,
+            } => Calibration::Isotonic {
+                scores,
+                probabilities,
+                rows,
+            },
+        };
+        calibration.validate()?;
+        Ok(calibration)
+    }
+}
+
+impl Calibration {
+    /// Fits an isotonic map from `scores` (uncalibrated leaf probabilities) to `labels`.
+    ///
+    /// Rows are grouped by identical score; each group's positive rate is smoothed with the
+    /// m-estimate toward the overall rate of `labels` and weighted by `rows + m`, then
+    /// pool-adjacent-violators makes the sequence non-decreasing.
+    pub fn fit_isotonic(scores: &[f64], labels: &[bool], smoothing: f64) -> Calibration {
+        debug_assert_eq!(scores.len(), labels.len());
+        let positives = labels.iter().filter(|&&label| label).count();
+        let prior = positives as f64 / labels.len().max(1) as f64;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+
+        let mut group_scores: Vec<f64> = Vec::new();
+        let mut group_counts: Vec<(f64, f64)> = Vec::new();
+        for &row in &order {
+            let label = f64::from(u8::from(labels[row]));
+            if group_scores.last() == Some(&scores[row]) {
+                let last = group_counts.last_mut().expect("groups are pushed in pairs");
+                last.0 += label;
+                last.1 += 1.0;
+            } else {
+                group_scores.push(scores[row]);
+                group_counts.push((label, 1.0));
+            }
+        }
+        let (values, weights): (Vec<f64>, Vec<f64>) = group_counts
+            .iter()
+            .map(|&(group_positives, group_rows)| {
+                (
+                    (group_positives + smoothing * prior) / (group_rows + smoothing),
+                    group_rows + smoothing,
+                )
+            })
+            .unzip();
+        Calibration::Isotonic {
+            scores: group_scores,
+            probabilities: pool_adjacent_violators(&values, &weights),
+            rows: scores.len(),
+        }
+    }
+
+    /// The calibrated probability for an uncalibrated score; never allocates.
+    ///
+    /// Between two fitted scores (a leaf that no calibration row reached) it interpolates
+    /// linearly, which keeps the map monotone. Malformed hand-built maps degrade instead of
+    /// panicking: an empty map returns the score clamped to `[0, 1]`.
+    #[inline]
+    pub fn apply(&self, score: f64) -> f64 {
+        match self {
+            Calibration::Identity => score,
+            Calibration::Isotonic {
+                scores,
+                probabilities,
+                ..
+            } => {
+                let len = scores.len().min(probabilities.len());
+                let (scores, probabilities) = (&scores[..len], &probabilities[..len]);
+                if len == 0 {
+                    return score.clamp(0.0, 1.0);
+                }
+                let upper = scores.partition_point(|&knot| knot < score);
+                if upper == 0 {
+                    return probabilities[0];
+                }
+                if upper == len {
+                    return probabilities[len - 1];
+                }
+                if scores[upper] == score {
+                    return probabilities[upper];
+                }
+                let (x0, x1) = (scores[upper - 1], scores[upper]);
+                let (y0, y1) = (probabilities[upper - 1], probabilities[upper]);
+                y0 + (y1 - y0) * (score - x0) / (x1 - x0)
+            }
+        }
+    }
+
+    /// Checks that an isotonic map is well-formed: equal non-zero lengths, strictly increasing
+    /// finite scores, non-decreasing probabilities in `[0, 1]`.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let Calibration::Isotonic {
+            scores,
+            probabilities,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let invalid = |message: &str| Err(ModelError::InvalidModel(message.into()));
+        if scores.is_empty() || scores.len() != probabilities.len() {
+            return invalid(
+                "isotonic calibration needs as many probabilities as scores, at least one",
+            );
+        }
+        if scores.iter().any(|score| !score.is_finite())
+            || scores.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return invalid("isotonic calibration scores must be finite and strictly increasing");
+        }
+        if probabilities.iter().any(|p| !(0.0..=1.0).contains(p))
+            || probabilities.windows(2).any(|pair| pair[0] > pair[1])
+        {
+            return invalid("isotonic calibration probabilities must be non-decreasing in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// Weighted isotonic regression of `values` in their given order (non-decreasing result).
+///
+/// Classic pool-adjacent-violators: blocks are merged while a block's mean is not below its
+/// successor's, so each output is the weighted mean of its block.
+fn pool_adjacent_violators(values: &[f64], weights: &[f64]) -> Vec<f64> {
+    // (weighted sum, total weight, number of inputs) per block.
+    let mut blocks: Vec<(f64, f64, usize)> = Vec::with_capacity(values.len());
+    for (&value, &weight) in values.iter().zip(weights) {
+        blocks.push((value * weight, weight, 1));
+        while blocks.len() >= 2 {
+            let (last_sum, last_weight, _) = blocks[blocks.len() - 1];
+            let (previous_sum, previous_weight, _) = blocks[blocks.len() - 2];
+            if previous_sum / previous_weight < last_sum / last_weight {
+                break;
+            }
+            let (sum, weight, count) = blocks.pop().expect("two blocks checked above");
+            let previous = blocks.last_mut().expect("two blocks checked above");
+            previous.0 += sum;
+            previous.1 += weight;
+            previous.2 += count;
+        }
+    }
+    blocks
+        .into_iter()
+        .flat_map(|(sum, weight, count)| std::iter::repeat_n(sum / weight, count))
+        .collect()
+}
+
+/// Trains a calibrated propensity model on `train`, calibrating on the held-out `calibration` rows.
+///
+/// Steps: fit a Gini `linfa_trees::DecisionTree` with class weights; convert it to a [`Tree`];
+/// count the unweighted training rows per leaf; collapse splits whose children hold fewer than
+/// `min_samples_leaf` rows (linfa checks its leaf minimum on weighted sums only); smooth the leaf
+/// frequencies toward the training base rate; fit the isotonic [`Calibration`] on the
+/// calibration rows' leaf scores. `metrics` and `data_span` are left `None` for the caller, who
+/// should evaluate on a third, untouched validation set.
+pub fn train(
+    train: &Dataset,
+    calibration: &Dataset,
+    options: &TrainOptions,
+) -> Result<Model, ModelError> {
+    options.validate()?;
+    train.validate("training")?;
+    calibration.validate("calibration")?;
+    if let Some(position) = (0..train
+        .feature_names
+        .len()
+        .max(calibration.feature_names.len()))
+        .find(|&i| train.feature_names.get(i) != calibration.feature_names.get(i))
+    {
+        return Err(ModelError::FeatureNamesMismatch {
+            position,
+            expected: train
+                .feature_names
+                .get(position)
+                .cloned()
+                .unwrap_or_default(),
+            actual: calibration
+                .feature_names
+                .get(position)
+                .cloned()
+                .unwrap_or_default(),
+        });
+    }
+
+    let rows = train.labels.len();
+    let positives = train.positives();
+    let negatives = rows - positives;
+    let positive_weight = options
+        .positive_class_weight
+        .unwrap_or(negatives as f32 / positives as f32);
+    let weights: Array1<f32> = train
+        .labels
+        .iter()
+        .map(|&label| if label { positive_weight } else { 1.0 })
+        .collect();
+    // Every row weighs at least min(1, positive_weight), so this weighted minimum never rejects
+    // a split that the unweighted minimum would allow; prune_small_leaves enforces the rest.
+    let min_weight_leaf = options.min_samples_leaf as f32 * positive_weight.min(1.0);
+    let dataset = DatasetBase::new(train.features.view(), Array1::from(train.labels.clone()))
+        .with_weights(weights)
+        .with_feature_names(train.feature_names.clone());
+    let fitted = DecisionTree::params()
+        .split_quality(SplitQuality::Gini)
+        .max_depth(Some(options.max_depth))
+        .min_weight_split(options.min_weight_split)
+        .min_weight_leaf(min_weight_leaf)
+        .fit(&dataset)?;
+
+    let mut tree = Tree::from_linfa(fitted.root_node());
+    tree.count_rows(train.features.view(), &train.labels);
+    let mut tree = tree.prune_small_leaves(options.min_samples_leaf as u64);
+    let base_rate = positives as f64 / rows as f64;
+    tree.smooth_leaves(base_rate, options.smoothing);
+
+    let mut leaf_scores = Vec::with_capacity(calibration.labels.len());
+    for_each_row(calibration.features.view(), |_, values| {
+        leaf_scores.push(tree.leaf_probability(values));
+    });
+    let calibration_map =
+        Calibration::fit_isotonic(&leaf_scores, &calibration.labels, options.smoothing);
+
+    tracing::info!(
+        rows,
+        positives,
+        positive_weight,
+        linfa_leaves = fitted.num_leaves(),
+        leaves = tree.leaf_count(),
+        depth = tree.depth(),
+        "trained propensity tree"
+    );
+    Model::assemble(
+        train.feature_names.clone(),
+        tree,
+        calibration_map,
+        rows,
+        base_rate,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tree::Node;
+    use super::*;
+    use ndarray::Array2;
+
+    /// A deterministic pseudo-random stream (SplitMix64) so tests need no rand dependency.
+    struct Stream(u64);
+
+    impl Stream {
+        fn next_unit(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// Two features, x0 and x1 uniform in [0, 1); the label is drawn with
+    /// `P(positive) = probability(x0, x1)`.
+    fn synthetic(rows: usize, seed: u64, probability: impl Fn(f64, f64) -> f64) -> Dataset {
+        let mut stream = Stream(seed);
+        let mut features = Array2::zeros((rows, 2));
+        let mut labels = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let (x0, x1) = (stream.next_unit(), stream.next_unit());
+            features[(row, 0)] = x0;
+            features[(row, 1)] = x1;
+            labels.push(stream.next_unit() < probability(x0, x1));
+        }
+        Dataset {
+            features,
+            labels,
+            feature_names: vec!["x0".into(), "x1".into()],
+        }
+    }
+
+    fn step(x0: f64, _x1: f64) -> f64 {
+        if x0 > 0.5 { 1.0 } else { 0.0 }
+    }
+
+    #[test]
+    fn learns_a_threshold_rule() {
+        let train_set = synthetic(2000, 1, step);
+        let calibration_set = synthetic(1000, 2, step);
+        let model = train(&train_set, &calibration_set, &TrainOptions::default()).unwrap();
+        let leaves: Vec<(f64, u64, u64)> = model
+            .tree
+            .nodes()
+            .iter()
+            .filter_map(|node| match *node {
+                Node::Leaf {
+                    probability,
+                    positives,
+                    total,
+                } => Some((probability, positives, total)),
+                Node::Split { .. } => None,
+            })
+            .collect();
+        assert_eq!(leaves.len(), 2, "{leaves:?}");
+        assert!(matches!(
+            model.tree.nodes()[0],
+            Node::Split { feature: 0, threshold, .. } if (threshold - 0.5).abs() < 0.01
+        ));
+        for x1 in [0.1, 0.5, 0.9] {
+            let scores: Vec<f64> = (0..=100)
+                .map(|i| model.score(&[i as f64 / 100.0, x1]))
+                .collect();
+            assert!(
+                scores.windows(2).all(|pair| pair[0] <= pair[1]),
+                "{scores:?}"
+            );
+        }
+        let low = model.score(&[0.2, 0.5]);
+        let high = model.score(&[0.8, 0.5]);
+        assert!(low < 0.02, "{low}");
+        assert!(high > 0.98, "{high}");
+        // Smoothed, so strictly inside (0, 1).
+        assert!(low > 0.0 && high < 1.0);
+        assert_eq!(model.training_rows, 2000);
+        assert_eq!(
+            leaves.iter().map(|leaf| leaf.2).sum::<u64>(),
+            2000,
+            "every training row lands in exactly one leaf"
+        );
+        assert_eq!(
+            leaves.iter().map(|leaf| leaf.1).sum::<u64>() as usize,
+            train_set.positives()
+        );
+    }
+
+    #[test]
+    fn scores_track_a_gradual_signal() {
+        // A tree is piecewise constant and may also split on the noise feature x1, so pointwise
+        // monotonicity in x0 is not guaranteed; the average over x1 per x0 quintile must rise,
+        // and every score must stay near the true probability.
+        let truth = |x0: f64, _x1: f64| 0.05 + 0.5 * x0;
+        let model = &train(
+            &synthetic(20_000, 3, truth),
+            &synthetic(10_000, 4, truth),
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        let grid: Vec<f64> = (0..50).map(|i| (i as f64 + 0.5) / 50.0).collect();
+        let quintile_means: Vec<f64> = (0..5)
+            .map(|quintile| {
+                let points: Vec<f64> = grid[quintile * 10..quintile * 10 + 10]
+                    .iter()
+                    .flat_map(|&x0| grid.iter().map(move |&x1| model.score(&[x0, x1])))
+                    .collect();
+                points.iter().sum::<f64>() / points.len() as f64
+            })
+            .collect();
+        assert!(
+            quintile_means.windows(2).all(|pair| pair[0] < pair[1]),
+            "{quintile_means:?}"
+        );
+        let mean_error = grid
+            .iter()
+            .flat_map(|&x0| grid.iter().map(move |&x1| (x0, x1)))
+            .map(|(x0, x1)| (model.score(&[x0, x1]) - truth(x0, x1)).abs())
+            .sum::<f64>()
+            / (grid.len() * grid.len()) as f64;
+        assert!(mean_error < 0.05, "{mean_error}");
+        assert!(model.tree.leaf_count() >= 3, "a ramp needs several leaves");
+    }
+
+    #[test]
+    fn calibrated_score_is_monotone_in_the_leaf_score() {
+        let truth = |x0: f64, x1: f64| 0.02 + 0.4 * x0 * x1;
+        let model = train(
+            &synthetic(10_000, 14, truth),
+            &synthetic(3000, 15, truth),
+            &TrainOptions::default(),
+        )
+        .unwrap();
+        let mut leaves: Vec<(f64, f64)> = model
+            .tree
+            .nodes()
+            .iter()
+            .filter_map(|node| match *node {
+                Node::Leaf { probability, .. } => {
+                    Some((probability, model.calibration.apply(probability)))
+                }
+                Node::Split { .. } => None,
+            })
+            .collect();
+        assert!(leaves.len() >= 3);
+        leaves.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(
+            leaves.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+            "{leaves:?}"
+        );
+    }
+
+    #[test]
+    fn leaf_counts_sum_to_training_rows_and_respect_min_samples_leaf() {
+        let noisy = |x0: f64, x1: f64| 0.02 + 0.3 * x0 * x1;
+        let train_set = synthetic(5000, 5, noisy);
+        let options = TrainOptions {
+            min_samples_leaf: 80,
+            ..TrainOptions::default()
+        };
+        let model = train(&train_set, &synthetic(2000, 6, noisy), &options).unwrap();
+        let counts = model.tree.node_counts();
+        assert_eq!(counts[0].total, 5000);
+        assert_eq!(counts[0].positives as usize, train_set.positives());
+        for (node, count) in model.tree.nodes().iter().zip(&counts) {
+            if let Node::Leaf { probability, .. } = *node {
+                assert!(count.total >= 80, "leaf with {} rows", count.total);
+                let expected =
+                    (count.positives as f64 + 10.0 * model.base_rate) / (count.total as f64 + 10.0);
+                assert!((probability - expected).abs() < 1e-12);
+            }
+        }
+        assert!((model.base_rate - train_set.positives() as f64 / 5000.0).abs() < 1e-15);
+        assert!(model.tree.depth() <= 10);
+    }
+
+    #[test]
+    fn calibration_fixes_a_shifted_calibration_population() {
+        // Training data says 50 % on the right; the calibration population says 20 %. Calibration
+        // must pull the score toward what the held-out rows show.
+        let train_set = synthetic(4000, 7, |x0, _| if x0 > 0.5 { 0.5 } else { 0.05 });
+        let calibration_set = synthetic(4000, 8, |x0, _| if x0 > 0.5 { 0.2 } else { 0.02 });
+        let model = train(&train_set, &calibration_set, &TrainOptions::default()).unwrap();
+        let right = model.score(&[0.9, 0.5]);
+        assert!((right - 0.2).abs() < 0.04, "{right}");
+        let uncalibrated = model.tree.leaf_probability(&[0.9, 0.5]);
+        assert!((uncalibrated - 0.5).abs() < 0.06, "{uncalibrated}");
+    }
+
+    #[test]
+    fn isotonic_calibration_is_monotone_and_pools_violators() {
+        // Score groups 0.1, 0.2, 0.3 with observed rates 0.5, 0.0, 1.0 (2 rows each).
+        let scores = [0.1, 0.1, 0.2, 0.2, 0.3, 0.3];
+        let labels = [true, false, false, false, true, true];
+        let calibration = Calibration::fit_isotonic(&scores, &labels, 0.0);
+        let Calibration::Isotonic {
+            scores: knots,
+            probabilities,
+            rows,
+        } = &calibration
+        else {
+            panic!("expected isotonic");
+        };
+        assert_eq!(knots, &vec![0.1, 0.2, 0.3]);
+        // 0.5 then 0.0 violate the order and pool to 0.25.
+        assert_eq!(probabilities, &vec![0.25, 0.25, 1.0]);
+        assert_eq!(*rows, 6);
+        calibration.validate().unwrap();
+        assert_eq!(calibration.apply(0.0), 0.25, "flat below the first knot");
+        assert_eq!(calibration.apply(0.9), 1.0, "flat above the last knot");
+        assert!(
+            (calibration.apply(0.25) - 0.625).abs() < 1e-12,
+            "linear between knots"
+        );
+        let grid: Vec<f64> = (0..=40)
+            .map(|i| calibration.apply(i as f64 / 40.0))
+            .collect();
+        assert!(grid.windows(2).all(|pair| pair[0] <= pair[1]));
+    }
+
+    #[test]
+    fn smoothed_calibration_stays_inside_the_unit_interval() {
+        let calibration = Calibration::fit_isotonic(&[0.1, 0.9], &[false, true], 10.0);
+        let (low, high) = (calibration.apply(0.1), calibration.apply(0.9));
+        assert!((low - 5.0 / 11.0).abs() < 1e-12, "{low}");
+        assert!((high - 6.0 / 11.0).abs() < 1e-12, "{high}");
+    }
+
+    #[test]
+    fn pool_adjacent_violators_matches_hand_computation() {
+        assert_eq!(
+            pool_adjacent_violators(&[1.0, 3.0, 2.0, 4.0], &[1.0, 1.0, 1.0, 1.0]),
+            vec![1.0, 2.5, 2.5, 4.0]
+        );
+        // A weighted pool: (3 * 1 + 1 * 3) / 2 = 3 ... then with 0 pooled again.
+        assert_eq!(
+            pool_adjacent_violators(&[3.0, 1.0, 0.0], &[1.0, 1.0, 2.0]),
+            vec![1.0, 1.0, 1.0]
+        );
+        assert_eq!(pool_adjacent_violators(&[], &[]), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn calibration_deserialization_validates() {
+        let bad = r#"{"method":"isotonic","scores":[0.2,0.1],"probabilities":[0.1,0.2],"rows":2}"#;
+        assert!(serde_json::from_str::<Calibration>(bad).is_err());
+        let good = r#"{"method":"isotonic","scores":[0.1,0.2],"probabilities":[0.1,0.2],"rows":2}"#;
+        let parsed: Calibration = serde_json::from_str(good).unwrap();
+        assert!((parsed.apply(0.15) - 0.15).abs() < 1e-12);
+        let identity: Calibration = serde_json::from_str(r#"{"method":"identity"}"#).unwrap();
+        assert_eq!(identity, Calibration::Identity);
+    }
+
+    #[test]
+    fn single_class_training_set_is_a_clear_error() {
+        let all_negative = synthetic(500, 9, |_, _| 0.0);
+        let calibration_set = synthetic(500, 10, step);
+        let error = train(&all_negative, &calibration_set, &TrainOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ModelError::SingleClass {
+                    dataset: "training",
+                    positive: false
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "the training set has only negative labels; both classes are needed"
+        );
+        let error = train(&calibration_set, &all_negative, &TrainOptions::default()).unwrap_err();
+        assert!(matches!(
+            error,
+            ModelError::SingleClass {
+                dataset: "calibration",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn mismatched_or_broken_inputs_are_rejected() {
+        let good = synthetic(300, 11, step);
+        let mut renamed = good.clone();
+        renamed.feature_names[1] = "other".into();
+        assert!(matches!(
+            train(&good, &renamed, &TrainOptions::default()),
+            Err(ModelError::FeatureNamesMismatch { position: 1, .. })
+        ));
+        let mut with_nan = good.clone();
+        with_nan.features[(7, 1)] = f64::NAN;
+        assert!(matches!(
+            train(&with_nan, &good, &TrainOptions::default()),
+            Err(ModelError::NonFiniteFeature { row: 7, .. })
+        ));
+        let mut short_labels = good.clone();
+        short_labels.labels.pop();
+        assert!(matches!(
+            train(&short_labels, &good, &TrainOptions::default()),
+            Err(ModelError::LabelCountMismatch {
+                rows: 300,
+                labels: 299,
+                ..
+            })
+        ));
+        let bad_options = TrainOptions {
+            smoothing: -1.0,
+            ..TrainOptions::default()
+        };
+        assert!(matches!(
+            train(&good, &good, &bad_options),
+            Err(ModelError::InvalidOptions(_))
+        ));
+    }
+
+    #[test]
+    fn explicit_class_weight_is_honoured() {
+        // With positives weighted 1 and a 10 % base rate the majority class is negative in every
+        // region, so linfa prunes the tree to a single leaf; balanced weights keep the split.
+        let rule = |x0: f64, _| if x0 > 0.5 { 0.2 } else { 0.01 };
+        let train_set = synthetic(4000, 12, rule);
+        let calibration_set = synthetic(2000, 13, rule);
+        let unweighted = TrainOptions {
+            positive_class_weight: Some(1.0),
+            ..TrainOptions::default()
+        };
+        let flat = train(&train_set, &calibration_set, &unweighted).unwrap();
+        assert_eq!(flat.tree.leaf_count(), 1);
+        let balanced = train(&train_set, &calibration_set, &TrainOptions::default()).unwrap();
+        assert!(balanced.tree.leaf_count() >= 2);
+    }
+}

@@ -1,0 +1,218 @@
+//! `ScoringActor`: holds the model, evaluates the tree on feature vectors, maps propensities to
+//! the shop's action, and swaps in a newer model file without dropping a request.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use propensity_actors::features::FeatureVector;
+use serde::Serialize;
+
+use crate::config::ScoringSettings;
+use crate::model::Model;
+
+/// How likely a purchase is, in three bands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Band {
+    Low,
+    Medium,
+    High,
+}
+
+/// What the web tier should do for a band.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Low propensity: show alternative products.
+    SuggestAlternatives,
+    /// Medium: nudge with an incentive.
+    OfferIncentive,
+    /// High: suggest complementary products.
+    CrossSell,
+}
+
+impl Band {
+    /// The band of a propensity under the configured thresholds.
+    pub fn of(propensity: f64, settings: &ScoringSettings) -> Band {
+        if propensity < settings.low_below {
+            Band::Low
+        } else if propensity >= settings.high_from {
+            Band::High
+        } else {
+            Band::Medium
+        }
+    }
+
+    /// The action for this band.
+    pub fn action(self) -> Action {
+        match self {
+            Band::Low => Action::SuggestAlternatives,
+            Band::Medium => Action::OfferIncentive,
+            Band::High => Action::CrossSell,
+        }
+    }
+}
+
+/// One scored product.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scored {
+    pub propensity: f64,
+    pub band: Band,
+    pub action: Action,
+    pub explanation: serde_json::Value,
+}
+
+/// Scores of a request and the model that gave them.
+#[derive(Clone, Debug, MessageResponse)]
+pub struct ScoreResult {
+    pub model_version: String,
+    pub scores: Vec<Scored>,
+}
+
+/// Holds and reloads the model.
+pub struct ScoringActor {
+    model: Arc<Model>,
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    settings: ScoringSettings,
+    reload_interval: Duration,
+    on_reload: Box<dyn Fn(&Model) + Send>,
+}
+
+impl ScoringActor {
+    /// Loads the model at `path`; `on_reload` hears of each model put in service.
+    pub fn new(
+        path: PathBuf,
+        settings: ScoringSettings,
+        reload_interval: Duration,
+        on_reload: Box<dyn Fn(&Model) + Send>,
+    ) -> anyhow::Result<ScoringActor> {
+        let model = Model::load(&path).map_err(|error| {
+            anyhow::anyhow!("{error}; train one with `propensity train --events FILE --model-out {}` or run `propensity demo`", path.display())
+        })?;
+        let model = check_features(model)?;
+        on_reload(&model);
+        Ok(ScoringActor {
+            modified: std::fs::metadata(&path).and_then(|meta| meta.modified()).ok(),
+            model: Arc::new(model),
+            path,
+            settings,
+            reload_interval,
+            on_reload,
+        })
+    }
+
+    fn reload_if_changed(&mut self) {
+        let modified = std::fs::metadata(&self.path).and_then(|meta| meta.modified()).ok();
+        if modified.is_none() || modified == self.modified {
+            return;
+        }
+        match Model::load(&self.path).map_err(anyhow::Error::from).and_then(check_features) {
+            Ok(model) => {
+                self.modified = modified;
+                if model.version != self.model.version {
+                    tracing::info!(from = %self.model.version, to = %model.version, "model reloaded");
+                    (self.on_reload)(&model);
+                    self.model = Arc::new(model);
+                }
+            }
+            // A half-written or bad file keeps the old model in service; the next tick retries.
+            Err(error) => tracing::warn!(%error, path = %self.path.display(), "model reload failed; keeping the current model"),
+        }
+    }
+}
+
+/// A model must use exactly the engine's features, in order.
+fn check_features(model: Model) -> anyhow::Result<Model> {
+    let expected = propensity_actors::features::feature_names();
+    if model.feature_names != expected {
+        anyhow::bail!(
+            "the model's features do not match this build's ({} vs {} features); retrain it with this version",
+            model.feature_names.len(),
+            expected.len()
+        );
+    }
+    Ok(model)
+}
+
+impl Actor for ScoringActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.reload_interval.is_zero() {
+            ctx.run_interval(self.reload_interval, |actor, _| actor.reload_if_changed());
+        }
+    }
+}
+
+/// Scores feature vectors.
+#[derive(Message)]
+#[rtype(result = "ScoreResult")]
+pub struct Score {
+    pub vectors: Vec<FeatureVector>,
+    pub explain: bool,
+}
+
+impl Handler<Score> for ScoringActor {
+    type Result = ScoreResult;
+
+    fn handle(&mut self, message: Score, _: &mut Self::Context) -> ScoreResult {
+        let scores = message
+            .vectors
+            .iter()
+            .map(|vector| {
+                let propensity = self.model.score(vector);
+                let band = Band::of(propensity, &self.settings);
+                let explanation = if message.explain {
+                    serde_json::to_value(self.model.explain(vector)).unwrap_or(serde_json::Value::Null)
+                } else {
+                    serde_json::Value::Null
+                };
+                Scored {
+                    propensity,
+                    band,
+                    action: band.action(),
+                    explanation,
+                }
+            })
+            .collect();
+        ScoreResult {
+            model_version: self.model.version.clone(),
+            scores,
+        }
+    }
+}
+
+/// Checks the model file now instead of waiting for the next tick.
+#[derive(Message)]
+#[rtype(result = "String")]
+pub struct ReloadModel;
+
+impl Handler<ReloadModel> for ScoringActor {
+    type Result = String;
+
+    fn handle(&mut self, _: ReloadModel, _: &mut Self::Context) -> String {
+        self.modified = None;
+        self.reload_if_changed();
+        self.model.version.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bands_follow_thresholds() {
+        let settings = ScoringSettings { low_below: 0.1, high_from: 0.4 };
+        assert_eq!(Band::of(0.05, &settings), Band::Low);
+        assert_eq!(Band::of(0.1, &settings), Band::Medium);
+        assert_eq!(Band::of(0.39, &settings), Band::Medium);
+        assert_eq!(Band::of(0.4, &settings), Band::High);
+        assert_eq!(Band::Low.action(), Action::SuggestAlternatives);
+        assert_eq!(Band::Medium.action(), Action::OfferIncentive);
+        assert_eq!(Band::High.action(), Action::CrossSell);
+    }
+}

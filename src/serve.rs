@@ -1,0 +1,132 @@
+//! `propensity serve`: starts the store, the actor engine, the scoring actor and the HTTP API,
+//! and stops them in order. The demo and the integration tests start the same service.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use actix::Actor;
+use actix_web::{App, HttpServer, web};
+use anyhow::{Context, Result};
+use propensity_actors::router::Engine;
+use propensity_actors::store::StateStore;
+
+use crate::config::Settings;
+use crate::http::{AppState, configure};
+use crate::metrics::Metrics;
+use crate::scoring::ScoringActor;
+
+/// A running service.
+pub struct Service {
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub address: SocketAddr,
+    pub store: Arc<dyn StateStore>,
+    pub scoring: actix::Addr<ScoringActor>,
+    /// Cleared while a dependency is down; /ready reports it.
+    pub ready: Arc<AtomicBool>,
+    server: actix_web::dev::ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Starts everything on the current actix system. The HTTP server binds before this returns,
+    /// so `address` is the real port even when the settings ask for port 0.
+    pub async fn start(settings: &Settings) -> Result<Service> {
+        let store = crate::store::open(&settings.store)?;
+        Self::start_with_store(settings, store).await
+    }
+
+    /// As [`Service::start`], with a store opened by the caller.
+    pub async fn start_with_store(settings: &Settings, store: Arc<dyn StateStore>) -> Result<Service> {
+        let metrics = Arc::new(Metrics::new());
+        let engine = Engine::start(
+            settings.engine.shard_count(),
+            settings.engine.shard_settings(),
+            store.clone(),
+            metrics.clone(),
+        );
+        let model_metrics = metrics.clone();
+        let scoring = ScoringActor::new(
+            settings.model.path.clone(),
+            settings.scoring.clone(),
+            Duration::from_secs(settings.model.reload_interval_seconds),
+            Box::new(move |model| {
+                model_metrics.model_info.reset();
+                model_metrics.model_info.with_label_values(&[&model.version]).set(1);
+            }),
+        )?
+        .start();
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = web::Data::new(AppState {
+            engine: engine.clone(),
+            scoring: scoring.clone(),
+            metrics: metrics.clone(),
+            settings: settings.http.clone(),
+            ready: ready.clone(),
+        });
+        let mut server = HttpServer::new(move || App::new().configure(|config| configure(config, state.clone())))
+            .disable_signals()
+            .shutdown_timeout(5);
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        let server = server
+            .bind(&settings.http.listen)
+            .with_context(|| format!("failed to listen on {}", settings.http.listen))?;
+        let address = *server.addrs().first().context("the server bound no address")?;
+        let server = server.run();
+        let handle = server.handle();
+        let server_task = tokio::task::spawn_local(server);
+        Ok(Service {
+            engine,
+            metrics,
+            address,
+            store,
+            scoring,
+            ready,
+            server: handle,
+            server_task,
+        })
+    }
+
+    /// The base URL of the API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops taking requests, flushes every entity to the store, and returns.
+    pub async fn stop(self) -> Result<()> {
+        self.server.stop(true).await;
+        let _ = self.server_task.await;
+        self.engine.flush(false).await.context("failed to flush state on shutdown")?;
+        Ok(())
+    }
+}
+
+/// Runs `serve` until Ctrl-C or SIGTERM, then shuts down cleanly.
+pub async fn run(settings: Settings) -> Result<()> {
+    if !Path::new(&settings.model.path).exists() {
+        anyhow::bail!(
+            "no model at {}: train one with `propensity train --events FILE --model-out {}`, or run `propensity demo`",
+            settings.model.path.display(),
+            settings.model.path.display()
+        );
+    }
+    let service = Service::start(&settings).await?;
+    tracing::info!(url = %service.url(), shards = service.engine.shard_count(), "serving");
+    println!("propensity is serving on {} (Ctrl-C stops it)", service.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    service.stop().await
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,210 @@
+//! The embedded online store: one redb file, a table per entity, values in bincode. Durable on
+//! commit, so a restarted service rehydrates from it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use propensity_actors::engine::SessionKey;
+use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
+use propensity_actors::store::{StateBatch, StateStore, StoreError, StoreFuture};
+use redb::{Database, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
+const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
+const PRODUCTS: TableDefinition<u64, &[u8]> = TableDefinition::new("products");
+const CATEGORIES: TableDefinition<u64, &[u8]> = TableDefinition::new("categories");
+
+/// A redb-backed store; cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    database: Arc<Database>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("entity state always serializes")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::deserialize(bytes).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens or creates the store file, creating its directory.
+    pub fn open(path: &Path) -> Result<EmbeddedStore> {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+        }
+        let database = Database::create(path).with_context(|| format!("failed to open the embedded store {}", path.display()))?;
+        let transaction = database.begin_write()?;
+        transaction.open_table(SESSIONS)?;
+        transaction.open_table(USERS)?;
+        transaction.open_table(PRODUCTS)?;
+        transaction.open_table(CATEGORIES)?;
+        transaction.commit()?;
+        Ok(EmbeddedStore {
+            database: Arc::new(database),
+        })
+    }
+
+    fn save_now(&self, batch: &StateBatch) -> Result<(), StoreError> {
+        let transaction = self.database.begin_write().map_err(unavailable)?;
+        {
+            let mut sessions = transaction.open_table(SESSIONS).map_err(unavailable)?;
+            for session in &batch.sessions {
+                let key = SessionKey::new(session.user_id, &session.session_id);
+                sessions.insert((key.user_id, key.session_hash), encode(session).as_slice()).map_err(unavailable)?;
+            }
+            let mut users = transaction.open_table(USERS).map_err(unavailable)?;
+            for user in &batch.users {
+                users.insert(user.user_id, encode(user).as_slice()).map_err(unavailable)?;
+            }
+            let mut products = transaction.open_table(PRODUCTS).map_err(unavailable)?;
+            for product in &batch.products {
+                products.insert(product.product_id, encode(product).as_slice()).map_err(unavailable)?;
+            }
+            let mut categories = transaction.open_table(CATEGORIES).map_err(unavailable)?;
+            for category in &batch.categories {
+                categories.insert(category.category_id, encode(category).as_slice()).map_err(unavailable)?;
+            }
+        }
+        transaction.commit().map_err(unavailable)
+    }
+
+    fn load_user_side_now(&self, user_ids: &[u64], keys: &[SessionKey]) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
+        let transaction = self.database.begin_read().map_err(unavailable)?;
+        let users_table = transaction.open_table(USERS).map_err(unavailable)?;
+        let mut users = Vec::new();
+        for user_id in user_ids {
+            if let Some(bytes) = users_table.get(user_id).map_err(unavailable)? {
+                users.push(decode(bytes.value())?);
+            }
+        }
+        let sessions_table = transaction.open_table(SESSIONS).map_err(unavailable)?;
+        let mut sessions = Vec::new();
+        for key in keys {
+            if let Some(bytes) = sessions_table.get((key.user_id, key.session_hash)).map_err(unavailable)? {
+                sessions.push(decode(bytes.value())?);
+            }
+        }
+        Ok((users, sessions))
+    }
+
+    fn load_catalog_now(&self, product_ids: &[u64], category_ids: &[u64]) -> Result<(Vec<ProductState>, Vec<CategoryState>), StoreError> {
+        let transaction = self.database.begin_read().map_err(unavailable)?;
+        let products_table = transaction.open_table(PRODUCTS).map_err(unavailable)?;
+        let mut products: Vec<ProductState> = Vec::new();
+        for product_id in product_ids {
+            if let Some(bytes) = products_table.get(product_id).map_err(unavailable)? {
+                products.push(decode(bytes.value())?);
+            }
+        }
+        let categories_table = transaction.open_table(CATEGORIES).map_err(unavailable)?;
+        let mut categories = Vec::new();
+        for category_id in category_ids {
+            if let Some(bytes) = categories_table.get(category_id).map_err(unavailable)? {
+                categories.push(decode(bytes.value())?);
+            }
+        }
+        Ok((products, categories))
+    }
+
+    /// Every stored session, user and product, for tests and inspection.
+    pub fn dump(&self) -> Result<StateBatch, StoreError> {
+        use redb::ReadableTable;
+        let transaction = self.database.begin_read().map_err(unavailable)?;
+        let mut batch = StateBatch::default();
+        for row in transaction.open_table(SESSIONS).map_err(unavailable)?.iter().map_err(unavailable)? {
+            batch.sessions.push(decode(row.map_err(unavailable)?.1.value())?);
+        }
+        for row in transaction.open_table(USERS).map_err(unavailable)?.iter().map_err(unavailable)? {
+            batch.users.push(decode(row.map_err(unavailable)?.1.value())?);
+        }
+        for row in transaction.open_table(PRODUCTS).map_err(unavailable)?.iter().map_err(unavailable)? {
+            batch.products.push(decode(row.map_err(unavailable)?.1.value())?);
+        }
+        for row in transaction.open_table(CATEGORIES).map_err(unavailable)?.iter().map_err(unavailable)? {
+            batch.categories.push(decode(row.map_err(unavailable)?.1.value())?);
+        }
+        Ok(batch)
+    }
+}
+
+/// Runs blocking store work off the actor threads.
+fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|error| Err(StoreError::Unavailable(format!("store task failed: {error}"))))
+    })
+}
+
+impl StateStore for EmbeddedStore {
+    fn save(&self, batch: StateBatch) -> StoreFuture<()> {
+        let store = self.clone();
+        blocking(move || store.save_now(&batch))
+    }
+
+    fn load_user_side(&self, users: Vec<u64>, sessions: Vec<SessionKey>) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+        let store = self.clone();
+        blocking(move || store.load_user_side_now(&users, &sessions))
+    }
+
+    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+        let store = self.clone();
+        blocking(move || store.load_catalog_now(&products, &categories))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use propensity_actors::event::{Event, EventType};
+
+    fn event() -> Event {
+        Event {
+            time: 1_000,
+            event_type: EventType::Cart,
+            product_id: 5,
+            category_id: 6,
+            category_code: None,
+            brand: None,
+            price: 3.5,
+            user_id: 7,
+            user_session: "s".into(),
+            event_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut session = SessionState::new(7, "s", 1_000);
+        session.apply(&event());
+        let mut user = UserState::new(7, 1_000);
+        user.apply(&event(), 9, false);
+        let mut product = ProductState::new(&event());
+        product.apply(&event());
+        let mut category = CategoryState::new(6);
+        category.add_product(3.5);
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let batch = StateBatch { sessions: vec![session.clone()], users: vec![user.clone()], products: vec![product.clone()], categories: vec![category.clone()] };
+            store.save(batch).await.unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let (users, sessions) = store.load_user_side(vec![7, 8], vec![SessionKey::new(7, "s"), SessionKey::new(7, "t")]).await.unwrap();
+        assert_eq!(users, vec![user]);
+        assert_eq!(sessions, vec![session]);
+        let (products, categories) = store.load_catalog(vec![5, 4], vec![6]).await.unwrap();
+        assert_eq!(products, vec![product]);
+        assert_eq!(categories, vec![category]);
+    }
+}

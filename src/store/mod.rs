@@ -1,0 +1,22 @@
+//! Online stores behind the actors' `StateStore` seam: an embedded redb file by default.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use propensity_actors::store::StateStore;
+
+use crate::config::{StoreKind, StoreSettings};
+
+pub use embedded::EmbeddedStore;
+
+/// Opens the configured store.
+pub fn open(settings: &StoreSettings) -> Result<Arc<dyn StateStore>> {
+    match settings.kind {
+        StoreKind::Embedded => Ok(Arc::new(EmbeddedStore::open(&settings.embedded_path)?)),
+        StoreKind::Scylla => anyhow::bail!(
+            "store.kind = \"scylla\" is not available in this build yet; use \"embedded\""
+        ),
+    }
+}
