@@ -188,6 +188,9 @@ impl Settings {
         if self.http.body_limit_bytes < 1024 {
             bail!("invalid settings: http.body_limit_bytes must be at least 1024");
         }
+        if self.bus.kind == BusKind::Rabbitmq {
+            bail!("invalid settings: bus.kind = \"rabbitmq\" is not available in this build yet; use \"http\"");
+        }
         if self.http.max_batch == 0 {
             bail!("invalid settings: http.max_batch must be positive");
         }

@@ -250,6 +250,8 @@ pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
     Ok(summary)
 }
 
+thread_local! { pub static DIAG: std::cell::RefCell<Vec<[f64; 6]>> = const { std::cell::RefCell::new(Vec::new()) }; }
+thread_local! { pub static DIAG2: std::cell::RefCell<Vec<[f64; 3]>> = const { std::cell::RefCell::new(Vec::new()) }; }
 const SECOND: Millis = 1_000;
 const MINUTE: Millis = 60 * SECOND;
 const HOUR: Millis = 60 * MINUTE;
@@ -280,7 +282,7 @@ const APPEAL_SPREAD: f64 = 0.4;
 
 const PROPENSITY_SPREAD: f64 = 0.5;
 const PRICE_SENSITIVITY_SPREAD: f64 = 0.3;
-const SESSIONS_PER_DAY_MEDIAN: f64 = 0.7;
+const SESSIONS_PER_DAY_MEDIAN: f64 = 0.8;
 const SESSIONS_PER_DAY_SPREAD: f64 = 0.8;
 const DIURNAL_AMPLITUDE: f64 = 0.7;
 const DIURNAL_PEAK_HOUR: f64 = 19.0;
@@ -296,14 +298,17 @@ const OPEN_WEIGHT: f64 = 0.8;
 const SETTLE_WEIGHT: f64 = 0.2;
 
 const HISTORY_WEIGHT: f64 = 0.6;
-const EARLIER_VIEWS_WEIGHT: f64 = 0.5;
-const EARLIER_SESSIONS_WEIGHT: f64 = 0.15;
+/// About the share of sessions with a purchase that the model produces.
+const TYPICAL_PURCHASE_SESSION_SHARE: f64 = 0.05;
+const EARLIER_VIEWS_WEIGHT: f64 = 0.35;
+/// Few shoppers buy the same product twice.
+const OWNED_PENALTY: f64 = 2.0;
 
 /// Browsing views are capped here: `w(MAX_VIEWS) = 0`.
 const MAX_VIEWS: usize = 12;
-const VIEW_AGAIN: f64 = 0.45;
+const VIEW_AGAIN: f64 = 0.5;
 const VIEW_AGAIN_DECAY: f64 = 0.7;
-const ACT_BIAS: f64 = -1.9;
+const ACT_BIAS: f64 = -3.4;
 const ACT_VIEW_WEIGHT: f64 = 0.4;
 const ACT_VIEW_CAP: u32 = 4;
 const CART_SHARE: f64 = 0.95;
@@ -313,7 +318,7 @@ const VIEW_IN_CART: f64 = 0.15;
 const MAX_REMOVES: usize = 3;
 const REMOVE: f64 = 0.2;
 const RECART: f64 = 0.35;
-const BUY_BIAS: f64 = -0.6;
+const BUY_BIAS: f64 = -2.3;
 const BUY_REMOVE_PENALTY: f64 = 0.4;
 
 /// Median and spread (σ of the log) of the gap before each kind of event.
@@ -656,7 +661,7 @@ impl User {
             id: USER_ID_BASE + index * step + rng.gen_range(0..step),
             propensity: PROPENSITY_SPREAD * normal(rng),
             price_sensitivity: (PRICE_SENSITIVITY_SPREAD * normal(rng)).exp(),
-            breadth: 0.45 + 0.3 * rng.r#gen::<f64>(),
+            breadth: 0.55 + 0.3 * rng.r#gen::<f64>(),
             peak_rate,
             preferred,
             next_arrival: start,
@@ -676,19 +681,26 @@ impl User {
         ((wait / SECOND as f64).round() as Millis).max(1) * SECOND
     }
 
-    fn earlier_views(&self, product: u32) -> u32 {
-        self.seen
-            .iter()
-            .find(|seen| seen.product == product)
-            .map_or(0, |seen| seen.views)
+    fn recall(&self, product: u32) -> Option<&Seen> {
+        self.seen.iter().find(|seen| seen.product == product)
     }
 
     /// The purchase logit `z` of a product opened in the current session.
-    fn logit(&self, product: &Product, earlier_views: u32) -> f64 {
+    fn logit(&self, product_index: u32, product: &Product) -> f64 {
+        let seen = self.recall(product_index);
+        let earlier_views = seen.map_or(0, |seen| seen.views);
+        let owned = if seen.is_some_and(|seen| seen.bought) { OWNED_PENALTY } else { 0.0 };
         self.propensity + product.appeal - self.price_sensitivity * product.log_price_ratio
-            + HISTORY_WEIGHT * f64::from(self.purchase_sessions).ln_1p()
+            + HISTORY_WEIGHT * self.purchase_history()
             + EARLIER_VIEWS_WEIGHT * f64::from(earlier_views).ln_1p()
-            + EARLIER_SESSIONS_WEIGHT * f64::from(self.sessions).ln_1p()
+            - owned
+    }
+
+    /// `ln((1 + purchase sessions) / (1 + ρ·sessions))`: 0 for a new user and for one who buys
+    /// in the usual share `ρ` of sessions, higher for frequent buyers, lower for window shoppers.
+    /// A plain count of purchases would make the whole population buy more the longer a run is.
+    fn purchase_history(&self) -> f64 {
+        (f64::from(self.purchase_sessions).ln_1p()) - (TYPICAL_PURCHASE_SESSION_SHARE * f64::from(self.sessions)).ln_1p()
     }
 
     fn remember(&mut self, interest: &Interest) {
@@ -806,8 +818,9 @@ impl Generator {
                 let category = categories[rng.gen_range(0..category_count)];
                 match open_product(user, catalogue, category, &interests, rng) {
                     Some(product) => {
-                        let earlier_views = user.earlier_views(product);
-                        let funnel = Funnel::new(user.logit(&catalogue.products[product as usize], earlier_views));
+                        let earlier_views = user.recall(product).map_or(0, |seen| seen.views);
+                        { let p = &catalogue.products[product as usize]; let day = ((start - 1569888000000) / DAY) as usize; DIAG.with(|d| { let mut d = d.borrow_mut(); if d.len() <= day { d.resize(day + 1, [0.0; 6]); } let r = &mut d[day]; r[0] += 1.0; r[1] += user.propensity; r[2] += p.appeal - user.price_sensitivity * p.log_price_ratio; r[3] += HISTORY_WEIGHT * user.purchase_history(); r[4] += EARLIER_VIEWS_WEIGHT * f64::from(earlier_views).ln_1p(); r[5] += f64::from(u8::from(earlier_views > 0)); }); }
+                        let funnel = Funnel::new(user.logit(product, &catalogue.products[product as usize]));
                         emitter.emit(EventType::View, product, funnel.browse[1], rng);
                         interests.push(Interest {
                             product,
@@ -883,6 +896,7 @@ impl Generator {
         user.sessions += 1;
         user.purchase_sessions += u32::from(bought);
         user.busy_until = last_event + SESSION_BREAK;
+        { let day = ((start - 1569888000000) / DAY) as usize; DIAG2.with(|d| { let mut d = d.borrow_mut(); if d.len() <= day { d.resize(day + 1, [0.0; 3]); } d[day][0] += 1.0; d[day][1] += f64::from(u8::from(carted)); d[day][2] += f64::from(u8::from(carted && !bought)); }); }
         self.summary.sessions += 1;
         self.summary.sessions_with_cart += u64::from(carted);
         self.summary.abandoned_carts += u64::from(carted && !bought);

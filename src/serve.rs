@@ -101,7 +101,9 @@ impl Service {
     pub async fn stop(self) -> Result<()> {
         self.server.stop(true).await;
         let _ = self.server_task.await;
-        self.engine.flush(false).await.context("failed to flush state on shutdown")?;
+        let Service { engine, scoring, store, .. } = self;
+        engine.stop().await.context("failed to flush state on shutdown")?;
+        drop((scoring, store));
         Ok(())
     }
 }

@@ -155,7 +155,10 @@ pub fn replay<I: Iterator<Item = Event>>(
         rows.keys.push((key, event.product_id));
         labeler.wait(key, event.product_id, row);
     }
-    for session in engine.users.close_all_sessions() {
+    // Sessions still open at the end are final for labels and counts, but stay in the engine so
+    // callers can read the end state.
+    let open: Vec<SessionState> = engine.users.sessions.values().cloned().collect();
+    for session in open {
         end_session(session, &mut stats, &mut labeler);
     }
     progress.inc(stats.events % 65_536);

@@ -39,6 +39,7 @@ pub struct EngineStats {
 pub struct Engine {
     shards: Arc<Vec<Addr<ShardActor>>>,
     catalog: Addr<CatalogActor>,
+    arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
 }
 
 /// The shard a user belongs to. The id is mixed first: shop user ids are often sequential.
@@ -52,20 +53,25 @@ impl Engine {
         let flush_interval = settings.flush_interval;
         let catalog_store = store.clone();
         let catalog_observer = observer.clone();
-        let catalog = CatalogActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+        let mut arbiters = vec![Arbiter::new()];
+        let catalog = CatalogActor::start_in_arbiter(&arbiters[0].handle(), move |_| {
             CatalogActor::new(catalog_store, catalog_observer, flush_interval)
         });
         let shards = (0..shards.max(1))
             .map(|index| {
                 let (settings, catalog, store, observer) = (settings.clone(), catalog.clone(), store.clone(), observer.clone());
-                ShardActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                let arbiter = Arbiter::new();
+                let shard = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
                     ShardActor::new(index, settings, catalog, store, observer)
-                })
+                });
+                arbiters.push(arbiter);
+                shard
             })
             .collect();
         Engine {
             shards: Arc::new(shards),
             catalog,
+            arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
         }
     }
 
@@ -162,6 +168,25 @@ impl Engine {
             }
         }
         Ok(closed)
+    }
+
+    /// Flushes, then stops every actor and waits for their threads, releasing the store.
+    pub async fn stop(&self) -> Result<(), EngineError> {
+        let flushed = self.flush(false).await;
+        let arbiters: Vec<Arbiter> = std::mem::take(&mut *self.arbiters.lock().expect("arbiter list lock"));
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+        // Joining blocks, so it runs off the caller's thread.
+        let joined = std::thread::spawn(move || {
+            for arbiter in arbiters {
+                let _ = arbiter.join();
+            }
+        });
+        while !joined.is_finished() {
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        flushed.map(|_| ())
     }
 
     /// Totals over every shard.

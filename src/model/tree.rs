@@ -106,7 +106,7 @@ impl NodeCounts {
 }
 
 /// Decides the branch for one value; the single place that defines the split convention.
-#[inline(always)]
+#[inline]
 fn goes_left(value: f64, threshold: f64) -> bool {
     value <= threshold
 }

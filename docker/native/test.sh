@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The full test suite, as the README documents it and .ci/run calls it.
+# Installs and starts the services the tests need (docker/native/services.sh), then runs every
+# test of the workspace. Tests that need a service fail with the reason when it is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  cat <<'HELP'
+usage: docker/native/test.sh [cargo test args...]
+Starts the services the integration tests use, then runs `cargo test --workspace`.
+PROPENSITY_TEST_SERVICES lists them (default below); PROPENSITY_VAR holds their state (default var/).
+HELP
+  exit 0
+fi
+
+# The services the current test suite talks to. The embedded suite needs none; the RabbitMQ,
+# CQL and Prometheus suites add theirs here as they land.
+services=${PROPENSITY_TEST_SERVICES-}
+if [[ -n "$services" ]]; then
+  # shellcheck disable=SC2086
+  "$here/services.sh" up $services
+fi
+
+echo "test.sh: cargo test --workspace $*"
+cargo test --workspace "$@"

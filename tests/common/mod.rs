@@ -1,0 +1,49 @@
+//! Test harness: synthetic data, a trained model and settings for a service on port 0.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use propensity::config::Settings;
+use propensity_actors::event::{CsvEvents, Event};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Settings of the `test` overlay with the store and model in `dir`.
+pub fn settings(dir: &Path, model: &Path) -> Settings {
+    let mut settings = Settings::load_with(&root().join("config"), Some("test"), Vec::new()).expect("test settings load");
+    settings.store.embedded_path = dir.join("state.redb");
+    settings.model.path = model.to_owned();
+    settings
+}
+
+/// Generates a synthetic clickstream into `dir` and reads it back, in time order.
+pub fn synthetic_events(dir: &Path, users: u64, days: u32, seed: u64) -> (PathBuf, Vec<Event>) {
+    let path = dir.join("events.csv");
+    propensity::demo::generate_files(users, days, seed, &path, Some(&dir.join("truth.csv")), false).expect("generation works");
+    let file = std::fs::File::open(&path).unwrap();
+    let events: Vec<Event> = CsvEvents::new(std::io::BufReader::new(file)).map(|event| event.expect("generated rows parse")).collect();
+    assert!(events.windows(2).all(|pair| pair[0].time <= pair[1].time), "generated events are in time order");
+    (path, events)
+}
+
+/// Trains a model on `events_path` into `dir`.
+pub fn train_model(dir: &Path, events_path: &Path, session_timeout: i64) -> (PathBuf, propensity::model::Model) {
+    let model_out = dir.join("model.json");
+    let request = propensity::train::TrainRequest {
+        events: vec![events_path.to_owned()],
+        model_out: model_out.clone(),
+        split_at: None,
+        export_features: None,
+        report_dir: None,
+        truth: None,
+        session_timeout,
+        options: propensity::model::TrainOptions::default(),
+        show_progress: false,
+    };
+    let (_, model) = propensity::train::run(&request).expect("training works");
+    (model_out, model)
+}
