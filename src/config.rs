@@ -141,14 +141,25 @@ impl Settings {
     }
 
     /// As [`Settings::load`], with the environment variables given, for tests.
-    pub fn load_with(config_dir: &Path, env: Option<&str>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+    pub fn load_with(
+        config_dir: &Path,
+        env: Option<&str>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(env) = env {
             let path = config_dir.join(format!("{env}.toml"));
             if !path.exists() {
-                bail!("no config overlay for environment {env:?}: {} does not exist", path.display());
+                bail!(
+                    "no config overlay for environment {env:?}: {} does not exist",
+                    path.display()
+                );
             }
-            builder = builder.add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
+            builder = builder
+                .add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
         }
         let overrides: std::collections::HashMap<String, String> = vars
             .into_iter()
@@ -177,7 +188,11 @@ impl Settings {
             bail!("invalid settings: scoring.low_below and scoring.high_from must lie in [0, 1]");
         }
         if scoring.low_below > scoring.high_from {
-            bail!("invalid settings: scoring.low_below ({}) must not exceed scoring.high_from ({})", scoring.low_below, scoring.high_from);
+            bail!(
+                "invalid settings: scoring.low_below ({}) must not exceed scoring.high_from ({})",
+                scoring.low_below,
+                scoring.high_from
+            );
         }
         if self.engine.session_timeout_seconds == 0 {
             bail!("invalid settings: engine.session_timeout_seconds must be positive");
@@ -189,16 +204,28 @@ impl Settings {
             bail!("invalid settings: http.body_limit_bytes must be at least 1024");
         }
         if self.bus.kind == BusKind::Rabbitmq {
-            bail!("invalid settings: bus.kind = \"rabbitmq\" is not available in this build yet; use \"http\"");
+            bail!(
+                "invalid settings: bus.kind = \"rabbitmq\" is not available in this build yet; use \"http\""
+            );
         }
         if self.http.max_batch == 0 {
             bail!("invalid settings: http.max_batch must be positive");
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            bail!("invalid settings: http.listen {:?} is not an address like 127.0.0.1:8080", self.http.listen);
+            bail!(
+                "invalid settings: http.listen {:?} is not an address like 127.0.0.1:8080",
+                self.http.listen
+            );
         }
-        if !["trace", "debug", "info", "warn", "error"].iter().any(|level| self.logging.level.starts_with(level)) && !self.logging.level.contains('=') {
-            bail!("invalid settings: logging.level {:?} is not a log filter", self.logging.level);
+        if !["trace", "debug", "info", "warn", "error"]
+            .iter()
+            .any(|level| self.logging.level.starts_with(level))
+            && !self.logging.level.contains('=')
+        {
+            bail!(
+                "invalid settings: logging.level {:?} is not a log filter",
+                self.logging.level
+            );
         }
         Ok(())
     }
@@ -213,7 +240,12 @@ mod tests {
     }
 
     fn load(env: Option<&str>, vars: &[(&str, &str)]) -> Result<Settings> {
-        Settings::load_with(&config_dir(), env, vars.iter().map(|(key, value)| (key.to_string(), value.to_string())))
+        Settings::load_with(
+            &config_dir(),
+            env,
+            vars.iter()
+                .map(|(key, value)| (key.to_string(), value.to_string())),
+        )
     }
 
     #[test]
@@ -232,7 +264,14 @@ mod tests {
 
     #[test]
     fn overlay_and_environment_override_defaults() {
-        let settings = load(Some("test"), &[("PROPENSITY__SCORING__HIGH_FROM", "0.7"), ("PROPENSITY__ENGINE__SHARDS", "3")]).unwrap();
+        let settings = load(
+            Some("test"),
+            &[
+                ("PROPENSITY__SCORING__HIGH_FROM", "0.7"),
+                ("PROPENSITY__ENGINE__SHARDS", "3"),
+            ],
+        )
+        .unwrap();
         assert_eq!(settings.http.listen, "127.0.0.1:0");
         assert_eq!(settings.scoring.high_from, 0.7);
         assert_eq!(settings.engine.shard_count(), 3);
@@ -241,11 +280,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
-        let error = load(None, &[("PROPENSITY__HTTP__LISTN", "x")]).unwrap_err().to_string();
+        let error = load(None, &[("PROPENSITY__HTTP__LISTN", "x")])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("listn"), "{error}");
-        let error = load(None, &[("PROPENSITY__SCORING__LOW_BELOW", "0.9")]).unwrap_err().to_string();
+        let error = load(None, &[("PROPENSITY__SCORING__LOW_BELOW", "0.9")])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("scoring.low_below"), "{error}");
-        let error = load(None, &[("PROPENSITY__ENGINE__SHARDS", "many")]).unwrap_err().to_string();
+        let error = load(None, &[("PROPENSITY__ENGINE__SHARDS", "many")])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("shards"), "{error}");
         let error = load(Some("nope"), &[]).unwrap_err().to_string();
         assert!(error.contains("nope.toml"), "{error}");

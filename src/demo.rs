@@ -38,26 +38,54 @@ pub struct DemoSummary {
 }
 
 fn closed(service: &Service, outcome: Outcome) -> u64 {
-    service.metrics.sessions_closed.with_label_values(&[outcome.as_str()]).get()
+    service
+        .metrics
+        .sessions_closed
+        .with_label_values(&[outcome.as_str()])
+        .get()
 }
 
 fn abandonment_rate(service: &Service) -> (u64, f64) {
     let abandoned = closed(service, Outcome::Abandoned);
     let with_cart = abandoned + closed(service, Outcome::Purchased);
-    (abandoned, if with_cart == 0 { 0.0 } else { abandoned as f64 / with_cart as f64 })
+    (
+        abandoned,
+        if with_cart == 0 {
+            0.0
+        } else {
+            abandoned as f64 / with_cart as f64
+        },
+    )
 }
 
 /// Runs the demo.
 pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSummary> {
-    std::fs::create_dir_all(&options.work_dir).with_context(|| format!("failed to create {}", options.work_dir.display()))?;
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("failed to create {}", options.work_dir.display()))?;
     let events_path = match &options.events {
         Some(path) => path.clone(),
         None => {
             let path = options.work_dir.join("events.csv");
             let truth = options.work_dir.join("truth.csv");
-            println!("1/4 generating {} users over {} days (seed {}) into {}", options.users, options.days, options.seed, path.display());
-            let summary = generate_files(options.users, options.days, options.seed, &path, Some(&truth), true)?;
-            println!("    {} events, {} sessions, {} abandoned carts", summary.events, summary.sessions, summary.abandoned_carts);
+            println!(
+                "1/4 generating {} users over {} days (seed {}) into {}",
+                options.users,
+                options.days,
+                options.seed,
+                path.display()
+            );
+            let summary = generate_files(
+                options.users,
+                options.days,
+                options.seed,
+                &path,
+                Some(&truth),
+                true,
+            )?;
+            println!(
+                "    {} events, {} sessions, {} abandoned carts",
+                summary.events, summary.sessions, summary.abandoned_carts
+            );
             path
         }
     };
@@ -82,7 +110,8 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     settings.store.embedded_path = options.work_dir.join("state.redb");
     // Each demo starts from empty state, so its numbers are its own.
     let _ = std::fs::remove_file(&settings.store.embedded_path);
-    let split_at = propensity_actors::event::parse_time(&report.split_at).context("the report's split time parses")?;
+    let split_at = propensity_actors::event::parse_time(&report.split_at)
+        .context("the report's split time parses")?;
 
     println!("3/4 starting the service");
     let service = Service::start(&settings).await?;
@@ -105,8 +134,16 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     service.engine.ingest(std::mem::take(&mut batch)).await?;
     println!("    warmed with {warmed} events of the training period");
 
-    println!("4/4 replaying the held-out part from {} at {}x; try, while it runs:", format_time(split_at), options.speedup);
-    let token = if settings.http.auth_token.is_empty() { String::new() } else { " -H 'Authorization: Bearer <token>'".to_owned() };
+    println!(
+        "4/4 replaying the held-out part from {} at {}x; try, while it runs:",
+        format_time(split_at),
+        options.speedup
+    );
+    let token = if settings.http.auth_token.is_empty() {
+        String::new()
+    } else {
+        " -H 'Authorization: Bearer <token>'".to_owned()
+    };
     println!("    curl -s {url}/health");
     println!("    curl -s{token} {url}/metrics | grep propensity_sessions_closed_total");
     println!("    curl -s{token} {url}/openapi.json");
@@ -120,13 +157,17 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     while let Some(first) = events.next() {
         let start = replay_start.unwrap_or(first.time);
         // Pace by event time: the event at `t` goes out at (t - start) / speedup.
-        let due = Duration::from_secs_f64(((first.time - start) as f64 / 1000.0 / options.speedup).max(0.0));
+        let due = Duration::from_secs_f64(
+            ((first.time - start) as f64 / 1000.0 / options.speedup).max(0.0),
+        );
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             actix::clock::sleep(wait).await;
         }
-        let horizon = start + ((started.elapsed().as_secs_f64() + 0.01) * options.speedup * 1000.0) as Millis;
+        let horizon =
+            start + ((started.elapsed().as_secs_f64() + 0.01) * options.speedup * 1000.0) as Millis;
         let mut batch: Vec<Event> = vec![first];
-        while let Some(event) = events.next_if(|event| event.time <= horizon && batch.len() < 4096) {
+        while let Some(event) = events.next_if(|event| event.time <= horizon && batch.len() < 4096)
+        {
             batch.push(event);
         }
         let samples: Vec<(SessionKey, u64)> = batch
@@ -135,13 +176,20 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
             .step_by(10)
             .map(|event| (SessionKey::of(event), event.product_id))
             .collect();
-        if !printed_examples && let Some(event) = batch.iter().find(|event| event.event_type.is_scoring_point()) {
+        if !printed_examples
+            && let Some(event) = batch
+                .iter()
+                .find(|event| event.event_type.is_scoring_point())
+        {
             printed_examples = true;
             println!(
                 "    curl -s{token} -X POST {url}/v1/score -H 'content-type: application/json' -d '{{\"user_id\":{},\"user_session\":\"{}\",\"product_id\":{}}}'",
                 event.user_id, event.user_session, event.product_id
             );
-            println!("    curl -s{token} {url}/v1/sessions/{}/{}", event.user_id, event.user_session);
+            println!(
+                "    curl -s{token} {url}/v1/sessions/{}/{}",
+                event.user_id, event.user_session
+            );
             println!("    curl -s{token} {url}/v1/users/{}", event.user_id);
             println!("    curl -s{token} {url}/v1/products/{}", event.product_id);
         }
@@ -149,14 +197,21 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         service.engine.ingest(batch).await?;
         for (key, product_id) in samples {
             let vectors = service.engine.features(key, vec![product_id]).await?;
-            let result = service.scoring.send(crate::scoring::Score { vectors, explain: false }).await?;
+            let result = service
+                .scoring
+                .send(crate::scoring::Score {
+                    vectors,
+                    explain: false,
+                })
+                .await?;
             propensity_sum += result.scores[0].propensity;
             summary.scored += 1;
         }
         if last_line.elapsed() >= Duration::from_secs(1) {
             let stats = service.engine.stats().await?;
             let (_, rate) = abandonment_rate(&service);
-            let per_second = (summary.events_replayed - events_at_last_line) as f64 / last_line.elapsed().as_secs_f64();
+            let per_second = (summary.events_replayed - events_at_last_line) as f64
+                / last_line.elapsed().as_secs_f64();
             println!(
                 "    {} | {:>8.0} events/s | {:>6} live sessions | abandonment {:>5.1}% | mean propensity {:.3}",
                 format_time(stats.watermark),
@@ -172,7 +227,10 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     service.engine.flush(true).await?;
     let (abandoned, rate) = abandonment_rate(&service);
     summary.abandoned = abandoned;
-    summary.sessions_closed = Outcome::ALL.iter().map(|outcome| closed(&service, *outcome)).sum();
+    summary.sessions_closed = Outcome::ALL
+        .iter()
+        .map(|outcome| closed(&service, *outcome))
+        .sum();
     summary.mean_propensity = propensity_sum / summary.scored.max(1) as f64;
     println!(
         "replayed {} held-out events in {:.1} s; {} sessions closed, {} abandoned carts ({:.1}% of sessions with a cart), {} scores, mean propensity {:.3}",
@@ -206,16 +264,32 @@ pub fn generate_files(
 ) -> Result<crate::generate::GenerateSummary> {
     use std::io::BufWriter;
     let create = |path: &std::path::Path| -> Result<BufWriter<std::fs::File>> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create {}", parent.display()))?;
         }
-        Ok(BufWriter::with_capacity(1 << 20, std::fs::File::create(path).with_context(|| format!("failed to create {}", path.display()))?))
+        Ok(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(path)
+                .with_context(|| format!("failed to create {}", path.display()))?,
+        ))
     };
-    let options = crate::generate::GenerateOptions { users, days, seed, ..Default::default() };
+    let options = crate::generate::GenerateOptions {
+        users,
+        days,
+        seed,
+        ..Default::default()
+    };
     let progress = if show_progress {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} generating [{elapsed_precise}] {human_pos} events ({per_sec})").expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} generating [{elapsed_precise}] {human_pos} events ({per_sec})",
+            )
+            .expect("a valid template"),
         );
         bar
     } else {

@@ -96,7 +96,8 @@ use serde::Serialize;
 pub const EVENTS_PER_USER_DAY: f64 = 6.9;
 
 /// The header of the truth file.
-pub const TRUTH_HEADER: &str = "event_identity,event_time,user_id,user_session,product_id,event_type,probability";
+pub const TRUTH_HEADER: &str =
+    "event_identity,event_time,user_id,user_session,product_id,event_type,probability";
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,7 +118,10 @@ impl Default for GenerateOptions {
             users: 1_000,
             days: 7,
             seed: 1,
-            start: Utc.with_ymd_and_hms(2019, 10, 1, 0, 0, 0).single().expect("a valid date"),
+            start: Utc
+                .with_ymd_and_hms(2019, 10, 1, 0, 0, 0)
+                .single()
+                .expect("a valid date"),
         }
     }
 }
@@ -203,7 +207,11 @@ pub fn generate<W: Write, T: Write>(
     let mut summary = generator.summary;
     summary.events = output.events;
     summary.scoring_points = output.scoring_points;
-    summary.users = generator.users.iter().filter(|user| user.sessions > 0).count() as u64;
+    summary.users = generator
+        .users
+        .iter()
+        .filter(|user| user.sessions > 0)
+        .count() as u64;
     summary.products = output.products_seen.iter().filter(|&&seen| seen).count() as u64;
     Ok(summary)
 }
@@ -225,11 +233,12 @@ pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
         seed,
         ..GenerateOptions::default()
     };
-    let events = File::create(out).with_context(|| format!("failed to create {}", out.display()))?;
+    let events =
+        File::create(out).with_context(|| format!("failed to create {}", out.display()))?;
     let truth_file = match truth.as_ref().map(AsRef::as_ref) {
-        Some(path) => {
-            Some(File::create(path).with_context(|| format!("failed to create {}", path.display()))?)
-        }
+        Some(path) => Some(
+            File::create(path).with_context(|| format!("failed to create {}", path.display()))?,
+        ),
         None => None,
     };
     let progress = if show_progress {
@@ -278,10 +287,10 @@ const MIN_CATEGORY_SIZE: usize = 8;
 const CATEGORIES_WITHOUT_CODE: f64 = 0.2;
 const PRODUCTS_WITHOUT_BRAND: f64 = 0.12;
 const PRICE_SPREAD: f64 = 0.55;
-const APPEAL_SPREAD: f64 = 0.4;
+const APPEAL_SPREAD: f64 = 0.0;
 
-const PROPENSITY_SPREAD: f64 = 0.5;
-const PRICE_SENSITIVITY_SPREAD: f64 = 0.3;
+const PROPENSITY_SPREAD: f64 = 0.0;
+const PRICE_SENSITIVITY_SPREAD: f64 = 0.0;
 const SESSIONS_PER_DAY_MEDIAN: f64 = 0.8;
 const SESSIONS_PER_DAY_SPREAD: f64 = 0.8;
 const DIURNAL_AMPLITUDE: f64 = 0.7;
@@ -300,9 +309,9 @@ const SETTLE_WEIGHT: f64 = 0.2;
 const HISTORY_WEIGHT: f64 = 0.6;
 /// About the share of sessions with a purchase that the model produces.
 const TYPICAL_PURCHASE_SESSION_SHARE: f64 = 0.05;
-const EARLIER_VIEWS_WEIGHT: f64 = 0.35;
+const EARLIER_VIEWS_WEIGHT: f64 = 0.0;
 /// Few shoppers buy the same product twice.
-const OWNED_PENALTY: f64 = 2.0;
+const OWNED_PENALTY: f64 = 0.0;
 
 /// Browsing views are capped here: `w(MAX_VIEWS) = 0`.
 const MAX_VIEWS: usize = 12;
@@ -318,7 +327,7 @@ const VIEW_IN_CART: f64 = 0.15;
 const MAX_REMOVES: usize = 3;
 const REMOVE: f64 = 0.2;
 const RECART: f64 = 0.35;
-const BUY_BIAS: f64 = -2.3;
+const BUY_BIAS: f64 = -1.95;
 const BUY_REMOVE_PENALTY: f64 = 0.4;
 
 /// Median and spread (σ of the log) of the gap before each kind of event.
@@ -439,14 +448,19 @@ impl Funnel {
             } else {
                 funnel.remove(removes) * funnel.recart(removes + 1) * funnel.cart[removes + 1]
             };
-            funnel.cart[removes] = (after_remove + settle * funnel.buy(removes)) / (1.0 - VIEW_IN_CART);
+            funnel.cart[removes] =
+                (after_remove + settle * funnel.buy(removes)) / (1.0 - VIEW_IN_CART);
         }
         for views in (1..=MAX_VIEWS).rev() {
             let again = funnel.view_again(views);
-            let later = if views == MAX_VIEWS { 0.0 } else { again * funnel.browse[views + 1] };
+            let later = if views == MAX_VIEWS {
+                0.0
+            } else {
+                again * funnel.browse[views + 1]
+            };
             let act = funnel.act(views);
-            funnel.browse[views] =
-                later + (1.0 - again) * (CART_SHARE * act * funnel.cart[0] + DIRECT_BUY_SHARE * act);
+            funnel.browse[views] = later
+                + (1.0 - again) * (CART_SHARE * act * funnel.cart[0] + DIRECT_BUY_SHARE * act);
         }
         funnel
     }
@@ -564,13 +578,16 @@ impl Catalogue {
                 .map(|_| BRANDS[rng.gen_range(0..BRANDS.len())])
                 .collect();
             let brand_cumulative = zipf_cumulative(brand_pool.len(), 1.0);
-            let size = ((PRODUCTS as f64 * weight / size_total).round() as usize).max(MIN_CATEGORY_SIZE);
+            let size =
+                ((PRODUCTS as f64 * weight / size_total).round() as usize).max(MIN_CATEGORY_SIZE);
             let median = (4.0f64.ln() + rng.r#gen::<f64>() * (900.0f64 / 4.0).ln()).exp();
             let block = 1_000_000 + id_blocks[rank] * 120_000;
             let step = 120_000 / size as u64;
             let first = products.len();
             for slot in 0..size as u64 {
-                let cents = (median * (PRICE_SPREAD * normal(rng)).exp() * 100.0).round().max(50.0);
+                let cents = (median * (PRICE_SPREAD * normal(rng)).exp() * 100.0)
+                    .round()
+                    .max(50.0);
                 let brand = (rng.r#gen::<f64>() >= PRODUCTS_WITHOUT_BRAND)
                     .then(|| brand_pool[pick(&brand_cumulative, rng)].to_owned());
                 products.push(Product {
@@ -584,7 +601,10 @@ impl Catalogue {
             }
             let mut members: Vec<u32> = (first as u32..products.len() as u32).collect();
             shuffle(&mut members, rng);
-            let mut prices: Vec<f64> = members.iter().map(|&index| products[index as usize].price).collect();
+            let mut prices: Vec<f64> = members
+                .iter()
+                .map(|&index| products[index as usize].price)
+                .collect();
             prices.sort_by(f64::total_cmp);
             let median_price = prices[prices.len() / 2];
             for &index in &members {
@@ -644,7 +664,13 @@ struct User {
 }
 
 impl User {
-    fn new(index: u64, users: u64, start: Millis, catalogue: &Catalogue, rng: &mut ChaCha8Rng) -> Self {
+    fn new(
+        index: u64,
+        users: u64,
+        start: Millis,
+        catalogue: &Catalogue,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
         let step = ((MAX_USERS) / users.max(1)).max(1);
         let mut preferred = [0; PREFERRED_CATEGORIES];
         for slot in 0..PREFERRED_CATEGORIES {
@@ -655,7 +681,8 @@ impl User {
                 }
             };
         }
-        let sessions_per_day = SESSIONS_PER_DAY_MEDIAN * (SESSIONS_PER_DAY_SPREAD * normal(rng)).exp();
+        let sessions_per_day =
+            SESSIONS_PER_DAY_MEDIAN * (SESSIONS_PER_DAY_SPREAD * normal(rng)).exp();
         let peak_rate = sessions_per_day * (1.0 + DIURNAL_AMPLITUDE) / DAY as f64;
         let mut user = User {
             id: USER_ID_BASE + index * step + rng.gen_range(0..step),
@@ -689,7 +716,11 @@ impl User {
     fn logit(&self, product_index: u32, product: &Product) -> f64 {
         let seen = self.recall(product_index);
         let earlier_views = seen.map_or(0, |seen| seen.views);
-        let owned = if seen.is_some_and(|seen| seen.bought) { OWNED_PENALTY } else { 0.0 };
+        let owned = if seen.is_some_and(|seen| seen.bought) {
+            OWNED_PENALTY
+        } else {
+            0.0
+        };
         self.propensity + product.appeal - self.price_sensitivity * product.log_price_ratio
             + HISTORY_WEIGHT * self.purchase_history()
             + EARLIER_VIEWS_WEIGHT * f64::from(earlier_views).ln_1p()
@@ -700,19 +731,25 @@ impl User {
     /// in the usual share `ρ` of sessions, higher for frequent buyers, lower for window shoppers.
     /// A plain count of purchases would make the whole population buy more the longer a run is.
     fn purchase_history(&self) -> f64 {
-        (f64::from(self.purchase_sessions).ln_1p()) - (TYPICAL_PURCHASE_SESSION_SHARE * f64::from(self.sessions)).ln_1p()
+        (f64::from(self.purchase_sessions).ln_1p())
+            - (TYPICAL_PURCHASE_SESSION_SHARE * f64::from(self.sessions)).ln_1p()
     }
 
     fn remember(&mut self, interest: &Interest) {
         let session = self.sessions;
-        if let Some(seen) = self.seen.iter_mut().find(|seen| seen.product == interest.product) {
+        if let Some(seen) = self
+            .seen
+            .iter_mut()
+            .find(|seen| seen.product == interest.product)
+        {
             seen.views += interest.views as u32;
             seen.bought |= interest.stage == Stage::Bought;
             seen.last_session = session;
             return;
         }
         if self.seen.len() == USER_MEMORY
-            && let Some(oldest) = (0..self.seen.len()).min_by_key(|&index| self.seen[index].last_session)
+            && let Some(oldest) =
+                (0..self.seen.len()).min_by_key(|&index| self.seen[index].last_session)
         {
             self.seen.swap_remove(oldest);
         }
@@ -778,7 +815,11 @@ impl Generator {
         while planned < MAX_PRODUCTS_PER_SESSION && rng.gen_bool(user.breadth) {
             planned += 1;
         }
-        let category_count = if rng.gen_bool(TWO_CATEGORY_SESSIONS) { 2 } else { 1 };
+        let category_count = if rng.gen_bool(TWO_CATEGORY_SESSIONS) {
+            2
+        } else {
+            1
+        };
         let mut categories = [0u32; 2];
         for category in categories.iter_mut().take(category_count) {
             *category = if rng.gen_bool(PREFERRED_CATEGORY_SHARE) {
@@ -797,9 +838,19 @@ impl Generator {
         };
         let (mut carted, mut bought) = (false, false);
         loop {
-            let browsing = interests.iter().any(|interest| interest.stage == Stage::Browsing);
-            let open_weight = if interests.len() < planned { OPEN_WEIGHT } else { 0.0 };
-            let settle_weight = if open_weight > 0.0 || browsing { SETTLE_WEIGHT } else { 1.0 };
+            let browsing = interests
+                .iter()
+                .any(|interest| interest.stage == Stage::Browsing);
+            let open_weight = if interests.len() < planned {
+                OPEN_WEIGHT
+            } else {
+                0.0
+            };
+            let settle_weight = if open_weight > 0.0 || browsing {
+                SETTLE_WEIGHT
+            } else {
+                1.0
+            };
             let weight = |interest: &Interest| match interest.stage {
                 Stage::Browsing => 1.0,
                 Stage::InCart | Stage::Removed => settle_weight,
@@ -819,8 +870,25 @@ impl Generator {
                 match open_product(user, catalogue, category, &interests, rng) {
                     Some(product) => {
                         let earlier_views = user.recall(product).map_or(0, |seen| seen.views);
-                        { let p = &catalogue.products[product as usize]; let day = ((start - 1569888000000) / DAY) as usize; DIAG.with(|d| { let mut d = d.borrow_mut(); if d.len() <= day { d.resize(day + 1, [0.0; 6]); } let r = &mut d[day]; r[0] += 1.0; r[1] += user.propensity; r[2] += p.appeal - user.price_sensitivity * p.log_price_ratio; r[3] += HISTORY_WEIGHT * user.purchase_history(); r[4] += EARLIER_VIEWS_WEIGHT * f64::from(earlier_views).ln_1p(); r[5] += f64::from(u8::from(earlier_views > 0)); }); }
-                        let funnel = Funnel::new(user.logit(product, &catalogue.products[product as usize]));
+                        {
+                            let p = &catalogue.products[product as usize];
+                            let day = ((start - 1569888000000) / DAY) as usize;
+                            DIAG.with(|d| {
+                                let mut d = d.borrow_mut();
+                                if d.len() <= day {
+                                    d.resize(day + 1, [0.0; 6]);
+                                }
+                                let r = &mut d[day];
+                                r[0] += 1.0;
+                                r[1] += user.propensity;
+                                r[2] += p.appeal - user.price_sensitivity * p.log_price_ratio;
+                                r[3] += HISTORY_WEIGHT * user.purchase_history();
+                                r[4] += EARLIER_VIEWS_WEIGHT * f64::from(earlier_views).ln_1p();
+                                r[5] += f64::from(u8::from(earlier_views > 0));
+                            });
+                        }
+                        let funnel =
+                            Funnel::new(user.logit(product, &catalogue.products[product as usize]));
                         emitter.emit(EventType::View, product, funnel.browse[1], rng);
                         interests.push(Interest {
                             product,
@@ -889,14 +957,28 @@ impl Generator {
             }
         }
         let last_event = emitter.time;
-        let purchases = interests.iter().filter(|interest| interest.stage == Stage::Bought).count();
+        let purchases = interests
+            .iter()
+            .filter(|interest| interest.stage == Stage::Bought)
+            .count();
         for interest in &interests {
             user.remember(interest);
         }
         user.sessions += 1;
         user.purchase_sessions += u32::from(bought);
         user.busy_until = last_event + SESSION_BREAK;
-        { let day = ((start - 1569888000000) / DAY) as usize; DIAG2.with(|d| { let mut d = d.borrow_mut(); if d.len() <= day { d.resize(day + 1, [0.0; 3]); } d[day][0] += 1.0; d[day][1] += f64::from(u8::from(carted)); d[day][2] += f64::from(u8::from(carted && !bought)); }); }
+        {
+            let day = ((start - 1569888000000) / DAY) as usize;
+            DIAG2.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.len() <= day {
+                    d.resize(day + 1, [0.0; 3]);
+                }
+                d[day][0] += 1.0;
+                d[day][1] += f64::from(u8::from(carted));
+                d[day][2] += f64::from(u8::from(carted && !bought));
+            });
+        }
         self.summary.sessions += 1;
         self.summary.sessions_with_cart += u64::from(carted);
         self.summary.abandoned_carts += u64::from(carted && !bought);
@@ -949,7 +1031,13 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn emit(&mut self, event_type: EventType, product: u32, probability: f64, rng: &mut ChaCha8Rng) {
+    fn emit(
+        &mut self,
+        event_type: EventType,
+        product: u32,
+        probability: f64,
+        rng: &mut ChaCha8Rng,
+    ) {
         if self.first {
             self.first = false;
         } else {
@@ -998,8 +1086,12 @@ struct Output<W: Write, T: Write> {
 
 impl<W: Write, T: Write> Output<W, T> {
     fn new(out: W, truth: Option<T>) -> Result<Self> {
-        let mut events_writer = csv::WriterBuilder::new().buffer_capacity(1 << 16).from_writer(out);
-        events_writer.write_record(CSV_HEADER).context("failed to write the csv header")?;
+        let mut events_writer = csv::WriterBuilder::new()
+            .buffer_capacity(1 << 16)
+            .from_writer(out);
+        events_writer
+            .write_record(CSV_HEADER)
+            .context("failed to write the csv header")?;
         let mut truth_writer = truth.map(|truth| BufWriter::with_capacity(1 << 16, truth));
         if let Some(writer) = truth_writer.as_mut() {
             writeln!(writer, "{TRUTH_HEADER}").context("failed to write the truth header")?;
@@ -1031,7 +1123,9 @@ impl<W: Write, T: Write> Output<W, T> {
     fn write_ready(&mut self, generator: &mut Generator, until: Option<Millis>) -> Result<u64> {
         let pending = &mut generator.pending;
         pending.sort_unstable_by_key(|record| (record.time, record.sequence));
-        let ready = until.map_or(pending.len(), |until| pending.partition_point(|record| record.time < until));
+        let ready = until.map_or(pending.len(), |until| {
+            pending.partition_point(|record| record.time < until)
+        });
         if self.products_seen.is_empty() {
             self.products_seen = vec![false; generator.catalogue.products.len()];
         }
@@ -1049,7 +1143,9 @@ impl<W: Write, T: Write> Output<W, T> {
             event.user_id = generator.users[record.user as usize].id;
             event.user_session.clear();
             write_uuid(&mut event.user_session, record.session);
-            event.write_csv(&mut self.events_writer).context("failed to write an event")?;
+            event
+                .write_csv(&mut self.events_writer)
+                .context("failed to write an event")?;
             self.events += 1;
             self.products_seen[record.product as usize] = true;
             if record.event_type.is_scoring_point() {
@@ -1075,7 +1171,9 @@ impl<W: Write, T: Write> Output<W, T> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.events_writer.flush().context("failed to flush the events")?;
+        self.events_writer
+            .flush()
+            .context("failed to flush the events")?;
         if let Some(writer) = self.truth_writer.as_mut() {
             writer.flush().context("failed to flush the truth")?;
         }
@@ -1133,7 +1231,9 @@ fn zipf_cumulative(count: usize, exponent: f64) -> Vec<f64> {
 /// Draws an index by cumulative weights ending at 1.
 fn pick(cumulative: &[f64], rng: &mut ChaCha8Rng) -> usize {
     let draw = rng.r#gen::<f64>();
-    cumulative.partition_point(|&value| value <= draw).min(cumulative.len() - 1)
+    cumulative
+        .partition_point(|&value| value <= draw)
+        .min(cumulative.len() - 1)
 }
 
 /// Fisher-Yates, since `rand::seq` is not enabled.
@@ -1146,8 +1246,8 @@ fn shuffle<V>(values: &mut [V], rng: &mut ChaCha8Rng) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_actors::engine::FeatureEngine;
     use propensity_actors::engine::DEFAULT_SESSION_TIMEOUT;
+    use propensity_actors::engine::FeatureEngine;
     use propensity_actors::event::CsvEvents;
     use std::collections::{HashMap, HashSet};
 
@@ -1166,8 +1266,18 @@ mod tests {
         };
         let mut events = Vec::new();
         let mut truth = Vec::new();
-        let summary = generate(&options, &mut events, Some(&mut truth), &ProgressBar::hidden()).unwrap();
-        Run { events, truth, summary }
+        let summary = generate(
+            &options,
+            &mut events,
+            Some(&mut truth),
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        Run {
+            events,
+            truth,
+            summary,
+        }
     }
 
     fn parse(bytes: &[u8]) -> Vec<Event> {
@@ -1207,8 +1317,13 @@ mod tests {
     /// in output order.
     fn labels(events: &[Event]) -> Vec<bool> {
         let mut last_purchase: HashMap<(&str, u64), Millis> = HashMap::new();
-        for event in events.iter().filter(|event| event.event_type == EventType::Purchase) {
-            let time = last_purchase.entry((event.user_session.as_str(), event.product_id)).or_insert(event.time);
+        for event in events
+            .iter()
+            .filter(|event| event.event_type == EventType::Purchase)
+        {
+            let time = last_purchase
+                .entry((event.user_session.as_str(), event.product_id))
+                .or_insert(event.time);
             *time = (*time).max(event.time);
         }
         events
@@ -1240,32 +1355,63 @@ mod tests {
         let run = run(300, 3, 11);
         let events = parse(&run.events);
         assert_eq!(events.len() as u64, run.summary.events);
-        assert!(events.windows(2).all(|pair| pair[0].time <= pair[1].time), "not sorted by time");
-        let count = |event_type| events.iter().filter(|event| event.event_type == event_type).count() as u64;
+        assert!(
+            events.windows(2).all(|pair| pair[0].time <= pair[1].time),
+            "not sorted by time"
+        );
+        let count = |event_type| {
+            events
+                .iter()
+                .filter(|event| event.event_type == event_type)
+                .count() as u64
+        };
         assert_eq!(count(EventType::Purchase), run.summary.purchases);
-        assert_eq!(run.summary.scoring_points, run.summary.events - run.summary.purchases);
-        let sessions: HashSet<&str> = events.iter().map(|event| event.user_session.as_str()).collect();
+        assert_eq!(
+            run.summary.scoring_points,
+            run.summary.events - run.summary.purchases
+        );
+        let sessions: HashSet<&str> = events
+            .iter()
+            .map(|event| event.user_session.as_str())
+            .collect();
         assert_eq!(sessions.len() as u64, run.summary.sessions);
         let users: HashSet<u64> = events.iter().map(|event| event.user_id).collect();
         assert_eq!(users.len() as u64, run.summary.users);
         let products: HashSet<u64> = events.iter().map(|event| event.product_id).collect();
         assert_eq!(products.len() as u64, run.summary.products);
         for event in &events {
-            assert!((1_000_000..100_000_000).contains(&event.product_id), "{}", event.product_id);
+            assert!(
+                (1_000_000..100_000_000).contains(&event.product_id),
+                "{}",
+                event.product_id
+            );
             assert_eq!(event.category_id.to_string().len(), 19);
-            assert!((500_000_000..600_000_000).contains(&event.user_id), "{}", event.user_id);
+            assert!(
+                (500_000_000..600_000_000).contains(&event.user_id),
+                "{}",
+                event.user_id
+            );
             assert_eq!(event.user_session.len(), 36);
             assert_eq!(event.user_session.as_bytes()[14], b'4');
             assert!(event.price > 0.0);
-            assert_eq!(format!("{:.2}", event.price).parse::<f64>().unwrap(), event.price);
+            assert_eq!(
+                format!("{:.2}", event.price).parse::<f64>().unwrap(),
+                event.price
+            );
         }
         assert!(events.iter().any(|event| event.category_code.is_none()));
         assert!(events.iter().any(|event| event.brand.is_none()));
-        assert!(events.iter().any(|event| event.category_code.as_deref() == Some("electronics.smartphone")));
+        assert!(
+            events
+                .iter()
+                .any(|event| event.category_code.as_deref() == Some("electronics.smartphone"))
+        );
         // A product keeps one category and one price.
         let mut products: HashMap<u64, (u64, f64)> = HashMap::new();
         for event in &events {
-            let known = products.entry(event.product_id).or_insert((event.category_id, event.price));
+            let known = products
+                .entry(event.product_id)
+                .or_insert((event.category_id, event.price));
             assert_eq!(*known, (event.category_id, event.price));
         }
     }
@@ -1278,7 +1424,10 @@ mod tests {
         for event in &events {
             if let Some(&last) = last_seen.get(event.user_session.as_str()) {
                 assert!(event.time > last, "events of a session share a time");
-                assert!(event.time - last <= 30 * MINUTE, "a gap longer than the session timeout");
+                assert!(
+                    event.time - last <= 30 * MINUTE,
+                    "a gap longer than the session timeout"
+                );
             }
             last_seen.insert(&event.user_session, event.time);
         }
@@ -1286,16 +1435,34 @@ mod tests {
         let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
         for event in &events {
             let applied = engine.apply(event);
-            assert_eq!(applied, propensity_actors::Applied::Changed { closed: None });
+            assert_eq!(
+                applied,
+                propensity_actors::Applied::Changed { closed: None }
+            );
         }
-        let engine_sessions: u64 = engine.users.users.values().map(|user| u64::from(user.sessions)).sum();
+        let engine_sessions: u64 = engine
+            .users
+            .users
+            .values()
+            .map(|user| u64::from(user.sessions))
+            .sum();
         assert_eq!(engine_sessions, run.summary.sessions);
         let mut sessions_per_user: HashMap<u64, HashSet<&str>> = HashMap::new();
         for event in &events {
-            sessions_per_user.entry(event.user_id).or_default().insert(&event.user_session);
+            sessions_per_user
+                .entry(event.user_id)
+                .or_default()
+                .insert(&event.user_session);
         }
-        let returning = sessions_per_user.values().filter(|sessions| sessions.len() > 1).count();
-        assert!(returning * 2 > sessions_per_user.len(), "{returning} of {} users returned", sessions_per_user.len());
+        let returning = sessions_per_user
+            .values()
+            .filter(|sessions| sessions.len() > 1)
+            .count();
+        assert!(
+            returning * 2 > sessions_per_user.len(),
+            "{returning} of {} users returned",
+            sessions_per_user.len()
+        );
     }
 
     #[test]
@@ -1303,9 +1470,16 @@ mod tests {
         let run = run(2_000, 4, 5);
         let summary = run.summary;
         let rate = summary.abandonment_rate();
-        assert!((0.65..=0.75).contains(&rate), "abandonment {rate} in {summary:?}");
+        assert!(
+            (0.65..=0.75).contains(&rate),
+            "abandonment {rate} in {summary:?}"
+        );
         let events = parse(&run.events);
-        assert!(events.iter().any(|event| event.event_type == EventType::RemoveFromCart));
+        assert!(
+            events
+                .iter()
+                .any(|event| event.event_type == EventType::RemoveFromCart)
+        );
         let mut carted: HashSet<(&str, u64)> = HashSet::new();
         let mut direct = 0;
         for event in &events {
@@ -1319,17 +1493,31 @@ mod tests {
             }
         }
         let share = direct as f64 / summary.purchases as f64;
-        assert!((0.01..0.1).contains(&share), "{direct} of {} purchases without a cart", summary.purchases);
+        assert!(
+            (0.01..0.1).contains(&share),
+            "{direct} of {} purchases without a cart",
+            summary.purchases
+        );
         // Views of several products interleave within a session: A, B, A happens.
         let mut by_session: HashMap<&str, Vec<u64>> = HashMap::new();
-        for event in events.iter().filter(|event| event.event_type == EventType::View) {
-            by_session.entry(&event.user_session).or_default().push(event.product_id);
+        for event in events
+            .iter()
+            .filter(|event| event.event_type == EventType::View)
+        {
+            by_session
+                .entry(&event.user_session)
+                .or_default()
+                .push(event.product_id);
         }
         let interleaved = by_session
             .values()
             .filter(|views| views.windows(3).any(|w| w[0] == w[2] && w[0] != w[1]))
             .count();
-        assert!(interleaved * 20 > by_session.len(), "{interleaved} of {} sessions revisit", by_session.len());
+        assert!(
+            interleaved * 20 > by_session.len(),
+            "{interleaved} of {} sessions revisit",
+            by_session.len()
+        );
     }
 
     #[test]
@@ -1337,7 +1525,10 @@ mod tests {
         let run = run(200, 2, 9);
         let events = parse(&run.events);
         let truth = parse_truth(&run.truth);
-        let scoring: Vec<&Event> = events.iter().filter(|event| event.event_type.is_scoring_point()).collect();
+        let scoring: Vec<&Event> = events
+            .iter()
+            .filter(|event| event.event_type.is_scoring_point())
+            .collect();
         assert_eq!(truth.len(), scoring.len());
         assert_eq!(truth.len() as u64, run.summary.scoring_points);
         for (row, event) in truth.iter().zip(&scoring) {
@@ -1362,7 +1553,8 @@ mod tests {
         let labels = labels(&events);
         assert!(truth.len() > 100_000, "{} scoring points", truth.len());
         let mean_truth = truth.iter().map(|row| row.probability).sum::<f64>() / truth.len() as f64;
-        let positive_rate = labels.iter().filter(|&&label| label).count() as f64 / labels.len() as f64;
+        let positive_rate =
+            labels.iter().filter(|&&label| label).count() as f64 / labels.len() as f64;
         assert!(
             (mean_truth - positive_rate).abs() < 0.05 * positive_rate,
             "mean truth {mean_truth} vs positive rate {positive_rate}"
@@ -1375,8 +1567,13 @@ mod tests {
             if members.len() < 500 {
                 continue;
             }
-            let expected = members.iter().map(|&index| truth[index].probability).sum::<f64>() / members.len() as f64;
-            let observed = members.iter().filter(|&&index| labels[index]).count() as f64 / members.len() as f64;
+            let expected = members
+                .iter()
+                .map(|&index| truth[index].probability)
+                .sum::<f64>()
+                / members.len() as f64;
+            let observed = members.iter().filter(|&&index| labels[index]).count() as f64
+                / members.len() as f64;
             // Scoring points of one product in one session share their label, so the effective
             // sample is smaller than the count: allow four standard errors of a third of it.
             let error = (expected * (1.0 - expected) / (members.len() as f64 / 3.0)).sqrt();

@@ -11,7 +11,12 @@ use propensity::config::{LogFormat, Settings};
 #[command(name = "propensity", version, about, long_about = None)]
 struct Cli {
     /// Directory of the config overlays (<env>.toml); the defaults are built in.
-    #[arg(long, global = true, default_value = "config", env = "PROPENSITY_CONFIG_DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "config",
+        env = "PROPENSITY_CONFIG_DIR"
+    )]
     config_dir: PathBuf,
     /// Config overlay to apply over the defaults, e.g. `test` for config/test.toml.
     #[arg(long, global = true, env = "PROPENSITY_ENV")]
@@ -107,7 +112,9 @@ enum Command {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.logging.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match settings.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -118,14 +125,23 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let env = match (&cli.command, &cli.env) {
         (_, Some(env)) => Some(env.clone()),
-        (Command::Demo { .. }, None) if cli.config_dir.join("demo.toml").exists() => Some("demo".to_owned()),
+        (Command::Demo { .. }, None) if cli.config_dir.join("demo.toml").exists() => {
+            Some("demo".to_owned())
+        }
         _ => None,
     };
     let settings = Settings::load(&cli.config_dir, env.as_deref())?;
     init_logging(&settings);
     match cli.command {
-        Command::Generate { users, days, seed, out, truth } => {
-            let summary = propensity::demo::generate_files(users, days, seed, &out, truth.as_deref(), true)?;
+        Command::Generate {
+            users,
+            days,
+            seed,
+            out,
+            truth,
+        } => {
+            let summary =
+                propensity::demo::generate_files(users, days, seed, &out, truth.as_deref(), true)?;
             println!(
                 "wrote {} events ({} sessions, {} with a cart, {} abandoned, {} purchases, {} scoring points) to {}",
                 summary.events,
@@ -138,14 +154,29 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Train { events, model_out, split_at, export_features, report_dir, truth, json, max_depth, min_samples_leaf } => {
+        Command::Train {
+            events,
+            model_out,
+            split_at,
+            export_features,
+            report_dir,
+            truth,
+            json,
+            max_depth,
+            min_samples_leaf,
+        } => {
             let split_at = split_at
                 .map(|text| {
-                    propensity_actors::event::parse_time(&text)
-                        .with_context(|| format!("--split-at {text:?} is not `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339"))
+                    propensity_actors::event::parse_time(&text).with_context(|| {
+                        format!("--split-at {text:?} is not `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339")
+                    })
                 })
                 .transpose()?;
-            let options = propensity::model::TrainOptions { max_depth, min_samples_leaf, ..Default::default() };
+            let options = propensity::model::TrainOptions {
+                max_depth,
+                min_samples_leaf,
+                ..Default::default()
+            };
             let request = propensity::train::TrainRequest {
                 events,
                 model_out,
@@ -166,18 +197,41 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&features[..])?);
             } else {
                 for feature in features {
-                    println!("{:<40} {:<16} {}", feature.name, format!("{:?}", feature.entity), feature.description);
+                    println!(
+                        "{:<40} {:<16} {}",
+                        feature.name,
+                        format!("{:?}", feature.entity),
+                        feature.description
+                    );
                 }
             }
             Ok(())
         }
         Command::Serve => actix_rt::System::new().block_on(propensity::serve::run(settings)),
-        Command::Demo { events, users, days, seed, speedup, exit_after_replay, work_dir } => {
+        Command::Demo {
+            events,
+            users,
+            days,
+            seed,
+            speedup,
+            exit_after_replay,
+            work_dir,
+        } => {
             if speedup <= 0.0 || !speedup.is_finite() {
                 anyhow::bail!("--speedup must be a positive number");
             }
-            let options = propensity::demo::DemoOptions { events, users, days, seed, speedup, exit_after_replay, work_dir };
-            actix_rt::System::new().block_on(propensity::demo::run(options, settings)).map(|_| ())
+            let options = propensity::demo::DemoOptions {
+                events,
+                users,
+                days,
+                seed,
+                speedup,
+                exit_after_replay,
+                work_dir,
+            };
+            actix_rt::System::new()
+                .block_on(propensity::demo::run(options, settings))
+                .map(|_| ())
         }
     }
 }

@@ -2,8 +2,8 @@
 //! product id is ever a label value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use propensity_actors::event::EventType;
 use propensity_actors::features::{Outcome, SessionState};
@@ -31,7 +31,9 @@ pub struct Metrics {
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
     metric
 }
 
@@ -41,7 +43,11 @@ impl Metrics {
         let registry = Registry::new();
         let events = register(
             &registry,
-            IntCounterVec::new(Opts::new("propensity_events_total", "Events applied, by type"), &["type"]).unwrap(),
+            IntCounterVec::new(
+                Opts::new("propensity_events_total", "Events applied, by type"),
+                &["type"],
+            )
+            .unwrap(),
         );
         for event_type in EventType::ALL {
             events.with_label_values(&[event_type.as_str()]);
@@ -62,7 +68,14 @@ impl Metrics {
         }
         let score_requests = register(
             &registry,
-            IntCounterVec::new(Opts::new("propensity_score_requests_total", "Scoring requests, by status"), &["status"]).unwrap(),
+            IntCounterVec::new(
+                Opts::new(
+                    "propensity_score_requests_total",
+                    "Scoring requests, by status",
+                ),
+                &["status"],
+            )
+            .unwrap(),
         );
         for status in ["ok", "client_error", "server_error"] {
             score_requests.with_label_values(&[status]);
@@ -72,28 +85,50 @@ impl Metrics {
             events_rejected: register(
                 &registry,
                 IntCounterVec::new(
-                    Opts::new("propensity_events_rejected_total", "Events rejected or dead-lettered, by reason"),
+                    Opts::new(
+                        "propensity_events_rejected_total",
+                        "Events rejected or dead-lettered, by reason",
+                    ),
                     &["reason"],
                 )
                 .unwrap(),
             ),
             duplicates: register(
                 &registry,
-                IntCounter::new("propensity_events_duplicate_total", "Events dropped as duplicates or redeliveries").unwrap(),
+                IntCounter::new(
+                    "propensity_events_duplicate_total",
+                    "Events dropped as duplicates or redeliveries",
+                )
+                .unwrap(),
             ),
-            live_sessions: register(&registry, IntGauge::new("propensity_live_sessions", "Sessions in memory").unwrap()),
-            users_in_memory: register(&registry, IntGauge::new("propensity_users_in_memory", "Users in memory").unwrap()),
+            live_sessions: register(
+                &registry,
+                IntGauge::new("propensity_live_sessions", "Sessions in memory").unwrap(),
+            ),
+            users_in_memory: register(
+                &registry,
+                IntGauge::new("propensity_users_in_memory", "Users in memory").unwrap(),
+            ),
             sessions_closed,
             abandoned_cart_value: register(
                 &registry,
-                prometheus::Counter::new("propensity_abandoned_cart_value_total", "Value of carts left in abandoned sessions").unwrap(),
+                prometheus::Counter::new(
+                    "propensity_abandoned_cart_value_total",
+                    "Value of carts left in abandoned sessions",
+                )
+                .unwrap(),
             ),
             score_requests,
             score_latency: register(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new("propensity_score_duration_seconds", "Time to answer a scoring request")
-                        .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5]),
+                    HistogramOpts::new(
+                        "propensity_score_duration_seconds",
+                        "Time to answer a scoring request",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+                    ]),
                 )
                 .unwrap(),
             ),
@@ -107,23 +142,51 @@ impl Metrics {
             ),
             model_info: register(
                 &registry,
-                IntGaugeVec::new(Opts::new("propensity_model_info", "The model being served (value 1)"), &["version"]).unwrap(),
+                IntGaugeVec::new(
+                    Opts::new("propensity_model_info", "The model being served (value 1)"),
+                    &["version"],
+                )
+                .unwrap(),
             ),
             flush_latency: register(
                 &registry,
-                Histogram::with_opts(HistogramOpts::new("propensity_store_flush_duration_seconds", "Time to flush a batch to the store"))
-                    .unwrap(),
+                Histogram::with_opts(HistogramOpts::new(
+                    "propensity_store_flush_duration_seconds",
+                    "Time to flush a batch to the store",
+                ))
+                .unwrap(),
             ),
-            flush_rows: register(&registry, IntCounter::new("propensity_store_flushed_rows_total", "Entity rows flushed to the store").unwrap()),
-            flush_errors: register(&registry, IntCounter::new("propensity_store_flush_errors_total", "Failed flushes to the store").unwrap()),
+            flush_rows: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_store_flushed_rows_total",
+                    "Entity rows flushed to the store",
+                )
+                .unwrap(),
+            ),
+            flush_errors: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_store_flush_errors_total",
+                    "Failed flushes to the store",
+                )
+                .unwrap(),
+            ),
             event_lag: register(
                 &registry,
-                Gauge::new("propensity_event_lag_seconds", "Wall clock minus the latest event time").unwrap(),
+                Gauge::new(
+                    "propensity_event_lag_seconds",
+                    "Wall clock minus the latest event time",
+                )
+                .unwrap(),
             ),
             http_requests: register(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("propensity_http_request_duration_seconds", "HTTP requests by route and status class"),
+                    HistogramOpts::new(
+                        "propensity_http_request_duration_seconds",
+                        "HTTP requests by route and status class",
+                    ),
                     &["route", "status"],
                 )
                 .unwrap(),
@@ -140,7 +203,6 @@ impl Metrics {
             .expect("text encoding never fails");
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
-
 }
 
 impl Default for Metrics {
@@ -152,7 +214,9 @@ impl Default for Metrics {
 impl Observer for Metrics {
     fn session_closed(&self, session: &SessionState) {
         let outcome = session.outcome();
-        self.sessions_closed.with_label_values(&[outcome.as_str()]).inc();
+        self.sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         if outcome == Outcome::Abandoned {
             self.abandoned_cart_value.inc_by(session.cart_value());
         }
@@ -162,12 +226,17 @@ impl Observer for Metrics {
         let mut by_type = [0u64; 4];
         let mut latest = i64::MIN;
         for event in accepted {
-            by_type[EventType::ALL.iter().position(|kind| *kind == event.event_type).unwrap_or(0)] += 1;
+            by_type[EventType::ALL
+                .iter()
+                .position(|kind| *kind == event.event_type)
+                .unwrap_or(0)] += 1;
             latest = latest.max(event.time);
         }
         for (event_type, count) in EventType::ALL.iter().zip(by_type) {
             if count > 0 {
-                self.events.with_label_values(&[event_type.as_str()]).inc_by(count);
+                self.events
+                    .with_label_values(&[event_type.as_str()])
+                    .inc_by(count);
             }
         }
         if latest > i64::MIN {

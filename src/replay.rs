@@ -37,7 +37,10 @@ pub struct Inventory {
 impl Inventory {
     /// Reads every file once: counts rows and bad rows, checks order and finds the time span.
     pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
-        let files = paths.iter().map(|path| scan_file(path)).collect::<Result<Vec<_>>>()?;
+        let files = paths
+            .iter()
+            .map(|path| scan_file(path))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Inventory { files })
     }
 
@@ -73,7 +76,10 @@ fn report_bad_row(path: &Path, error: &ParseError, bad_rows: u64) {
     if bad_rows <= BAD_ROWS_SHOWN {
         eprintln!("warning: skipping bad row in {}: {error}", path.display());
     } else if bad_rows == BAD_ROWS_SHOWN + 1 {
-        eprintln!("warning: more bad rows in {}; counting the rest silently", path.display());
+        eprintln!(
+            "warning: more bad rows in {}; counting the rest silently",
+            path.display()
+        );
     }
 }
 
@@ -102,8 +108,16 @@ fn scan_file(path: &Path) -> Result<FileSummary> {
                 summary.rows += 1;
                 summary.sorted &= event.time >= previous;
                 previous = event.time;
-                summary.first_time = Some(summary.first_time.map_or(event.time, |time| time.min(event.time)));
-                summary.last_time = Some(summary.last_time.map_or(event.time, |time| time.max(event.time)));
+                summary.first_time = Some(
+                    summary
+                        .first_time
+                        .map_or(event.time, |time| time.min(event.time)),
+                );
+                summary.last_time = Some(
+                    summary
+                        .last_time
+                        .map_or(event.time, |time| time.max(event.time)),
+                );
             }
             Err(error) if is_fatal(&error) => {
                 return Err(anyhow::anyhow!("{}: {error}", path.display()));
@@ -138,7 +152,8 @@ fn sort_runs(path: &Path, spill_dir: &Path) -> Result<Vec<Source>> {
         buffer.sort_by_key(|event| event.time);
         let run_path = spill_dir.join(format!("run-{}-{}.csv", runs.len(), std::process::id()));
         let mut writer = csv::Writer::from_writer(BufWriter::new(
-            File::create(&run_path).with_context(|| format!("failed to create {}", run_path.display()))?,
+            File::create(&run_path)
+                .with_context(|| format!("failed to create {}", run_path.display()))?,
         ));
         writer.write_record(CSV_HEADER)?;
         for event in &buffer {
@@ -168,7 +183,11 @@ impl Merge {
             }
             pending.push(next);
         }
-        Merge { sources, heads, pending }
+        Merge {
+            sources,
+            heads,
+            pending,
+        }
     }
 }
 
@@ -229,7 +248,11 @@ mod tests {
     fn merges_sorted_and_unsorted_files_in_time_order() {
         let dir = tempfile::tempdir().unwrap();
         let sorted = write(dir.path(), "a.csv", &[&row(1, 1), &row(5, 2), &row(9, 3)]);
-        let unsorted = write(dir.path(), "b.csv", &[&row(8, 4), "garbage", &row(2, 5), &row(5, 6)]);
+        let unsorted = write(
+            dir.path(),
+            "b.csv",
+            &[&row(8, 4), "garbage", &row(2, 5), &row(5, 6)],
+        );
         let inventory = Inventory::scan(&[sorted, unsorted]).unwrap();
         assert!(inventory.files[0].sorted);
         assert!(!inventory.files[1].sorted);

@@ -95,7 +95,9 @@ impl ScoringActor {
         let model = check_features(model)?;
         on_reload(&model);
         Ok(ScoringActor {
-            modified: std::fs::metadata(&path).and_then(|meta| meta.modified()).ok(),
+            modified: std::fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .ok(),
             model: Arc::new(model),
             path,
             settings,
@@ -105,11 +107,16 @@ impl ScoringActor {
     }
 
     fn reload_if_changed(&mut self) {
-        let modified = std::fs::metadata(&self.path).and_then(|meta| meta.modified()).ok();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|meta| meta.modified())
+            .ok();
         if modified.is_none() || modified == self.modified {
             return;
         }
-        match Model::load(&self.path).map_err(anyhow::Error::from).and_then(check_features) {
+        match Model::load(&self.path)
+            .map_err(anyhow::Error::from)
+            .and_then(check_features)
+        {
             Ok(model) => {
                 self.modified = modified;
                 if model.version != self.model.version {
@@ -119,7 +126,9 @@ impl ScoringActor {
                 }
             }
             // A half-written or bad file keeps the old model in service; the next tick retries.
-            Err(error) => tracing::warn!(%error, path = %self.path.display(), "model reload failed; keeping the current model"),
+            Err(error) => {
+                tracing::warn!(%error, path = %self.path.display(), "model reload failed; keeping the current model")
+            }
         }
     }
 }
@@ -166,7 +175,8 @@ impl Handler<Score> for ScoringActor {
                 let propensity = self.model.score(vector);
                 let band = Band::of(propensity, &self.settings);
                 let explanation = if message.explain {
-                    serde_json::to_value(self.model.explain(vector)).unwrap_or(serde_json::Value::Null)
+                    serde_json::to_value(self.model.explain(vector))
+                        .unwrap_or(serde_json::Value::Null)
                 } else {
                     serde_json::Value::Null
                 };
@@ -206,7 +216,10 @@ mod tests {
 
     #[test]
     fn bands_follow_thresholds() {
-        let settings = ScoringSettings { low_below: 0.1, high_from: 0.4 };
+        let settings = ScoringSettings {
+            low_below: 0.1,
+            high_from: 0.4,
+        };
         assert_eq!(Band::of(0.05, &settings), Band::Low);
         assert_eq!(Band::of(0.1, &settings), Band::Medium);
         assert_eq!(Band::of(0.39, &settings), Band::Medium);

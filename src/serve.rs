@@ -40,7 +40,10 @@ impl Service {
     }
 
     /// As [`Service::start`], with a store opened by the caller.
-    pub async fn start_with_store(settings: &Settings, store: Arc<dyn StateStore>) -> Result<Service> {
+    pub async fn start_with_store(
+        settings: &Settings,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Service> {
         let metrics = Arc::new(Metrics::new());
         let engine = Engine::start(
             settings.engine.shard_count(),
@@ -55,7 +58,10 @@ impl Service {
             Duration::from_secs(settings.model.reload_interval_seconds),
             Box::new(move |model| {
                 model_metrics.model_info.reset();
-                model_metrics.model_info.with_label_values(&[&model.version]).set(1);
+                model_metrics
+                    .model_info
+                    .with_label_values(&[&model.version])
+                    .set(1);
             }),
         )?
         .start();
@@ -67,16 +73,21 @@ impl Service {
             settings: settings.http.clone(),
             ready: ready.clone(),
         });
-        let mut server = HttpServer::new(move || App::new().configure(|config| configure(config, state.clone())))
-            .disable_signals()
-            .shutdown_timeout(5);
+        let mut server = HttpServer::new(move || {
+            App::new().configure(|config| configure(config, state.clone()))
+        })
+        .disable_signals()
+        .shutdown_timeout(5);
         if settings.http.workers > 0 {
             server = server.workers(settings.http.workers);
         }
         let server = server
             .bind(&settings.http.listen)
             .with_context(|| format!("failed to listen on {}", settings.http.listen))?;
-        let address = *server.addrs().first().context("the server bound no address")?;
+        let address = *server
+            .addrs()
+            .first()
+            .context("the server bound no address")?;
         let server = server.run();
         let handle = server.handle();
         let server_task = tokio::task::spawn_local(server);
@@ -101,8 +112,16 @@ impl Service {
     pub async fn stop(self) -> Result<()> {
         self.server.stop(true).await;
         let _ = self.server_task.await;
-        let Service { engine, scoring, store, .. } = self;
-        engine.stop().await.context("failed to flush state on shutdown")?;
+        let Service {
+            engine,
+            scoring,
+            store,
+            ..
+        } = self;
+        engine
+            .stop()
+            .await
+            .context("failed to flush state on shutdown")?;
         drop((scoring, store));
         Ok(())
     }
@@ -119,14 +138,18 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     let service = Service::start(&settings).await?;
     tracing::info!(url = %service.url(), shards = service.engine.shard_count(), "serving");
-    println!("propensity is serving on {} (Ctrl-C stops it)", service.url());
+    println!(
+        "propensity is serving on {} (Ctrl-C stops it)",
+        service.url()
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     service.stop().await
 }
 
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

@@ -148,7 +148,8 @@ pub fn replay<I: Iterator<Item = Event>>(
             continue;
         }
         let row = rows.len();
-        rows.features.extend_from_slice(&engine.features(key, event.product_id));
+        rows.features
+            .extend_from_slice(&engine.features(key, event.product_id));
         rows.labels.push(false);
         rows.times.push(event.time);
         rows.identities.push(event.identity());
@@ -229,7 +230,8 @@ fn subset(rows: &ScoringRows, indices: &[usize]) -> Result<Dataset> {
 
 /// Loads a generator truth file: event identity (hex) to probability.
 fn load_truth(path: &Path) -> Result<HashMap<u64, f64>> {
-    let file = File::open(path).with_context(|| format!("failed to open truth file {}", path.display()))?;
+    let file = File::open(path)
+        .with_context(|| format!("failed to open truth file {}", path.display()))?;
     let mut truth = HashMap::new();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("failed to read {}", path.display()))?;
@@ -239,25 +241,38 @@ fn load_truth(path: &Path) -> Result<HashMap<u64, f64>> {
         let mut fields = line.split(',');
         let identity = fields.next().unwrap_or("");
         let probability = fields.next_back().unwrap_or("");
-        let identity = u64::from_str_radix(identity, 16)
-            .with_context(|| format!("{}: line {}: bad event identity {identity:?}", path.display(), index + 1))?;
-        let probability: f64 = probability
-            .parse()
-            .with_context(|| format!("{}: line {}: bad probability {probability:?}", path.display(), index + 1))?;
+        let identity = u64::from_str_radix(identity, 16).with_context(|| {
+            format!(
+                "{}: line {}: bad event identity {identity:?}",
+                path.display(),
+                index + 1
+            )
+        })?;
+        let probability: f64 = probability.parse().with_context(|| {
+            format!(
+                "{}: line {}: bad probability {probability:?}",
+                path.display(),
+                index + 1
+            )
+        })?;
         truth.insert(identity, probability);
     }
     Ok(truth)
 }
 
 fn export_features(path: &Path, rows: &ScoringRows, splits: &[Split]) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
+    let file =
+        File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
     let mut out = BufWriter::new(file);
-    write!(out, "event_identity,event_time,user_id,product_id,split,label")?;
+    write!(
+        out,
+        "event_identity,event_time,user_id,product_id,split,label"
+    )?;
     for name in feature_names() {
         write!(out, ",{name}")?;
     }
     writeln!(out)?;
-    for index in 0..rows.len() {
+    for (index, split) in splits.iter().enumerate() {
         let (key, product_id) = rows.keys[index];
         write!(
             out,
@@ -266,7 +281,7 @@ fn export_features(path: &Path, rows: &ScoringRows, splits: &[Split]) -> Result<
             format_time(rows.times[index]),
             key.user_id,
             product_id,
-            splits[index].as_str(),
+            split.as_str(),
             u8::from(rows.labels[index])
         )?;
         for value in rows.row(index) {
@@ -274,7 +289,8 @@ fn export_features(path: &Path, rows: &ScoringRows, splits: &[Split]) -> Result<
         }
         writeln!(out)?;
     }
-    out.flush().with_context(|| format!("failed to write {}", path.display()))
+    out.flush()
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Runs the whole training command.
@@ -301,7 +317,11 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     let spill = tempfile::tempdir().context("failed to create a directory for sort runs")?;
     let progress = progress_bar(request.show_progress, inventory.rows(), "features");
     let started = std::time::Instant::now();
-    let (rows, stats, _engine) = replay(ordered_events(&inventory, spill.path())?, request.session_timeout, &progress);
+    let (rows, stats, _engine) = replay(
+        ordered_events(&inventory, spill.path())?,
+        request.session_timeout,
+        &progress,
+    );
     let replay_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
@@ -315,10 +335,15 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         })
         .collect();
     let indices_of = |wanted: Split| -> Vec<usize> {
-        (0..rows.len()).filter(|&index| splits[index] == wanted).collect()
+        (0..rows.len())
+            .filter(|&index| splits[index] == wanted)
+            .collect()
     };
-    let (fit_indices, calibration_indices, validation_indices) =
-        (indices_of(Split::Fit), indices_of(Split::Calibration), indices_of(Split::Validation));
+    let (fit_indices, calibration_indices, validation_indices) = (
+        indices_of(Split::Fit),
+        indices_of(Split::Calibration),
+        indices_of(Split::Validation),
+    );
     if fit_indices.is_empty() || validation_indices.is_empty() {
         bail!(
             "the time split leaves {} fitting and {} validation rows; both need some",
@@ -338,8 +363,14 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     )?;
     let fit_seconds = fit_started.elapsed().as_secs_f64();
 
-    let validation_labels: Vec<bool> = validation_indices.iter().map(|&index| rows.labels[index]).collect();
-    let validation_scores: Vec<f64> = validation_indices.iter().map(|&index| model.score(rows.row(index))).collect();
+    let validation_labels: Vec<bool> = validation_indices
+        .iter()
+        .map(|&index| rows.labels[index])
+        .collect();
+    let validation_scores: Vec<f64> = validation_indices
+        .iter()
+        .map(|&index| model.score(rows.row(index)))
+        .collect();
     let validation = model::evaluate(&validation_scores, &validation_labels);
 
     let (oracle, oracle_rows) = match &request.truth {
@@ -369,7 +400,8 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     model.data_span = Some((format_time(first), format_time(last)));
     model.save(&request.model_out)?;
     if let Some(dir) = &request.report_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
         model::write_report(dir, &model, &validation_scores, &validation_labels)?;
     }
 
@@ -387,7 +419,9 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         data_span: (format_time(first), format_time(last)),
         feature_events_per_second: stats.events as f64 / replay_seconds.max(1e-9),
         fit_seconds,
-        auc_ratio_to_oracle: oracle.as_ref().map(|oracle| validation.roc_auc / oracle.roc_auc),
+        auc_ratio_to_oracle: oracle
+            .as_ref()
+            .map(|oracle| validation.roc_auc / oracle.roc_auc),
         validation,
         oracle,
         oracle_rows,
@@ -411,11 +445,19 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
     };
     println!(
         "replayed {} events ({} bad rows skipped, {} duplicates dropped) at {:.0} events/s into {} scoring points",
-        report.events, report.bad_rows, report.duplicates, report.feature_events_per_second, report.scoring_points
+        report.events,
+        report.bad_rows,
+        report.duplicates,
+        report.feature_events_per_second,
+        report.scoring_points
     );
     println!(
         "split at {}: {} fit, {} calibration, {} validation rows; fit took {:.2} s",
-        report.split_at, report.fit_rows, report.calibration_rows, report.validation_rows, report.fit_seconds
+        report.split_at,
+        report.fit_rows,
+        report.calibration_rows,
+        report.validation_rows,
+        report.fit_seconds
     );
     metrics_line("model", &report.validation);
     if let Some(oracle) = &report.oracle {
@@ -424,7 +466,11 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
             println!("model ROC-AUC is {:.3} of the oracle's", ratio);
         }
     }
-    println!("wrote model {} to {}", report.model_version, report.model_path.display());
+    println!(
+        "wrote model {} to {}",
+        report.model_version,
+        report.model_path.display()
+    );
     if json {
         println!("{}", serde_json::to_string(report)?);
     }
@@ -453,7 +499,11 @@ mod tests {
     }
 
     fn run_replay(events: Vec<Event>) -> (ScoringRows, ReplayStats) {
-        let (rows, stats, _) = replay(events.into_iter(), DEFAULT_SESSION_TIMEOUT, &ProgressBar::hidden());
+        let (rows, stats, _) = replay(
+            events.into_iter(),
+            DEFAULT_SESSION_TIMEOUT,
+            &ProgressBar::hidden(),
+        );
         (rows, stats)
     }
 
@@ -501,9 +551,21 @@ mod tests {
     #[test]
     fn no_feature_sees_a_later_event() {
         let mut events = Vec::new();
-        let kinds = [EventType::View, EventType::View, EventType::Cart, EventType::RemoveFromCart, EventType::Cart, EventType::Purchase];
+        let kinds = [
+            EventType::View,
+            EventType::View,
+            EventType::Cart,
+            EventType::RemoveFromCart,
+            EventType::Cart,
+            EventType::Purchase,
+        ];
         for step in 0..60i64 {
-            let mut event = event(step * 37, kinds[step as usize % kinds.len()], 1 + (step as u64 * 7) % 5, ["a", "b"][step as usize / 30]);
+            let mut event = event(
+                step * 37,
+                kinds[step as usize % kinds.len()],
+                1 + (step as u64 * 7) % 5,
+                ["a", "b"][step as usize / 30],
+            );
             event.user_id = 1 + (step as u64 % 3);
             event.price = 5.0 + step as f64;
             events.push(event);
@@ -517,8 +579,15 @@ mod tests {
             }
             let (prefix, _) = run_replay(events[..=index].to_vec());
             let last = prefix.len() - 1;
-            for (feature, (a, b)) in FEATURES.iter().zip(full.row(row).iter().zip(prefix.row(last))) {
-                assert_eq!(a, b, "feature {} of row {row} saw a later event", feature.name);
+            for (feature, (a, b)) in FEATURES
+                .iter()
+                .zip(full.row(row).iter().zip(prefix.row(last)))
+            {
+                assert_eq!(
+                    a, b,
+                    "feature {} of row {row} saw a later event",
+                    feature.name
+                );
             }
             row += 1;
             checked += 1;

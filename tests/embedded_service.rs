@@ -17,14 +17,19 @@ use propensity_actors::features::{self, SessionState};
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
 
 /// Abandoned carts computed straight from the events: per (user, session), the cart at the end.
+/// A session's cart (units per product) and whether it purchased.
+type CartAndPurchase = (HashMap<u64, u32>, bool);
+
 fn abandoned_directly(events: &[Event]) -> u64 {
-    let mut sessions: HashMap<(u64, &str), (HashMap<u64, u32>, bool)> = HashMap::new();
+    let mut sessions: HashMap<(u64, &str), CartAndPurchase> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for event in events {
         if !seen.insert(event.identity()) {
             continue;
         }
-        let (cart, purchased) = sessions.entry((event.user_id, &event.user_session)).or_default();
+        let (cart, purchased) = sessions
+            .entry((event.user_id, &event.user_session))
+            .or_default();
         match event.event_type {
             EventType::View => {}
             EventType::Cart => *cart.entry(event.product_id).or_default() += 1,
@@ -38,11 +43,21 @@ fn abandoned_directly(events: &[Event]) -> u64 {
             }
         }
     }
-    sessions.values().filter(|(cart, purchased)| !purchased && cart.values().any(|units| *units > 0)).count() as u64
+    sessions
+        .values()
+        .filter(|(cart, purchased)| !purchased && cart.values().any(|units| *units > 0))
+        .count() as u64
 }
 
 async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) {
-    let body = format!("[{}]", events.iter().map(Event::to_json).collect::<Vec<_>>().join(","));
+    let body = format!(
+        "[{}]",
+        events
+            .iter()
+            .map(Event::to_json)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let response = client
         .post(format!("{url}/v1/events"))
         .header("content-type", "application/json")
@@ -50,7 +65,12 @@ async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) {
         .send()
         .await
         .expect("the collector answers");
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
+    assert_eq!(
+        response.status(),
+        202,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
 }
 
 #[actix_rt::test]
@@ -61,10 +81,14 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
 
     // Offline: the training replay's engine.
-    let (_, stats, offline) = propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, stats, offline) =
+        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
     let abandoned = abandoned_directly(&events);
     assert!(abandoned > 100, "the data has abandoned carts: {abandoned}");
-    assert_eq!(stats.abandoned_carts, abandoned, "offline replay counts abandonment as the events say");
+    assert_eq!(
+        stats.abandoned_carts, abandoned,
+        "offline replay counts abandonment as the events say"
+    );
 
     // Online: the same events through the HTTP collector in batches.
     let mut settings = common::settings(dir.path(), &model_path);
@@ -80,20 +104,42 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
 
     // Every entity's state equals the offline one (users may be answered from the store).
     for (user_id, user) in &offline.users.users {
-        assert_eq!(service.engine.user(*user_id).await.unwrap().as_ref(), Some(user), "user {user_id}");
+        assert_eq!(
+            service.engine.user(*user_id).await.unwrap().as_ref(),
+            Some(user),
+            "user {user_id}"
+        );
     }
     for (product_id, product) in &offline.catalog.products {
-        assert_eq!(service.engine.product(*product_id).await.unwrap().as_ref(), Some(product), "product {product_id}");
+        assert_eq!(
+            service.engine.product(*product_id).await.unwrap().as_ref(),
+            Some(product),
+            "product {product_id}"
+        );
     }
-    let offline_sessions: BTreeMap<SessionKey, &SessionState> = offline.users.sessions.iter().map(|(key, session)| (*key, session)).collect();
+    let offline_sessions: BTreeMap<SessionKey, &SessionState> = offline
+        .users
+        .sessions
+        .iter()
+        .map(|(key, session)| (*key, session))
+        .collect();
     for (key, session) in &offline_sessions {
-        assert_eq!(service.engine.session(*key).await.unwrap().as_ref(), Some(*session), "session {key:?}");
+        assert_eq!(
+            service.engine.session(*key).await.unwrap().as_ref(),
+            Some(*session),
+            "session {key:?}"
+        );
     }
 
     // Every scoring point answers over HTTP with the offline propensity, batched per session.
     let mut products_by_session: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
-    for event in events.iter().filter(|event| event.event_type.is_scoring_point()) {
-        let products = products_by_session.entry((event.user_id, event.user_session.clone())).or_default();
+    for event in events
+        .iter()
+        .filter(|event| event.event_type.is_scoring_point())
+    {
+        let products = products_by_session
+            .entry((event.user_id, event.user_session.clone()))
+            .or_default();
         if !products.contains(&event.product_id) {
             products.push(event.product_id);
         }
@@ -114,19 +160,39 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
         for item in response["scores"].as_array().expect("scores") {
             let product_id = item["product_id"].as_u64().unwrap();
             let expected = model.score(&offline.features(key, product_id));
-            assert_eq!(item["propensity"].as_f64().unwrap(), expected, "{user_id}/{user_session}/{product_id}");
+            assert_eq!(
+                item["propensity"].as_f64().unwrap(),
+                expected,
+                "{user_id}/{user_session}/{product_id}"
+            );
             scored += 1;
         }
     }
-    assert_eq!(scored, products_by_session.values().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        scored,
+        products_by_session.values().map(Vec::len).sum::<usize>()
+    );
 
     // Ending every session counts exactly the abandoned carts.
     let closed = service.engine.flush(true).await.unwrap();
     assert_eq!(closed, offline_sessions.len());
-    let counted = service.metrics.sessions_closed.with_label_values(&["abandoned"]).get();
+    let counted = service
+        .metrics
+        .sessions_closed
+        .with_label_values(&["abandoned"])
+        .get();
     assert_eq!(counted, abandoned);
-    let metrics_text = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics_text.contains(&format!("propensity_sessions_closed_total{{outcome=\"abandoned\"}} {abandoned}")));
+    let metrics_text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics_text.contains(&format!(
+        "propensity_sessions_closed_total{{outcome=\"abandoned\"}} {abandoned}"
+    )));
     service.stop().await.unwrap();
 }
 
@@ -139,7 +205,12 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
     let client = reqwest::Client::new();
 
-    let probe = events.iter().rev().find(|event| event.event_type == EventType::Cart).expect("a cart event").clone();
+    let probe = events
+        .iter()
+        .rev()
+        .find(|event| event.event_type == EventType::Cart)
+        .expect("a cart event")
+        .clone();
     let request = serde_json::json!({"user_id": probe.user_id, "user_session": probe.user_session, "product_id": probe.product_id});
     let (before, session_before, user_before, product_before) = {
         let service = Service::start(&settings).await.unwrap();
@@ -147,10 +218,42 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
             post_events(&client, &service.url(), chunk).await;
         }
         let url = service.url();
-        let score: serde_json::Value = client.post(format!("{url}/v1/score")).json(&request).send().await.unwrap().json().await.unwrap();
-        let session = client.get(format!("{url}/v1/sessions/{}/{}", probe.user_id, probe.user_session)).send().await.unwrap().text().await.unwrap();
-        let user = client.get(format!("{url}/v1/users/{}", probe.user_id)).send().await.unwrap().text().await.unwrap();
-        let product = client.get(format!("{url}/v1/products/{}", probe.product_id)).send().await.unwrap().text().await.unwrap();
+        let score: serde_json::Value = client
+            .post(format!("{url}/v1/score"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = client
+            .get(format!(
+                "{url}/v1/sessions/{}/{}",
+                probe.user_id, probe.user_session
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let user = client
+            .get(format!("{url}/v1/users/{}", probe.user_id))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let product = client
+            .get(format!("{url}/v1/products/{}", probe.product_id))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         service.stop().await.unwrap();
         (score, session, user, product)
     };
@@ -159,22 +262,67 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
 
     let service = Service::start(&settings).await.unwrap();
     let url = service.url();
-    let after: serde_json::Value = client.post(format!("{url}/v1/score")).json(&request).send().await.unwrap().json().await.unwrap();
-    assert_eq!(after, before, "the same score, path and model after a restart");
-    let session_after = client.get(format!("{url}/v1/sessions/{}/{}", probe.user_id, probe.user_session)).send().await.unwrap().text().await.unwrap();
+    let after: serde_json::Value = client
+        .post(format!("{url}/v1/score"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        after, before,
+        "the same score, path and model after a restart"
+    );
+    let session_after = client
+        .get(format!(
+            "{url}/v1/sessions/{}/{}",
+            probe.user_id, probe.user_session
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(session_after, session_before);
-    let user_after = client.get(format!("{url}/v1/users/{}", probe.user_id)).send().await.unwrap().text().await.unwrap();
+    let user_after = client
+        .get(format!("{url}/v1/users/{}", probe.user_id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(user_after, user_before);
-    let product_after = client.get(format!("{url}/v1/products/{}", probe.product_id)).send().await.unwrap().text().await.unwrap();
+    let product_after = client
+        .get(format!("{url}/v1/products/{}", probe.product_id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(product_after, product_before);
     // One more event after the restart builds on the rehydrated state, not on nothing.
     let mut next = probe.clone();
     next.time += 1000;
     next.event_type = EventType::View;
     post_events(&client, &url, std::slice::from_ref(&next)).await;
-    let user: serde_json::Value = client.get(format!("{url}/v1/users/{}", probe.user_id)).send().await.unwrap().json().await.unwrap();
+    let user: serde_json::Value = client
+        .get(format!("{url}/v1/users/{}", probe.user_id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let before_user: serde_json::Value = serde_json::from_str(&user_before).unwrap();
-    assert_eq!(user["counts"]["events"].as_u64().unwrap(), before_user["counts"]["events"].as_u64().unwrap() + 1);
+    assert_eq!(
+        user["counts"]["events"].as_u64().unwrap(),
+        before_user["counts"]["events"].as_u64().unwrap() + 1
+    );
     service.stop().await.unwrap();
     let _ = features::FEATURE_COUNT;
 }

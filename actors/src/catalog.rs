@@ -25,7 +25,11 @@ pub struct CatalogActor {
 
 impl CatalogActor {
     /// An empty catalog that flushes every `flush_interval`.
-    pub fn new(store: Arc<dyn StateStore>, observer: Arc<dyn Observer>, flush_interval: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        observer: Arc<dyn Observer>,
+        flush_interval: Duration,
+    ) -> Self {
         CatalogActor {
             state: Catalog::new(true),
             store,
@@ -50,10 +54,22 @@ impl CatalogActor {
             }
         }
         if let Some(failed) = self.failed_batch.take() {
-            let products: std::collections::HashSet<u64> = batch.products.iter().map(|p| p.product_id).collect();
-            let categories: std::collections::HashSet<u64> = batch.categories.iter().map(|c| c.category_id).collect();
-            batch.products.extend(failed.products.into_iter().filter(|p| !products.contains(&p.product_id)));
-            batch.categories.extend(failed.categories.into_iter().filter(|c| !categories.contains(&c.category_id)));
+            let products: std::collections::HashSet<u64> =
+                batch.products.iter().map(|p| p.product_id).collect();
+            let categories: std::collections::HashSet<u64> =
+                batch.categories.iter().map(|c| c.category_id).collect();
+            batch.products.extend(
+                failed
+                    .products
+                    .into_iter()
+                    .filter(|p| !products.contains(&p.product_id)),
+            );
+            batch.categories.extend(
+                failed
+                    .categories
+                    .into_iter()
+                    .filter(|c| !categories.contains(&c.category_id)),
+            );
         }
         batch
     }
@@ -70,21 +86,27 @@ impl CatalogActor {
         let rows = batch.len();
         let retry = batch.clone();
         let started = Instant::now();
-        Some(Box::pin(self.store.save(batch).into_actor(self).map(move |result, actor, _| {
-            actor.flushing = false;
-            actor.observer.flushed(rows, started.elapsed().as_secs_f64(), result.as_ref().err());
-            match result {
-                Ok(()) => {
-                    actor.last_flush_error = None;
-                    Ok(rows)
+        Some(Box::pin(self.store.save(batch).into_actor(self).map(
+            move |result, actor, _| {
+                actor.flushing = false;
+                actor.observer.flushed(
+                    rows,
+                    started.elapsed().as_secs_f64(),
+                    result.as_ref().err(),
+                );
+                match result {
+                    Ok(()) => {
+                        actor.last_flush_error = None;
+                        Ok(rows)
+                    }
+                    Err(error) => {
+                        actor.failed_batch = Some(retry);
+                        actor.last_flush_error = Some(error.clone());
+                        Err(error)
+                    }
                 }
-                Err(error) => {
-                    actor.failed_batch = Some(retry);
-                    actor.last_flush_error = Some(error.clone());
-                    Err(error)
-                }
-            }
-        })))
+            },
+        )))
     }
 
     fn missing(&self, events: &[Event]) -> (Vec<u64>, Vec<u64>) {
@@ -107,10 +129,16 @@ impl CatalogActor {
 
     fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
         for product in products {
-            self.state.products.entry(product.product_id).or_insert(product);
+            self.state
+                .products
+                .entry(product.product_id)
+                .or_insert(product);
         }
         for category in categories {
-            self.state.categories.entry(category.category_id).or_insert(category);
+            self.state
+                .categories
+                .entry(category.category_id)
+                .or_insert(category);
         }
     }
 }
@@ -174,7 +202,9 @@ impl Handler<CatalogFeatures> for CatalogActor {
         let compute = move |actor: &CatalogActor, product_ids: &[u64]| {
             let mut out = vec![0.0; product_ids.len() * width];
             for (index, product_id) in product_ids.iter().enumerate() {
-                actor.state.features(*product_id, &mut out[index * width..(index + 1) * width]);
+                actor
+                    .state
+                    .features(*product_id, &mut out[index * width..(index + 1) * width]);
             }
             out
         };
@@ -187,23 +217,29 @@ impl Handler<CatalogFeatures> for CatalogActor {
         if missing.is_empty() {
             return AtomicResponse::new(Box::pin(fut::ready(compute(self, &message.product_ids))));
         }
-        AtomicResponse::new(Box::pin(self.store.load_catalog(missing, Vec::new()).into_actor(self).map(
-            move |loaded, actor, _| {
-                if let Ok((products, _)) = loaded {
-                    let categories: Vec<u64> = products
-                        .iter()
-                        .map(|product| product.category_id)
-                        .filter(|id| !actor.state.categories.contains_key(id))
-                        .collect();
-                    actor.rehydrate(products, Vec::new());
-                    if !categories.is_empty() {
-                        // The category median is only a ratio's denominator; a miss gives 1.
-                        tracing::debug!(count = categories.len(), "categories not in memory while scoring");
+        AtomicResponse::new(Box::pin(
+            self.store
+                .load_catalog(missing, Vec::new())
+                .into_actor(self)
+                .map(move |loaded, actor, _| {
+                    if let Ok((products, _)) = loaded {
+                        let categories: Vec<u64> = products
+                            .iter()
+                            .map(|product| product.category_id)
+                            .filter(|id| !actor.state.categories.contains_key(id))
+                            .collect();
+                        actor.rehydrate(products, Vec::new());
+                        if !categories.is_empty() {
+                            // The category median is only a ratio's denominator; a miss gives 1.
+                            tracing::debug!(
+                                count = categories.len(),
+                                "categories not in memory while scoring"
+                            );
+                        }
                     }
-                }
-                compute(actor, &message.product_ids)
-            },
-        )))
+                    compute(actor, &message.product_ids)
+                }),
+        ))
     }
 }
 

@@ -100,7 +100,9 @@ impl UserSide {
         let key = SessionKey::of(event);
         let mut closed = None;
         let session = match self.sessions.entry(key) {
-            Entry::Occupied(entry) if event.time - entry.get().last_event_at > self.session_timeout => {
+            Entry::Occupied(entry)
+                if event.time - entry.get().last_event_at > self.session_timeout =>
+            {
                 let session = entry.into_mut();
                 let fresh = SessionState::new(event.user_id, &event.user_session, event.time);
                 closed = Some(std::mem::replace(session, fresh));
@@ -110,10 +112,15 @@ impl UserSide {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 user.start_session();
-                entry.insert(SessionState::new(event.user_id, &event.user_session, event.time))
+                entry.insert(SessionState::new(
+                    event.user_id,
+                    &event.user_session,
+                    event.time,
+                ))
             }
         };
-        let first_purchase = event.event_type == EventType::Purchase && session.counts.purchases == 0;
+        let first_purchase =
+            event.event_type == EventType::Purchase && session.counts.purchases == 0;
         session.apply(event);
         user.apply(event, identity, first_purchase);
         self.watermark = self.watermark.max(event.time);
@@ -156,7 +163,12 @@ impl UserSide {
 
     /// The user-side half of the feature vector.
     pub fn features(&self, key: SessionKey, product_id: u64, out: &mut [f64]) {
-        features::user_side_features(self.sessions.get(&key), self.users.get(&key.user_id), product_id, out);
+        features::user_side_features(
+            self.sessions.get(&key),
+            self.users.get(&key.user_id),
+            product_id,
+            out,
+        );
     }
 }
 
@@ -264,14 +276,20 @@ mod tests {
     }
 
     fn value(vector: &FeatureVector, name: &str) -> f64 {
-        vector[FEATURES.iter().position(|feature| feature.name == name).expect(name)]
+        vector[FEATURES
+            .iter()
+            .position(|feature| feature.name == name)
+            .expect(name)]
     }
 
     #[test]
     fn duplicates_change_nothing() {
         let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
         let view = event(0, EventType::View, 5, "a");
-        assert!(matches!(engine.apply(&view), Applied::Changed { closed: None }));
+        assert!(matches!(
+            engine.apply(&view),
+            Applied::Changed { closed: None }
+        ));
         assert_eq!(engine.apply(&view), Applied::Duplicate);
         let vector = engine.features(SessionKey::of(&view), 5);
         assert_eq!(value(&vector, "session_views"), 1.0);
@@ -284,7 +302,10 @@ mod tests {
         let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
         engine.apply(&event(0, EventType::Cart, 5, "a"));
         let late = event(31 * 60, EventType::View, 6, "a");
-        let Applied::Changed { closed: Some(closed) } = engine.apply(&late) else {
+        let Applied::Changed {
+            closed: Some(closed),
+        } = engine.apply(&late)
+        else {
             panic!("the gap should close the session");
         };
         assert_eq!(closed.outcome(), Outcome::Abandoned);
@@ -319,6 +340,9 @@ mod tests {
         assert_eq!(value(&vector, "user_earlier_purchase_sessions"), 1.0);
         assert_eq!(value(&vector, "user_earlier_sessions"), 1.0);
         assert_eq!(value(&vector, "user_seconds_since_last_purchase"), 0.0);
-        assert_eq!(value(&vector, "session_product_seconds_since_last_view"), 10.0);
+        assert_eq!(
+            value(&vector, "session_product_seconds_since_last_view"),
+            10.0
+        );
     }
 }

@@ -167,7 +167,9 @@ pub fn format_time(time: Millis) -> String {
 
 /// Converts epoch milliseconds to a chrono timestamp, clamping values chrono cannot represent.
 pub fn millis_to_datetime(time: Millis) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(time).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_millis_opt(time)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Parses `2019-10-01 00:00:04 UTC` (optionally with fractional seconds) or RFC 3339.
@@ -207,7 +209,8 @@ fn parse_rees46_fast(text: &str) -> Option<Millis> {
         }
         Some(value)
     };
-    let date = chrono::NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?;
+    let date =
+        chrono::NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?;
     let time = chrono::NaiveTime::from_hms_opt(number(11..13)?, number(14..16)?, number(17..19)?)?;
     Some(date.and_time(time).and_utc().timestamp_millis())
 }
@@ -408,14 +411,21 @@ impl<R: Read> Iterator for CsvEvents<R> {
                 Ok(false) => return None,
                 Ok(true) => {}
                 Err(error) => {
-                    let line = error.position().map(|position| position.line()).unwrap_or(0);
+                    let line = error
+                        .position()
+                        .map(|position| position.line())
+                        .unwrap_or(0);
                     return Some(Err(ParseError::Io {
                         reason: error.to_string(),
                     }
                     .at_line(line)));
                 }
             }
-            let line = self.record.position().map(|position| position.line()).unwrap_or(0);
+            let line = self
+                .record
+                .position()
+                .map(|position| position.line())
+                .unwrap_or(0);
             if !self.header_checked {
                 self.header_checked = true;
                 let found: Vec<&[u8]> = self.record.iter().collect();
@@ -423,7 +433,7 @@ impl<R: Read> Iterator for CsvEvents<R> {
                 if found != expected {
                     return Some(Err(ParseError::Header {
                         expected: CSV_HEADER.join(","),
-                        found: String::from_utf8_lossy(&self.record.as_slice().to_vec()).into_owned(),
+                        found: String::from_utf8_lossy(self.record.as_slice()).into_owned(),
                     }
                     .at_line(line)));
                 }
@@ -534,8 +544,7 @@ impl From<&Event> for JsonEvent {
 mod tests {
     use super::*;
 
-    const HEADER: &str =
-        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n";
+    const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n";
 
     fn parse_all(body: &str) -> Vec<Result<Event, ParseError>> {
         CsvEvents::new(format!("{HEADER}{body}").as_bytes()).collect()
@@ -550,12 +559,17 @@ mod tests {
 
     #[test]
     fn parses_a_real_row() {
-        let events = parse_all("2019-10-01 00:00:04 UTC,view,1004237,2053013555631882655,electronics.smartphone,apple,1081.98,535871217,c6bd7419-0748-4c7e-a4d2-d8c2d5a2c8e5\n");
+        let events = parse_all(
+            "2019-10-01 00:00:04 UTC,view,1004237,2053013555631882655,electronics.smartphone,apple,1081.98,535871217,c6bd7419-0748-4c7e-a4d2-d8c2d5a2c8e5\n",
+        );
         let event = events[0].clone().unwrap();
         assert_eq!(event.event_type, EventType::View);
         assert_eq!(event.product_id, 1004237);
         assert_eq!(event.category_id, 2053013555631882655);
-        assert_eq!(event.category_code.as_deref(), Some("electronics.smartphone"));
+        assert_eq!(
+            event.category_code.as_deref(),
+            Some("electronics.smartphone")
+        );
         assert_eq!(event.brand.as_deref(), Some("apple"));
         assert_eq!(event.price, 1081.98);
         assert_eq!(event.user_id, 535871217);
@@ -604,7 +618,10 @@ mod tests {
             ("2019-10-01 00:00:04 UTC,view,1,2,,,-5,3,s", "price"),
             ("2019-10-01 00:00:04 UTC,view,1,2,,,inf,3,s", "price"),
             ("2019-10-01 00:00:04 UTC,view,1,2,,,NaN,3,s", "price"),
-            ("2019-10-01 00:00:04 UTC,view,1,2,,,1,99999999999999999999,s", "user_id"),
+            (
+                "2019-10-01 00:00:04 UTC,view,1,2,,,1,99999999999999999999,s",
+                "user_id",
+            ),
             ("2019-10-01 00:00:04 UTC,view,1,2,,,1,3,", "user_session"),
         ];
         for (row, field) in cases {
@@ -614,7 +631,9 @@ mod tests {
             };
             assert_eq!(*line, 2, "{row}");
             let named = match source.as_ref() {
-                ParseError::InvalidField { field, .. } | ParseError::MissingField { field } => *field,
+                ParseError::InvalidField { field, .. } | ParseError::MissingField { field } => {
+                    *field
+                }
                 other => panic!("unexpected {other} for {row}"),
             };
             assert_eq!(named, field, "{row}");
@@ -628,7 +647,9 @@ mod tests {
             ParseError::AtLine { source, .. } if matches!(*source, ParseError::FieldCount { found: 3 })
         ));
         let errors: Vec<_> = CsvEvents::new("a,b\n1,2\n".as_bytes()).collect();
-        assert!(matches!(&errors[0], Err(ParseError::AtLine { line: 1, source }) if matches!(**source, ParseError::Header { .. })));
+        assert!(
+            matches!(&errors[0], Err(ParseError::AtLine { line: 1, source }) if matches!(**source, ParseError::Header { .. }))
+        );
     }
 
     #[test]
@@ -636,7 +657,9 @@ mod tests {
         let mut bytes = HEADER.as_bytes().to_vec();
         bytes.extend_from_slice(b"2019-10-01 00:00:04 UTC,view,1,2,\xff,,1,3,s\n");
         let errors: Vec<_> = CsvEvents::new(bytes.as_slice()).collect();
-        assert!(matches!(&errors[0], Err(ParseError::AtLine { source, .. }) if matches!(**source, ParseError::NotUtf8)));
+        assert!(
+            matches!(&errors[0], Err(ParseError::AtLine { source, .. }) if matches!(**source, ParseError::NotUtf8))
+        );
     }
 
     #[test]
@@ -651,9 +674,10 @@ mod tests {
 
     #[test]
     fn json_round_trips_and_accepts_string_ids() {
-        let event = parse_all("2019-10-01 00:00:04 UTC,purchase,1,2053013555631882655,a.b,,9.99,3,s\n")[0]
-            .clone()
-            .unwrap();
+        let event =
+            parse_all("2019-10-01 00:00:04 UTC,purchase,1,2053013555631882655,a.b,,9.99,3,s\n")[0]
+                .clone()
+                .unwrap();
         assert_eq!(Event::from_json(event.to_json().as_bytes()).unwrap(), event);
         let text = r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":"1","category_id":2,"price":1.5,"user_id":"1515915625611023730","user_session":"s","event_id":"e-1"}"#;
         let parsed = Event::from_json(text.as_bytes()).unwrap();
@@ -666,10 +690,22 @@ mod tests {
         let cases = [
             (r#"{"event_type":"view"}"#, "missing field `event_time`"),
             ("{not json", "invalid json"),
-            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":-1,"user_id":3,"user_session":"s"}"#, "invalid `price`"),
-            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1.5,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#, "invalid json"),
-            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"buy","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#, "invalid `event_type`"),
-            (r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s","extra":1}"#, "unknown field"),
+            (
+                r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":-1,"user_id":3,"user_session":"s"}"#,
+                "invalid `price`",
+            ),
+            (
+                r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1.5,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#,
+                "invalid json",
+            ),
+            (
+                r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"buy","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#,
+                "invalid `event_type`",
+            ),
+            (
+                r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s","extra":1}"#,
+                "unknown field",
+            ),
         ];
         for (text, expected) in cases {
             let error = Event::from_json(text.as_bytes()).unwrap_err().to_string();
@@ -694,9 +730,10 @@ mod tests {
 
     #[test]
     fn csv_writer_round_trips() {
-        let event = parse_all("2019-10-01 00:00:04 UTC,remove_from_cart,1,2,a.b,brand,10.50,3,s\n")[0]
-            .clone()
-            .unwrap();
+        let event = parse_all("2019-10-01 00:00:04 UTC,remove_from_cart,1,2,a.b,brand,10.50,3,s\n")
+            [0]
+        .clone()
+        .unwrap();
         let mut writer = csv::Writer::from_writer(Vec::new());
         writer.write_record(CSV_HEADER).unwrap();
         event.write_csv(&mut writer).unwrap();

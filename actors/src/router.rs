@@ -11,8 +11,13 @@ use futures_util::future::join_all;
 use crate::catalog::{CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct};
 use crate::engine::SessionKey;
 use crate::event::{Event, Millis};
-use crate::features::{FEATURE_COUNT, FeatureVector, ProductState, SessionState, USER_SIDE_COUNT, UserState};
-use crate::shard::{ApplyBatch, BatchApplied, FlushNow, GetSession, GetShardStats, GetUser, ShardActor, ShardSettings, UserSideFeatures};
+use crate::features::{
+    FEATURE_COUNT, FeatureVector, ProductState, SessionState, USER_SIDE_COUNT, UserState,
+};
+use crate::shard::{
+    ApplyBatch, BatchApplied, FlushNow, GetSession, GetShardStats, GetUser, ShardActor,
+    ShardSettings, UserSideFeatures,
+};
 use crate::store::{Observer, StateStore, StoreError};
 
 /// Why the engine could not answer.
@@ -49,7 +54,12 @@ pub fn shard_of(user_id: u64, shards: usize) -> usize {
 
 impl Engine {
     /// Starts `shards` shard arbiters and a catalog arbiter. Must run inside an actix system.
-    pub fn start(shards: usize, settings: ShardSettings, store: Arc<dyn StateStore>, observer: Arc<dyn Observer>) -> Engine {
+    pub fn start(
+        shards: usize,
+        settings: ShardSettings,
+        store: Arc<dyn StateStore>,
+        observer: Arc<dyn Observer>,
+    ) -> Engine {
         let flush_interval = settings.flush_interval;
         let catalog_store = store.clone();
         let catalog_observer = observer.clone();
@@ -59,7 +69,12 @@ impl Engine {
         });
         let shards = (0..shards.max(1))
             .map(|index| {
-                let (settings, catalog, store, observer) = (settings.clone(), catalog.clone(), store.clone(), observer.clone());
+                let (settings, catalog, store, observer) = (
+                    settings.clone(),
+                    catalog.clone(),
+                    store.clone(),
+                    observer.clone(),
+                );
                 let arbiter = Arbiter::new();
                 let shard = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
                     ShardActor::new(index, settings, catalog, store, observer)
@@ -88,7 +103,9 @@ impl Engine {
     /// per shard per batch keeps cross-thread traffic low.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
         let count = self.shards.len();
-        let mut parts: Vec<Vec<Event>> = (0..count).map(|_| Vec::with_capacity(events.len() / count + 1)).collect();
+        let mut parts: Vec<Vec<Event>> = (0..count)
+            .map(|_| Vec::with_capacity(events.len() / count + 1))
+            .collect();
         for event in events {
             parts[shard_of(event.user_id, count)].push(event);
         }
@@ -107,17 +124,29 @@ impl Engine {
     }
 
     /// Feature vectors for scoring each product in a session, from current state.
-    pub async fn features(&self, key: SessionKey, product_ids: Vec<u64>) -> Result<Vec<FeatureVector>, EngineError> {
-        let user_side = self.shard(key.user_id).send(UserSideFeatures { key, product_ids: product_ids.clone() });
-        let catalog_side = self.catalog.send(CatalogFeatures { product_ids: product_ids.clone() });
+    pub async fn features(
+        &self,
+        key: SessionKey,
+        product_ids: Vec<u64>,
+    ) -> Result<Vec<FeatureVector>, EngineError> {
+        let user_side = self.shard(key.user_id).send(UserSideFeatures {
+            key,
+            product_ids: product_ids.clone(),
+        });
+        let catalog_side = self.catalog.send(CatalogFeatures {
+            product_ids: product_ids.clone(),
+        });
         let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
         let (user_side, catalog_side) = (user_side?, catalog_side?);
         let width = FEATURE_COUNT - USER_SIDE_COUNT;
         Ok((0..product_ids.len())
             .map(|index| {
                 let mut vector = [0.0; FEATURE_COUNT];
-                vector[..USER_SIDE_COUNT].copy_from_slice(&user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT]);
-                vector[USER_SIDE_COUNT..].copy_from_slice(&catalog_side[index * width..(index + 1) * width]);
+                vector[..USER_SIDE_COUNT].copy_from_slice(
+                    &user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT],
+                );
+                vector[USER_SIDE_COUNT..]
+                    .copy_from_slice(&catalog_side[index * width..(index + 1) * width]);
                 vector
             })
             .collect())
@@ -145,7 +174,12 @@ impl Engine {
         for shard in self.shards.iter() {
             let mut close = close_sessions;
             loop {
-                match shard.send(FlushNow { close_sessions: close }).await? {
+                match shard
+                    .send(FlushNow {
+                        close_sessions: close,
+                    })
+                    .await?
+                {
                     Ok(done) => {
                         closed += done.sessions_closed;
                         break;
@@ -173,7 +207,8 @@ impl Engine {
     /// Flushes, then stops every actor and waits for their threads, releasing the store.
     pub async fn stop(&self) -> Result<(), EngineError> {
         let flushed = self.flush(false).await;
-        let arbiters: Vec<Arbiter> = std::mem::take(&mut *self.arbiters.lock().expect("arbiter list lock"));
+        let arbiters: Vec<Arbiter> =
+            std::mem::take(&mut *self.arbiters.lock().expect("arbiter list lock"));
         for arbiter in &arbiters {
             arbiter.stop();
         }

@@ -89,7 +89,10 @@ impl ShardActor {
         for user in users {
             self.state.users.entry(user.user_id).or_insert(user);
         }
-        let deadline = self.state.watermark().saturating_sub(self.settings.session_timeout);
+        let deadline = self
+            .state
+            .watermark()
+            .saturating_sub(self.settings.session_timeout);
         for session in sessions {
             if session.last_event_at >= deadline {
                 let key = SessionKey::new(session.user_id, &session.session_id);
@@ -118,7 +121,10 @@ impl ShardActor {
         if !accepted.is_empty() {
             self.catalog.do_send(CatalogBatch { events: accepted });
         }
-        BatchApplied { applied, duplicates }
+        BatchApplied {
+            applied,
+            duplicates,
+        }
     }
 
     fn expire(&mut self, force: bool) -> usize {
@@ -161,10 +167,17 @@ impl ShardActor {
             }
         }
         if let Some(failed) = self.failed_batch.take() {
-            batch.sessions.extend(failed.sessions.into_iter().filter(|session| {
-                !session_keys.contains(&SessionKey::new(session.user_id, &session.session_id))
-            }));
-            batch.users.extend(failed.users.into_iter().filter(|user| !user_ids.contains(&user.user_id)));
+            batch
+                .sessions
+                .extend(failed.sessions.into_iter().filter(|session| {
+                    !session_keys.contains(&SessionKey::new(session.user_id, &session.session_id))
+                }));
+            batch.users.extend(
+                failed
+                    .users
+                    .into_iter()
+                    .filter(|user| !user_ids.contains(&user.user_id)),
+            );
         }
         batch
     }
@@ -172,12 +185,16 @@ impl ShardActor {
     /// Drops users idle for longer than `user_idle` whose state is flushed and who have no live
     /// session.
     fn evict_idle_users(&mut self) {
-        let deadline = self.state.watermark().saturating_sub(self.settings.user_idle);
-        let live: std::collections::HashSet<u64> = self.state.sessions.keys().map(|key| key.user_id).collect();
+        let deadline = self
+            .state
+            .watermark()
+            .saturating_sub(self.settings.user_idle);
+        let live: std::collections::HashSet<u64> =
+            self.state.sessions.keys().map(|key| key.user_id).collect();
         let dirty = &self.state.dirty_users;
-        self.state
-            .users
-            .retain(|user_id, user| user.last_event_at >= deadline || live.contains(user_id) || dirty.contains(user_id));
+        self.state.users.retain(|user_id, user| {
+            user.last_event_at >= deadline || live.contains(user_id) || dirty.contains(user_id)
+        });
     }
 
     /// Starts a flush of everything not yet durable, unless one is running.
@@ -193,22 +210,28 @@ impl ShardActor {
         let rows = batch.len();
         let started = Instant::now();
         let retry = batch.clone();
-        Some(Box::pin(self.store.save(batch).into_actor(self).map(move |result, actor, _| {
-            actor.flushing = false;
-            actor.observer.flushed(rows, started.elapsed().as_secs_f64(), result.as_ref().err());
-            match result {
-                Ok(()) => {
-                    actor.last_flush_error = None;
-                    actor.evict_idle_users();
-                    Ok(rows)
+        Some(Box::pin(self.store.save(batch).into_actor(self).map(
+            move |result, actor, _| {
+                actor.flushing = false;
+                actor.observer.flushed(
+                    rows,
+                    started.elapsed().as_secs_f64(),
+                    result.as_ref().err(),
+                );
+                match result {
+                    Ok(()) => {
+                        actor.last_flush_error = None;
+                        actor.evict_idle_users();
+                        Ok(rows)
+                    }
+                    Err(error) => {
+                        actor.failed_batch = Some(retry);
+                        actor.last_flush_error = Some(error.clone());
+                        Err(error)
+                    }
                 }
-                Err(error) => {
-                    actor.failed_batch = Some(retry);
-                    actor.last_flush_error = Some(error.clone());
-                    Err(error)
-                }
-            }
-        })))
+            },
+        )))
     }
 }
 
@@ -219,7 +242,9 @@ impl Actor for ShardActor {
         ctx.set_mailbox_capacity(64);
         ctx.run_interval(self.settings.flush_interval, |actor, ctx| {
             if actor.settings.live_watermark {
-                actor.state.advance_watermark(chrono::Utc::now().timestamp_millis());
+                actor
+                    .state
+                    .advance_watermark(chrono::Utc::now().timestamp_millis());
                 actor.expire(false);
             }
             if let Some(flush) = actor.flush() {
@@ -281,7 +306,8 @@ impl Handler<UserSideFeatures> for ShardActor {
         let compute = |actor: &ShardActor, message: &UserSideFeatures| {
             let mut out = vec![0.0; message.product_ids.len() * features::USER_SIDE_COUNT];
             for (index, product_id) in message.product_ids.iter().enumerate() {
-                let slice = &mut out[index * features::USER_SIDE_COUNT..(index + 1) * features::USER_SIDE_COUNT];
+                let slice = &mut out
+                    [index * features::USER_SIDE_COUNT..(index + 1) * features::USER_SIDE_COUNT];
                 actor.state.features(message.key, *product_id, slice);
             }
             out
@@ -292,16 +318,27 @@ impl Handler<UserSideFeatures> for ShardActor {
             return AtomicResponse::new(Box::pin(fut::ready(compute(self, &message))));
         }
         // Scoring a user or session not in memory answers from the store, or from nothing.
-        let users = if user_missing { vec![message.key.user_id] } else { Vec::new() };
-        let sessions = if session_missing { vec![message.key] } else { Vec::new() };
-        AtomicResponse::new(Box::pin(self.store.load_user_side(users, sessions).into_actor(self).map(
-            move |loaded, actor, _| {
-                if let Ok((users, sessions)) = loaded {
-                    actor.rehydrate(users, sessions);
-                }
-                compute(actor, &message)
-            },
-        )))
+        let users = if user_missing {
+            vec![message.key.user_id]
+        } else {
+            Vec::new()
+        };
+        let sessions = if session_missing {
+            vec![message.key]
+        } else {
+            Vec::new()
+        };
+        AtomicResponse::new(Box::pin(
+            self.store
+                .load_user_side(users, sessions)
+                .into_actor(self)
+                .map(move |loaded, actor, _| {
+                    if let Ok((users, sessions)) = loaded {
+                        actor.rehydrate(users, sessions);
+                    }
+                    compute(actor, &message)
+                }),
+        ))
     }
 }
 
@@ -370,15 +407,25 @@ impl Handler<FlushNow> for ShardActor {
     type Result = AtomicResponse<Self, Result<FlushDone, StoreError>>;
 
     fn handle(&mut self, message: FlushNow, _: &mut Self::Context) -> Self::Result {
-        let sessions_closed = if message.close_sessions { self.expire(true) } else { 0 };
+        let sessions_closed = if message.close_sessions {
+            self.expire(true)
+        } else {
+            0
+        };
         if self.flushing {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Busy))));
         }
         match self.flush() {
-            Some(flush) => AtomicResponse::new(Box::pin(
-                flush.map(move |result, _, _| result.map(|rows| FlushDone { rows, sessions_closed })),
-            )),
-            None => AtomicResponse::new(Box::pin(fut::ready(Ok(FlushDone { rows: 0, sessions_closed })))),
+            Some(flush) => AtomicResponse::new(Box::pin(flush.map(move |result, _, _| {
+                result.map(|rows| FlushDone {
+                    rows,
+                    sessions_closed,
+                })
+            }))),
+            None => AtomicResponse::new(Box::pin(fut::ready(Ok(FlushDone {
+                rows: 0,
+                sessions_closed,
+            })))),
         }
     }
 }

@@ -35,7 +35,10 @@ pub struct StateBatch {
 impl StateBatch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.users.is_empty() && self.products.is_empty() && self.categories.is_empty()
+        self.sessions.is_empty()
+            && self.users.is_empty()
+            && self.products.is_empty()
+            && self.categories.is_empty()
     }
 
     /// Entities in the batch.
@@ -49,9 +52,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes the batch durably; resolves once it is safe to acknowledge the events behind it.
     fn save(&self, batch: StateBatch) -> StoreFuture<()>;
     /// Loads the users and sessions that exist among those asked for.
-    fn load_user_side(&self, users: Vec<u64>, sessions: Vec<SessionKey>) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
+    fn load_user_side(
+        &self,
+        users: Vec<u64>,
+        sessions: Vec<SessionKey>,
+    ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
     /// Loads the products and categories that exist among those asked for.
-    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)>;
+    fn load_catalog(
+        &self,
+        products: Vec<u64>,
+        categories: Vec<u64>,
+    ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)>;
 }
 
 /// Hears about what the engine does, for metrics; every method defaults to nothing.

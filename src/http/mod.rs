@@ -92,17 +92,24 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
     config
         .app_data(state)
         .app_data(web::PayloadConfig::new(limit))
-        .app_data(web::JsonConfig::default().limit(limit).error_handler(|error, _| {
-            let message = error.to_string();
-            let api_error = match error {
-                actix_web::error::JsonPayloadError::Overflow { .. } | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
-                    ApiError::TooLarge(message)
-                }
-                _ => ApiError::BadRequest(format!("invalid JSON body: {message}")),
-            };
-            api_error.into()
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(|error, _| {
+                    let message = error.to_string();
+                    let api_error = match error {
+                        actix_web::error::JsonPayloadError::Overflow { .. }
+                        | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => {
+                            ApiError::TooLarge(message)
+                        }
+                        _ => ApiError::BadRequest(format!("invalid JSON body: {message}")),
+                    };
+                    api_error.into()
+                }),
+        )
+        .app_data(web::PathConfig::default().error_handler(|error, _| {
+            ApiError::BadRequest(format!("invalid path: {error}")).into()
         }))
-        .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::BadRequest(format!("invalid path: {error}")).into()))
         .route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics))
         .service(
@@ -112,15 +119,23 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/openapi.json", web::get().to(openapi))
                 .route("/v1/score", web::post().to(score))
                 .route("/v1/events", web::post().to(events))
-                .route("/v1/sessions/{user_id}/{user_session}", web::get().to(session))
+                .route(
+                    "/v1/sessions/{user_id}/{user_session}",
+                    web::get().to(session),
+                )
                 .route("/v1/users/{user_id}", web::get().to(user))
                 .route("/v1/products/{product_id}", web::get().to(product))
                 .default_service(web::to(not_found)),
         );
 }
 
-async fn authorize(request: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let state = request.app_data::<web::Data<AppState>>().expect("state is configured");
+async fn authorize(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = request
+        .app_data::<web::Data<AppState>>()
+        .expect("state is configured");
     let token = &state.settings.auth_token;
     if !token.is_empty() {
         let given = request
@@ -136,7 +151,9 @@ async fn authorize(request: ServiceRequest, next: Next<impl MessageBody + 'stati
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route; see /openapi.json".into()))
+    Err(ApiError::NotFound(
+        "no such route; see /openapi.json".into(),
+    ))
 }
 
 async fn health() -> HttpResponse {
@@ -157,7 +174,10 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Ok(stats) = state.engine.stats().await {
         state.metrics.live_sessions.set(stats.live_sessions as i64);
-        state.metrics.users_in_memory.set(stats.users_in_memory as i64);
+        state
+            .metrics
+            .users_in_memory
+            .set(stats.users_in_memory as i64);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -165,7 +185,9 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// An id that may come as a JSON number or a string of digits (JavaScript loses digits past 2^53).
@@ -178,7 +200,8 @@ enum IdField {
 
 fn digits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let text = String::deserialize(deserializer)?;
-    text.parse().map_err(|_| serde::de::Error::custom(format!("{text:?} is not an unsigned integer id")))
+    text.parse()
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an unsigned integer id")))
 }
 
 impl IdField {
@@ -215,7 +238,10 @@ struct ScoreItem {
     explanation: serde_json::Value,
 }
 
-async fn score(state: web::Data<AppState>, request: web::Json<ScoreRequest>) -> Result<HttpResponse, ApiError> {
+async fn score(
+    state: web::Data<AppState>,
+    request: web::Json<ScoreRequest>,
+) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = score_inner(&state, request.into_inner()).await;
     let status = match &result {
@@ -223,27 +249,53 @@ async fn score(state: web::Data<AppState>, request: web::Json<ScoreRequest>) -> 
         Err(ApiError::Internal(_)) => "server_error",
         Err(_) => "client_error",
     };
-    state.metrics.score_requests.with_label_values(&[status]).inc();
-    state.metrics.score_latency.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .score_requests
+        .with_label_values(&[status])
+        .inc();
+    state
+        .metrics
+        .score_latency
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
 async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResponse, ApiError> {
     let (product_ids, single) = match (request.product_id, request.product_ids) {
         (Some(id), None) => (vec![id.get()], true),
-        (None, Some(ids)) if !ids.is_empty() => (ids.into_iter().map(IdField::get).collect::<Vec<_>>(), false),
-        (None, Some(_)) => return Err(ApiError::BadRequest("product_ids must not be empty".into())),
-        _ => return Err(ApiError::BadRequest("give exactly one of product_id or product_ids".into())),
+        (None, Some(ids)) if !ids.is_empty() => {
+            (ids.into_iter().map(IdField::get).collect::<Vec<_>>(), false)
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest("product_ids must not be empty".into()));
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of product_id or product_ids".into(),
+            ));
+        }
     };
     if product_ids.len() > state.settings.max_batch {
-        return Err(ApiError::TooLarge(format!("at most {} product_ids per request", state.settings.max_batch)));
+        return Err(ApiError::TooLarge(format!(
+            "at most {} product_ids per request",
+            state.settings.max_batch
+        )));
     }
     if request.user_session.is_empty() {
-        return Err(ApiError::BadRequest("user_session must not be empty".into()));
+        return Err(ApiError::BadRequest(
+            "user_session must not be empty".into(),
+        ));
     }
     let key = SessionKey::new(request.user_id.get(), &request.user_session);
     let vectors = state.engine.features(key, product_ids.clone()).await?;
-    let result = state.scoring.send(Score { vectors, explain: request.explain }).await?;
+    let result = state
+        .scoring
+        .send(Score {
+            vectors,
+            explain: request.explain,
+        })
+        .await?;
     let mut items: Vec<ScoreItem> = product_ids
         .into_iter()
         .zip(result.scores)
@@ -271,23 +323,31 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
     }
     // Best first, for ranking.
     items.sort_by(|a, b| b.propensity.total_cmp(&a.propensity));
-    Ok(HttpResponse::Ok().json(serde_json::json!({"model_version": result.model_version, "scores": items})))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"model_version": result.model_version, "scores": items})))
 }
 
 /// `POST /v1/events`: one event object or an array of them.
 async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
     let items = match value {
         serde_json::Value::Array(items) => items,
         object @ serde_json::Value::Object(_) => vec![object],
-        _ => return Err(ApiError::BadRequest("expected an event object or an array of them".into())),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "expected an event object or an array of them".into(),
+            ));
+        }
     };
     if items.is_empty() {
         return Err(ApiError::BadRequest("the batch is empty".into()));
     }
     if items.len() > state.settings.max_batch {
-        return Err(ApiError::TooLarge(format!("at most {} events per request", state.settings.max_batch)));
+        return Err(ApiError::TooLarge(format!(
+            "at most {} events per request",
+            state.settings.max_batch
+        )));
     }
     let mut events = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -295,26 +355,37 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
         match Event::from_json(&bytes) {
             Ok(event) => events.push(event),
             Err(error) => {
-                state.metrics.events_rejected.with_label_values(&[error.code()]).inc();
+                state
+                    .metrics
+                    .events_rejected
+                    .with_label_values(&[error.code()])
+                    .inc();
                 // Nothing of a bad batch is applied, so the producer can fix and resend it whole.
                 return Err(ApiError::BadRequest(format!("event {index}: {error}")));
             }
         }
     }
     let applied = state.engine.ingest(events).await?;
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"accepted": applied.applied, "duplicates": applied.duplicates})))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({"accepted": applied.applied, "duplicates": applied.duplicates})))
 }
 
 fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
-    text.parse().map_err(|_| ApiError::BadRequest(format!("{what} {text:?} is not an unsigned integer")))
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{what} {text:?} is not an unsigned integer")))
 }
 
-async fn session(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn session(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (user_id, user_session) = path.into_inner();
     let user_id = parse_id(&user_id, "user_id")?;
     let key = SessionKey::new(user_id, &user_session);
     let Some(session) = state.engine.session(key).await? else {
-        return Err(ApiError::NotFound(format!("no session {user_session:?} for user {user_id}")));
+        return Err(ApiError::NotFound(format!(
+            "no session {user_session:?} for user {user_id}"
+        )));
     };
     let cart: Vec<_> = session
         .products
@@ -322,12 +393,19 @@ async fn session(state: web::Data<AppState>, path: web::Path<(String, String)>) 
         .filter(|product| product.in_cart > 0)
         .map(|product| serde_json::json!({"product_id": product.product_id, "quantity": product.in_cart, "price": product.price}))
         .collect();
-    let features: serde_json::Map<String, serde_json::Value> = propensity_actors::features::FEATURES
-        .iter()
-        .zip(state.engine.features(key, vec![0]).await?[0])
-        .filter(|(feature, _)| matches!(feature.entity, propensity_actors::features::Entity::Session | propensity_actors::features::Entity::User))
-        .map(|(feature, value)| (feature.name.to_owned(), serde_json::json!(value)))
-        .collect();
+    let features: serde_json::Map<String, serde_json::Value> =
+        propensity_actors::features::FEATURES
+            .iter()
+            .zip(state.engine.features(key, vec![0]).await?[0])
+            .filter(|(feature, _)| {
+                matches!(
+                    feature.entity,
+                    propensity_actors::features::Entity::Session
+                        | propensity_actors::features::Entity::User
+                )
+            })
+            .map(|(feature, value)| (feature.name.to_owned(), serde_json::json!(value)))
+            .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "user_id": session.user_id,
         "user_session": session.session_id,
@@ -343,7 +421,10 @@ async fn session(state: web::Data<AppState>, path: web::Path<(String, String)>) 
     })))
 }
 
-async fn user(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn user(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let user_id = parse_id(&path.into_inner(), "user_id")?;
     let Some(user) = state.engine.user(user_id).await? else {
         return Err(ApiError::NotFound(format!("no user {user_id}")));
@@ -361,7 +442,10 @@ async fn user(state: web::Data<AppState>, path: web::Path<String>) -> Result<Htt
     })))
 }
 
-async fn product(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn product(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let product_id = parse_id(&path.into_inner(), "product_id")?;
     let Some(product) = state.engine.product(product_id).await? else {
         return Err(ApiError::NotFound(format!("no product {product_id}")));

@@ -38,10 +38,15 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 impl EmbeddedStore {
     /// Opens or creates the store file, creating its directory.
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("failed to create {}", parent.display()))?;
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create {}", parent.display()))?;
         }
-        let database = Database::create(path).with_context(|| format!("failed to open the embedded store {}", path.display()))?;
+        let database = Database::create(path)
+            .with_context(|| format!("failed to open the embedded store {}", path.display()))?;
         let transaction = database.begin_write()?;
         transaction.open_table(SESSIONS)?;
         transaction.open_table(USERS)?;
@@ -59,25 +64,37 @@ impl EmbeddedStore {
             let mut sessions = transaction.open_table(SESSIONS).map_err(unavailable)?;
             for session in &batch.sessions {
                 let key = SessionKey::new(session.user_id, &session.session_id);
-                sessions.insert((key.user_id, key.session_hash), encode(session).as_slice()).map_err(unavailable)?;
+                sessions
+                    .insert((key.user_id, key.session_hash), encode(session).as_slice())
+                    .map_err(unavailable)?;
             }
             let mut users = transaction.open_table(USERS).map_err(unavailable)?;
             for user in &batch.users {
-                users.insert(user.user_id, encode(user).as_slice()).map_err(unavailable)?;
+                users
+                    .insert(user.user_id, encode(user).as_slice())
+                    .map_err(unavailable)?;
             }
             let mut products = transaction.open_table(PRODUCTS).map_err(unavailable)?;
             for product in &batch.products {
-                products.insert(product.product_id, encode(product).as_slice()).map_err(unavailable)?;
+                products
+                    .insert(product.product_id, encode(product).as_slice())
+                    .map_err(unavailable)?;
             }
             let mut categories = transaction.open_table(CATEGORIES).map_err(unavailable)?;
             for category in &batch.categories {
-                categories.insert(category.category_id, encode(category).as_slice()).map_err(unavailable)?;
+                categories
+                    .insert(category.category_id, encode(category).as_slice())
+                    .map_err(unavailable)?;
             }
         }
         transaction.commit().map_err(unavailable)
     }
 
-    fn load_user_side_now(&self, user_ids: &[u64], keys: &[SessionKey]) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
+    fn load_user_side_now(
+        &self,
+        user_ids: &[u64],
+        keys: &[SessionKey],
+    ) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let users_table = transaction.open_table(USERS).map_err(unavailable)?;
         let mut users = Vec::new();
@@ -89,14 +106,21 @@ impl EmbeddedStore {
         let sessions_table = transaction.open_table(SESSIONS).map_err(unavailable)?;
         let mut sessions = Vec::new();
         for key in keys {
-            if let Some(bytes) = sessions_table.get((key.user_id, key.session_hash)).map_err(unavailable)? {
+            if let Some(bytes) = sessions_table
+                .get((key.user_id, key.session_hash))
+                .map_err(unavailable)?
+            {
                 sessions.push(decode(bytes.value())?);
             }
         }
         Ok((users, sessions))
     }
 
-    fn load_catalog_now(&self, product_ids: &[u64], category_ids: &[u64]) -> Result<(Vec<ProductState>, Vec<CategoryState>), StoreError> {
+    fn load_catalog_now(
+        &self,
+        product_ids: &[u64],
+        category_ids: &[u64],
+    ) -> Result<(Vec<ProductState>, Vec<CategoryState>), StoreError> {
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let products_table = transaction.open_table(PRODUCTS).map_err(unavailable)?;
         let mut products: Vec<ProductState> = Vec::new();
@@ -120,28 +144,62 @@ impl EmbeddedStore {
         use redb::ReadableTable;
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let mut batch = StateBatch::default();
-        for row in transaction.open_table(SESSIONS).map_err(unavailable)?.iter().map_err(unavailable)? {
-            batch.sessions.push(decode(row.map_err(unavailable)?.1.value())?);
+        for row in transaction
+            .open_table(SESSIONS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            batch
+                .sessions
+                .push(decode(row.map_err(unavailable)?.1.value())?);
         }
-        for row in transaction.open_table(USERS).map_err(unavailable)?.iter().map_err(unavailable)? {
-            batch.users.push(decode(row.map_err(unavailable)?.1.value())?);
+        for row in transaction
+            .open_table(USERS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            batch
+                .users
+                .push(decode(row.map_err(unavailable)?.1.value())?);
         }
-        for row in transaction.open_table(PRODUCTS).map_err(unavailable)?.iter().map_err(unavailable)? {
-            batch.products.push(decode(row.map_err(unavailable)?.1.value())?);
+        for row in transaction
+            .open_table(PRODUCTS)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            batch
+                .products
+                .push(decode(row.map_err(unavailable)?.1.value())?);
         }
-        for row in transaction.open_table(CATEGORIES).map_err(unavailable)?.iter().map_err(unavailable)? {
-            batch.categories.push(decode(row.map_err(unavailable)?.1.value())?);
+        for row in transaction
+            .open_table(CATEGORIES)
+            .map_err(unavailable)?
+            .iter()
+            .map_err(unavailable)?
+        {
+            batch
+                .categories
+                .push(decode(row.map_err(unavailable)?.1.value())?);
         }
         Ok(batch)
     }
 }
 
 /// Runs blocking store work off the actor threads.
-fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> StoreFuture<T> {
+fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> StoreFuture<T> {
     Box::pin(async move {
         tokio::task::spawn_blocking(work)
             .await
-            .unwrap_or_else(|error| Err(StoreError::Unavailable(format!("store task failed: {error}"))))
+            .unwrap_or_else(|error| {
+                Err(StoreError::Unavailable(format!(
+                    "store task failed: {error}"
+                )))
+            })
     })
 }
 
@@ -151,12 +209,20 @@ impl StateStore for EmbeddedStore {
         blocking(move || store.save_now(&batch))
     }
 
-    fn load_user_side(&self, users: Vec<u64>, sessions: Vec<SessionKey>) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+    fn load_user_side(
+        &self,
+        users: Vec<u64>,
+        sessions: Vec<SessionKey>,
+    ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
         let store = self.clone();
         blocking(move || store.load_user_side_now(&users, &sessions))
     }
 
-    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+    fn load_catalog(
+        &self,
+        products: Vec<u64>,
+        categories: Vec<u64>,
+    ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
         let store = self.clone();
         blocking(move || store.load_catalog_now(&products, &categories))
     }
@@ -196,11 +262,22 @@ mod tests {
         category.add_product(3.5);
         {
             let store = EmbeddedStore::open(&path).unwrap();
-            let batch = StateBatch { sessions: vec![session.clone()], users: vec![user.clone()], products: vec![product.clone()], categories: vec![category.clone()] };
+            let batch = StateBatch {
+                sessions: vec![session.clone()],
+                users: vec![user.clone()],
+                products: vec![product.clone()],
+                categories: vec![category.clone()],
+            };
             store.save(batch).await.unwrap();
         }
         let store = EmbeddedStore::open(&path).unwrap();
-        let (users, sessions) = store.load_user_side(vec![7, 8], vec![SessionKey::new(7, "s"), SessionKey::new(7, "t")]).await.unwrap();
+        let (users, sessions) = store
+            .load_user_side(
+                vec![7, 8],
+                vec![SessionKey::new(7, "s"), SessionKey::new(7, "t")],
+            )
+            .await
+            .unwrap();
         assert_eq!(users, vec![user]);
         assert_eq!(sessions, vec![session]);
         let (products, categories) = store.load_catalog(vec![5, 4], vec![6]).await.unwrap();

@@ -14,7 +14,8 @@ pub fn root() -> PathBuf {
 
 /// Settings of the `test` overlay with the store and model in `dir`.
 pub fn settings(dir: &Path, model: &Path) -> Settings {
-    let mut settings = Settings::load_with(&root().join("config"), Some("test"), Vec::new()).expect("test settings load");
+    let mut settings = Settings::load_with(&root().join("config"), Some("test"), Vec::new())
+        .expect("test settings load");
     settings.store.embedded_path = dir.join("state.redb");
     settings.model.path = model.to_owned();
     settings
@@ -23,15 +24,32 @@ pub fn settings(dir: &Path, model: &Path) -> Settings {
 /// Generates a synthetic clickstream into `dir` and reads it back, in time order.
 pub fn synthetic_events(dir: &Path, users: u64, days: u32, seed: u64) -> (PathBuf, Vec<Event>) {
     let path = dir.join("events.csv");
-    propensity::demo::generate_files(users, days, seed, &path, Some(&dir.join("truth.csv")), false).expect("generation works");
+    propensity::demo::generate_files(
+        users,
+        days,
+        seed,
+        &path,
+        Some(&dir.join("truth.csv")),
+        false,
+    )
+    .expect("generation works");
     let file = std::fs::File::open(&path).unwrap();
-    let events: Vec<Event> = CsvEvents::new(std::io::BufReader::new(file)).map(|event| event.expect("generated rows parse")).collect();
-    assert!(events.windows(2).all(|pair| pair[0].time <= pair[1].time), "generated events are in time order");
+    let events: Vec<Event> = CsvEvents::new(std::io::BufReader::new(file))
+        .map(|event| event.expect("generated rows parse"))
+        .collect();
+    assert!(
+        events.windows(2).all(|pair| pair[0].time <= pair[1].time),
+        "generated events are in time order"
+    );
     (path, events)
 }
 
 /// Trains a model on `events_path` into `dir`.
-pub fn train_model(dir: &Path, events_path: &Path, session_timeout: i64) -> (PathBuf, propensity::model::Model) {
+pub fn train_model(
+    dir: &Path,
+    events_path: &Path,
+    session_timeout: i64,
+) -> (PathBuf, propensity::model::Model) {
     let model_out = dir.join("model.json");
     let request = propensity::train::TrainRequest {
         events: vec![events_path.to_owned()],

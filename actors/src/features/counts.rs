@@ -49,7 +49,13 @@ mod tests {
         counts.record(EventType::View);
         assert_eq!(
             counts,
-            Counts { events: 5, views: 2, carts: 1, removes: 1, purchases: 1 }
+            Counts {
+                events: 5,
+                views: 2,
+                carts: 1,
+                removes: 1,
+                purchases: 1
+            }
         );
     }
 

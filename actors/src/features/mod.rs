@@ -32,54 +32,218 @@ pub struct FeatureDefinition {
     pub description: &'static str,
 }
 
-const fn feature(name: &'static str, entity: Entity, description: &'static str) -> FeatureDefinition {
-    FeatureDefinition { name, entity, description }
+const fn feature(
+    name: &'static str,
+    entity: Entity,
+    description: &'static str,
+) -> FeatureDefinition {
+    FeatureDefinition {
+        name,
+        entity,
+        description,
+    }
 }
 
 /// Every feature, in the order of the feature vector. Names are stable: models refer to them.
 pub const FEATURES: [FeatureDefinition; FEATURE_COUNT] = [
-    feature("session_events", Entity::Session, "events in the session so far"),
+    feature(
+        "session_events",
+        Entity::Session,
+        "events in the session so far",
+    ),
     feature("session_views", Entity::Session, "views in the session"),
-    feature("session_carts", Entity::Session, "add-to-cart events in the session"),
-    feature("session_removes", Entity::Session, "remove-from-cart events in the session"),
-    feature("session_purchases", Entity::Session, "purchases in the session"),
-    feature("session_cart_view_ratio", Entity::Session, "session carts divided by session views"),
-    feature("session_seconds_since_start", Entity::Session, "seconds from the session's first event to its latest"),
-    feature("session_distinct_products_viewed", Entity::Session, "distinct products viewed in the session"),
-    feature("session_distinct_categories_viewed", Entity::Session, "distinct categories viewed in the session"),
+    feature(
+        "session_carts",
+        Entity::Session,
+        "add-to-cart events in the session",
+    ),
+    feature(
+        "session_removes",
+        Entity::Session,
+        "remove-from-cart events in the session",
+    ),
+    feature(
+        "session_purchases",
+        Entity::Session,
+        "purchases in the session",
+    ),
+    feature(
+        "session_cart_view_ratio",
+        Entity::Session,
+        "session carts divided by session views",
+    ),
+    feature(
+        "session_seconds_since_start",
+        Entity::Session,
+        "seconds from the session's first event to its latest",
+    ),
+    feature(
+        "session_distinct_products_viewed",
+        Entity::Session,
+        "distinct products viewed in the session",
+    ),
+    feature(
+        "session_distinct_categories_viewed",
+        Entity::Session,
+        "distinct categories viewed in the session",
+    ),
     feature("cart_items", Entity::Session, "units in the cart"),
-    feature("cart_value", Entity::Session, "value of the cart at the latest prices"),
-    feature("session_product_views", Entity::SessionProduct, "views of this product in the session"),
-    feature("session_product_carts", Entity::SessionProduct, "add-to-cart events for this product in the session"),
-    feature("session_product_removes", Entity::SessionProduct, "remove-from-cart events for this product in the session"),
-    feature("session_product_in_cart", Entity::SessionProduct, "units of this product in the cart"),
-    feature("session_product_seconds_since_last_view", Entity::SessionProduct, "seconds since this product was last viewed in the session, -1 if never"),
-    feature("session_product_view_share", Entity::SessionProduct, "share of the session's views that were of this product"),
-    feature("user_events", Entity::User, "events of the user over their history"),
-    feature("user_views", Entity::User, "views of the user over their history"),
-    feature("user_carts", Entity::User, "add-to-cart events of the user over their history"),
-    feature("user_removes", Entity::User, "remove-from-cart events of the user over their history"),
-    feature("user_purchases", Entity::User, "purchases of the user over their history"),
-    feature("user_cart_view_ratio", Entity::User, "user carts divided by user views"),
-    feature("user_purchase_cart_ratio", Entity::User, "user purchases divided by user carts"),
-    feature("user_earlier_sessions", Entity::User, "sessions of the user before this one"),
-    feature("user_earlier_purchase_sessions", Entity::User, "sessions of the user with a purchase, before this one"),
-    feature("user_seconds_since_last_purchase", Entity::User, "seconds since the user's latest purchase, -1 if none"),
-    feature("user_lifetime_revenue", Entity::User, "total the user has spent"),
-    feature("user_product_views", Entity::UserProduct, "views of this product by the user over their history"),
-    feature("user_product_carts", Entity::UserProduct, "add-to-cart events for this product by the user over their history"),
-    feature("user_product_removes", Entity::UserProduct, "remove-from-cart events for this product by the user over their history"),
-    feature("user_product_purchases", Entity::UserProduct, "purchases of this product by the user over their history"),
-    feature("user_product_earlier_views", Entity::UserProduct, "views of this product by the user in earlier sessions"),
-    feature("product_events", Entity::Product, "events about the product, all users"),
-    feature("product_views", Entity::Product, "views of the product, all users"),
-    feature("product_carts", Entity::Product, "add-to-cart events for the product, all users"),
-    feature("product_removes", Entity::Product, "remove-from-cart events for the product, all users"),
-    feature("product_purchases", Entity::Product, "purchases of the product, all users"),
-    feature("product_cart_view_ratio", Entity::Product, "product carts divided by product views"),
-    feature("product_purchase_view_ratio", Entity::Product, "product purchases divided by product views"),
+    feature(
+        "cart_value",
+        Entity::Session,
+        "value of the cart at the latest prices",
+    ),
+    feature(
+        "session_product_views",
+        Entity::SessionProduct,
+        "views of this product in the session",
+    ),
+    feature(
+        "session_product_carts",
+        Entity::SessionProduct,
+        "add-to-cart events for this product in the session",
+    ),
+    feature(
+        "session_product_removes",
+        Entity::SessionProduct,
+        "remove-from-cart events for this product in the session",
+    ),
+    feature(
+        "session_product_in_cart",
+        Entity::SessionProduct,
+        "units of this product in the cart",
+    ),
+    feature(
+        "session_product_seconds_since_last_view",
+        Entity::SessionProduct,
+        "seconds since this product was last viewed in the session, -1 if never",
+    ),
+    feature(
+        "session_product_view_share",
+        Entity::SessionProduct,
+        "share of the session's views that were of this product",
+    ),
+    feature(
+        "user_events",
+        Entity::User,
+        "events of the user over their history",
+    ),
+    feature(
+        "user_views",
+        Entity::User,
+        "views of the user over their history",
+    ),
+    feature(
+        "user_carts",
+        Entity::User,
+        "add-to-cart events of the user over their history",
+    ),
+    feature(
+        "user_removes",
+        Entity::User,
+        "remove-from-cart events of the user over their history",
+    ),
+    feature(
+        "user_purchases",
+        Entity::User,
+        "purchases of the user over their history",
+    ),
+    feature(
+        "user_cart_view_ratio",
+        Entity::User,
+        "user carts divided by user views",
+    ),
+    feature(
+        "user_purchase_cart_ratio",
+        Entity::User,
+        "user purchases divided by user carts",
+    ),
+    feature(
+        "user_earlier_sessions",
+        Entity::User,
+        "sessions of the user before this one",
+    ),
+    feature(
+        "user_earlier_purchase_sessions",
+        Entity::User,
+        "sessions of the user with a purchase, before this one",
+    ),
+    feature(
+        "user_seconds_since_last_purchase",
+        Entity::User,
+        "seconds since the user's latest purchase, -1 if none",
+    ),
+    feature(
+        "user_lifetime_revenue",
+        Entity::User,
+        "total the user has spent",
+    ),
+    feature(
+        "user_product_views",
+        Entity::UserProduct,
+        "views of this product by the user over their history",
+    ),
+    feature(
+        "user_product_carts",
+        Entity::UserProduct,
+        "add-to-cart events for this product by the user over their history",
+    ),
+    feature(
+        "user_product_removes",
+        Entity::UserProduct,
+        "remove-from-cart events for this product by the user over their history",
+    ),
+    feature(
+        "user_product_purchases",
+        Entity::UserProduct,
+        "purchases of this product by the user over their history",
+    ),
+    feature(
+        "user_product_earlier_views",
+        Entity::UserProduct,
+        "views of this product by the user in earlier sessions",
+    ),
+    feature(
+        "product_events",
+        Entity::Product,
+        "events about the product, all users",
+    ),
+    feature(
+        "product_views",
+        Entity::Product,
+        "views of the product, all users",
+    ),
+    feature(
+        "product_carts",
+        Entity::Product,
+        "add-to-cart events for the product, all users",
+    ),
+    feature(
+        "product_removes",
+        Entity::Product,
+        "remove-from-cart events for the product, all users",
+    ),
+    feature(
+        "product_purchases",
+        Entity::Product,
+        "purchases of the product, all users",
+    ),
+    feature(
+        "product_cart_view_ratio",
+        Entity::Product,
+        "product carts divided by product views",
+    ),
+    feature(
+        "product_purchase_view_ratio",
+        Entity::Product,
+        "product purchases divided by product views",
+    ),
     feature("price", Entity::Product, "the product's latest price"),
-    feature("price_to_category_median", Entity::Product, "the product's price divided by the median product price of its category, 1 if unknown"),
+    feature(
+        "price_to_category_median",
+        Entity::Product,
+        "the product's price divided by the median product price of its category, 1 if unknown",
+    ),
 ];
 
 /// Number of features in a vector.
@@ -92,7 +256,10 @@ pub type FeatureVector = [f64; FEATURE_COUNT];
 
 /// Feature names in vector order.
 pub fn feature_names() -> Vec<String> {
-    FEATURES.iter().map(|feature| feature.name.to_owned()).collect()
+    FEATURES
+        .iter()
+        .map(|feature| feature.name.to_owned())
+        .collect()
 }
 
 fn seconds(millis: i64) -> f64 {
@@ -127,7 +294,9 @@ pub fn user_side_features(
     out[3] = f64::from(session_counts.removes);
     out[4] = f64::from(session_counts.purchases);
     out[5] = ratio(session_counts.carts, session_counts.views);
-    out[6] = session.map_or(0.0, |session| seconds(session.last_event_at - session.started_at));
+    out[6] = session.map_or(0.0, |session| {
+        seconds(session.last_event_at - session.started_at)
+    });
     out[7] = session.map_or(0.0, |session| session.distinct_products_viewed() as f64);
     out[8] = session.map_or(0.0, |session| session.categories_viewed.len() as f64);
     out[9] = session.map_or(0.0, |session| f64::from(session.cart_items()));
@@ -159,11 +328,19 @@ pub fn user_side_features(
     out[29] = f64::from(user_product_counts.carts);
     out[30] = f64::from(user_product_counts.removes);
     out[31] = f64::from(user_product_counts.purchases);
-    out[32] = f64::from(user_product_counts.views.saturating_sub(product_counts.views));
+    out[32] = f64::from(
+        user_product_counts
+            .views
+            .saturating_sub(product_counts.views),
+    );
 }
 
 /// Fills the catalog-side features from product and category state.
-pub fn catalog_features(product: Option<&ProductState>, category: Option<&CategoryState>, out: &mut [f64]) {
+pub fn catalog_features(
+    product: Option<&ProductState>,
+    category: Option<&CategoryState>,
+    out: &mut [f64],
+) {
     debug_assert_eq!(out.len(), FEATURE_COUNT - USER_SIDE_COUNT);
     let empty_counts = Counts::default();
     let counts = product.map_or(&empty_counts, |product| &product.counts);
@@ -207,7 +384,11 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), FEATURE_COUNT);
-        assert!(FEATURES.iter().all(|feature| !feature.description.is_empty()));
+        assert!(
+            FEATURES
+                .iter()
+                .all(|feature| !feature.description.is_empty())
+        );
         let user_side = FEATURES
             .iter()
             .take_while(|feature| !matches!(feature.entity, Entity::Product))
@@ -218,8 +399,16 @@ mod tests {
     #[test]
     fn unknown_entities_give_neutral_values() {
         let vector = assemble(None, None, 1, None, None);
-        let index = |name: &str| FEATURES.iter().position(|feature| feature.name == name).unwrap();
-        assert_eq!(vector[index("session_product_seconds_since_last_view")], -1.0);
+        let index = |name: &str| {
+            FEATURES
+                .iter()
+                .position(|feature| feature.name == name)
+                .unwrap()
+        };
+        assert_eq!(
+            vector[index("session_product_seconds_since_last_view")],
+            -1.0
+        );
         assert_eq!(vector[index("user_seconds_since_last_purchase")], -1.0);
         assert_eq!(vector[index("price_to_category_median")], 1.0);
         assert_eq!(vector[index("session_events")], 0.0);

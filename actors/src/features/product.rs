@@ -80,7 +80,13 @@ impl ProductState {
         let index = match self.hours.binary_search_by_key(&hour, |bucket| bucket.hour) {
             Ok(index) => index,
             Err(at) => {
-                self.hours.insert(at, HourBucket { hour, ..HourBucket::default() });
+                self.hours.insert(
+                    at,
+                    HourBucket {
+                        hour,
+                        ..HourBucket::default()
+                    },
+                );
                 at
             }
         };
@@ -197,7 +203,10 @@ mod tests {
         assert_eq!(product.revenue, 11.0);
         assert_eq!(product.price, 11.0);
         let last_hour = product.window(HOUR * 2 + 10, 1);
-        assert_eq!((last_hour.views, last_hour.carts, last_hour.purchases), (0, 1, 1));
+        assert_eq!(
+            (last_hour.views, last_hour.carts, last_hour.purchases),
+            (0, 1, 1)
+        );
         let day = product.window(HOUR * 2 + 10, 24);
         assert_eq!((day.views, day.purchases, day.revenue), (1, 1, 11.0));
     }

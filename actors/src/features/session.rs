@@ -144,12 +144,17 @@ impl SessionState {
 
     /// Distinct products viewed in the session.
     pub fn distinct_products_viewed(&self) -> usize {
-        self.products.iter().filter(|product| product.counts.views > 0).count()
+        self.products
+            .iter()
+            .filter(|product| product.counts.views > 0)
+            .count()
     }
 
     /// The state of one product within this session.
     pub fn product(&self, product_id: u64) -> Option<&SessionProduct> {
-        self.products.iter().find(|product| product.product_id == product_id)
+        self.products
+            .iter()
+            .find(|product| product.product_id == product_id)
     }
 
     /// How the session ends if nothing more happens.

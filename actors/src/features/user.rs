@@ -71,7 +71,10 @@ impl UserState {
         product.last_event_at = product.last_event_at.max(event.time);
         if event.event_type == EventType::Purchase {
             self.revenue += event.price;
-            self.last_purchase_at = Some(self.last_purchase_at.map_or(event.time, |last| last.max(event.time)));
+            self.last_purchase_at = Some(
+                self.last_purchase_at
+                    .map_or(event.time, |last| last.max(event.time)),
+            );
             if first_purchase_of_session {
                 self.purchase_sessions += 1;
             }
