@@ -141,7 +141,7 @@ fn good_events(path: PathBuf) -> Result<Source> {
 }
 
 /// Sorts one file in runs of bounded size spilled to `spill_dir`, returning the sorted runs.
-fn sort_runs(path: &Path, spill_dir: &Path) -> Result<Vec<Source>> {
+fn sort_runs(path: &Path, spill_dir: &Path, run_counter: &mut usize) -> Result<Vec<Source>> {
     let mut runs = Vec::new();
     let mut buffer: Vec<Event> = Vec::with_capacity(SORT_RUN_EVENTS.min(1 << 16));
     let mut events = open(path)?.filter_map(Result::ok).peekable();
@@ -150,7 +150,9 @@ fn sort_runs(path: &Path, spill_dir: &Path) -> Result<Vec<Source>> {
         buffer.extend(events.by_ref().take(SORT_RUN_EVENTS));
         // Stable: rows with equal times keep their file order.
         buffer.sort_by_key(|event| event.time);
-        let run_path = spill_dir.join(format!("run-{}-{}.csv", runs.len(), std::process::id()));
+        // Numbered across files: two unsorted inputs must not overwrite each other's runs.
+        *run_counter += 1;
+        let run_path = spill_dir.join(format!("run-{run_counter}.csv"));
         let mut writer = csv::Writer::from_writer(BufWriter::new(
             File::create(&run_path)
                 .with_context(|| format!("failed to create {}", run_path.display()))?,
@@ -210,6 +212,7 @@ impl Iterator for Merge {
 /// through run files in `spill_dir`, which must outlive the stream.
 pub fn ordered_events(inventory: &Inventory, spill_dir: &Path) -> Result<Merge> {
     let mut sources = Vec::new();
+    let mut run_counter = 0;
     for file in &inventory.files {
         if file.sorted {
             sources.push(good_events(file.path.clone())?);
@@ -218,7 +221,7 @@ pub fn ordered_events(inventory: &Inventory, spill_dir: &Path) -> Result<Merge> 
                 "note: {} is not in time order; sorting it in runs of {SORT_RUN_EVENTS} events",
                 file.path.display()
             );
-            sources.extend(sort_runs(&file.path, spill_dir)?);
+            sources.extend(sort_runs(&file.path, spill_dir, &mut run_counter)?);
         }
     }
     Ok(Merge::new(sources))
@@ -253,10 +256,11 @@ mod tests {
             "b.csv",
             &[&row(8, 4), "garbage", &row(2, 5), &row(5, 6)],
         );
-        let inventory = Inventory::scan(&[sorted, unsorted]).unwrap();
+        let also_unsorted = write(dir.path(), "c.csv", &[&row(7, 8), &row(3, 7)]);
+        let inventory = Inventory::scan(&[sorted, unsorted, also_unsorted]).unwrap();
         assert!(inventory.files[0].sorted);
         assert!(!inventory.files[1].sorted);
-        assert_eq!(inventory.rows(), 6);
+        assert_eq!(inventory.rows(), 8);
         assert_eq!(inventory.bad_rows(), 1);
         let (first, last) = inventory.span().unwrap();
         assert_eq!(last - first, 8_000);
@@ -266,7 +270,7 @@ mod tests {
             .map(|event| event.product_id)
             .collect();
         // Equal times keep the order of the files: product 2 (a.csv) before product 6 (b.csv).
-        assert_eq!(products, vec![1, 5, 2, 6, 4, 3]);
+        assert_eq!(products, vec![1, 5, 7, 2, 6, 8, 4, 3]);
     }
 
     #[test]

@@ -311,8 +311,6 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
             format_time(last)
         );
     }
-    // The last eighth before the cut calibrates; the rest fits.
-    let calibration_from = first + (split_at - first) * 7 / 8;
 
     let spill = tempfile::tempdir().context("failed to create a directory for sort runs")?;
     let progress = progress_bar(request.show_progress, inventory.rows(), "features");
@@ -325,12 +323,14 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     let replay_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
-    let splits: Vec<Split> = rows
-        .times
-        .iter()
-        .map(|&time| match time {
-            time if time >= split_at => Split::Validation,
-            time if time >= calibration_from => Split::Calibration,
+    // Rows are in event-time order. The last eighth of the rows before the cut calibrates, the
+    // rest fits: still a split by time, sized by rows so sparse periods cannot leave it empty.
+    let before_cut = rows.times.partition_point(|&time| time < split_at);
+    let calibration_start = before_cut * 7 / 8;
+    let splits: Vec<Split> = (0..rows.len())
+        .map(|index| match index {
+            index if index >= before_cut => Split::Validation,
+            index if index >= calibration_start => Split::Calibration,
             _ => Split::Fit,
         })
         .collect();

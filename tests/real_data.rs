@@ -1,0 +1,64 @@
+//! Training on the real REES46 samples in ../shared/data/rees46-real: their quirks (19-digit user
+//! ids, empty category codes and brands, exact duplicate rows, purchases with no cart, a file out
+//! of time order) must all pass through parsing and training.
+
+mod common;
+
+use std::path::PathBuf;
+
+fn real_file(name: &str) -> PathBuf {
+    let path = common::root().join("../shared/data/rees46-real").join(name);
+    assert!(
+        path.exists(),
+        "the real REES46 samples are missing: {} (they live beside the repository in shared/)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn trains_on_the_real_samples_with_their_quirks() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        real_file("multicat_2019-Oct_head17434__ibrhmspl.csv"),
+        real_file("multicat_2019-Nov_head683__ucsgamoraes.csv"),
+        real_file("electronics_5users_fullhistory__Bumbledebee.csv"),
+        real_file("electronics_random100__Bumbledebee.csv"),
+    ];
+    let inventory = propensity::replay::Inventory::scan(&files).unwrap();
+    assert_eq!(inventory.rows(), 19_068);
+    assert_eq!(inventory.bad_rows(), 0);
+    assert!(
+        !inventory.files[2].sorted,
+        "the 5-user history is out of time order"
+    );
+    let request = propensity::train::TrainRequest {
+        events: files,
+        model_out: dir.path().join("model.json"),
+        split_at: None,
+        export_features: Some(dir.path().join("features.csv")),
+        report_dir: None,
+        truth: None,
+        session_timeout: propensity_actors::engine::DEFAULT_SESSION_TIMEOUT,
+        options: propensity::model::TrainOptions {
+            min_samples_leaf: 5,
+            ..Default::default()
+        },
+        show_progress: false,
+    };
+    let (report, model) = propensity::train::run(&request).unwrap();
+    assert_eq!(report.events, 19_068);
+    assert_eq!(
+        report.duplicates, 5,
+        "the Oct sample has 5 exact duplicate rows"
+    );
+    // Every event but the 456 purchases and the 5 duplicate rows (views and a cart) is a scoring point.
+    assert_eq!(report.scoring_points, 19_068 - 456 - 5);
+    assert!(report.validation_rows > 0 && report.calibration_rows > 0 && report.fit_rows > 10_000);
+    assert_eq!(
+        propensity::model::Model::load(dir.path().join("model.json")).unwrap(),
+        model
+    );
+    let exported = std::fs::read_to_string(dir.path().join("features.csv")).unwrap();
+    assert_eq!(exported.lines().count(), report.scoring_points + 1);
+}
