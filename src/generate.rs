@@ -287,10 +287,10 @@ const MIN_CATEGORY_SIZE: usize = 8;
 const CATEGORIES_WITHOUT_CODE: f64 = 0.2;
 const PRODUCTS_WITHOUT_BRAND: f64 = 0.12;
 const PRICE_SPREAD: f64 = 0.55;
-const APPEAL_SPREAD: f64 = 0.0;
+const APPEAL_SPREAD: f64 = 0.3;
 
-const PROPENSITY_SPREAD: f64 = 0.0;
-const PRICE_SENSITIVITY_SPREAD: f64 = 0.0;
+const PROPENSITY_SPREAD: f64 = 0.4;
+const PRICE_SENSITIVITY_SPREAD: f64 = 0.3;
 const SESSIONS_PER_DAY_MEDIAN: f64 = 0.8;
 const SESSIONS_PER_DAY_SPREAD: f64 = 0.8;
 const DIURNAL_AMPLITUDE: f64 = 0.7;
@@ -309,25 +309,25 @@ const SETTLE_WEIGHT: f64 = 0.2;
 const HISTORY_WEIGHT: f64 = 0.6;
 /// About the share of sessions with a purchase that the model produces.
 const TYPICAL_PURCHASE_SESSION_SHARE: f64 = 0.05;
-const EARLIER_VIEWS_WEIGHT: f64 = 0.0;
+const EARLIER_VIEWS_WEIGHT: f64 = 0.35;
 /// Few shoppers buy the same product twice.
-const OWNED_PENALTY: f64 = 0.0;
+const OWNED_PENALTY: f64 = 2.0;
 
 /// Browsing views are capped here: `w(MAX_VIEWS) = 0`.
 const MAX_VIEWS: usize = 12;
 const VIEW_AGAIN: f64 = 0.5;
 const VIEW_AGAIN_DECAY: f64 = 0.7;
 const ACT_BIAS: f64 = -3.4;
-const ACT_VIEW_WEIGHT: f64 = 0.4;
+const ACT_VIEW_WEIGHT: f64 = 0.8;
 const ACT_VIEW_CAP: u32 = 4;
 const CART_SHARE: f64 = 0.95;
 const DIRECT_BUY_SHARE: f64 = 0.012;
-const VIEW_IN_CART: f64 = 0.15;
+const VIEW_IN_CART: f64 = 0.3;
 /// Removes are capped here: `r(MAX_REMOVES) = 0`.
 const MAX_REMOVES: usize = 3;
 const REMOVE: f64 = 0.2;
 const RECART: f64 = 0.35;
-const BUY_BIAS: f64 = -1.95;
+const BUY_BIAS: f64 = -1.45;
 const BUY_REMOVE_PENALTY: f64 = 0.4;
 
 /// Median and spread (σ of the log) of the gap before each kind of event.
