@@ -57,7 +57,8 @@ pub trait StateStore: Send + Sync + 'static {
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
     ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
-    /// Loads the products and categories that exist among those asked for.
+    /// Loads the products and categories that exist among those asked for, plus the categories
+    /// of the loaded products.
     fn load_catalog(
         &self,
         products: Vec<u64>,

@@ -129,9 +129,14 @@ impl EmbeddedStore {
                 products.push(decode(bytes.value())?);
             }
         }
+        // The categories of loaded products come along: a product's features need its category.
+        let mut category_ids = category_ids.to_vec();
+        category_ids.extend(products.iter().map(|product| product.category_id));
+        category_ids.sort_unstable();
+        category_ids.dedup();
         let categories_table = transaction.open_table(CATEGORIES).map_err(unavailable)?;
         let mut categories = Vec::new();
-        for category_id in category_ids {
+        for category_id in &category_ids {
             if let Some(bytes) = categories_table.get(category_id).map_err(unavailable)? {
                 categories.push(decode(bytes.value())?);
             }
