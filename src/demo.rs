@@ -74,7 +74,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
                 options.seed,
                 path.display()
             );
-            let summary = generate_files(
+            let summary = crate::generate::generate_files(
                 options.users,
                 options.days,
                 options.seed,
@@ -250,53 +250,5 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     println!("the service keeps running on {url}; Ctrl-C stops it");
     tokio::signal::ctrl_c().await.ok();
     service.stop().await?;
-    Ok(summary)
-}
-
-/// Generates a synthetic clickstream into `out` (and its truth file), with a progress bar.
-pub fn generate_files(
-    users: u64,
-    days: u32,
-    seed: u64,
-    out: &std::path::Path,
-    truth: Option<&std::path::Path>,
-    show_progress: bool,
-) -> Result<crate::generate::GenerateSummary> {
-    use std::io::BufWriter;
-    let create = |path: &std::path::Path| -> Result<BufWriter<std::fs::File>> {
-        if let Some(parent) = path
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("failed to create {}", parent.display()))?;
-        }
-        Ok(BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(path)
-                .with_context(|| format!("failed to create {}", path.display()))?,
-        ))
-    };
-    let options = crate::generate::GenerateOptions {
-        users,
-        days,
-        seed,
-        ..Default::default()
-    };
-    let progress = if show_progress {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} generating [{elapsed_precise}] {human_pos} events ({per_sec})",
-            )
-            .expect("a valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let truth_writer = truth.map(create).transpose()?;
-    let summary = crate::generate::generate(&options, create(out)?, truth_writer, &progress)?;
-    progress.finish_and_clear();
     Ok(summary)
 }

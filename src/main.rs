@@ -140,8 +140,14 @@ fn main() -> Result<()> {
             out,
             truth,
         } => {
-            let summary =
-                propensity::demo::generate_files(users, days, seed, &out, truth.as_deref(), true)?;
+            let summary = propensity::generate::generate_files(
+                users,
+                days,
+                seed,
+                &out,
+                truth.as_deref(),
+                true,
+            )?;
             println!(
                 "wrote {} events ({} sessions, {} with a cart, {} abandoned, {} purchases, {} scoring points) to {}",
                 summary.events,

@@ -222,20 +222,8 @@ impl Handler<CatalogFeatures> for CatalogActor {
                 .load_catalog(missing, Vec::new())
                 .into_actor(self)
                 .map(move |loaded, actor, _| {
-                    if let Ok((products, _)) = loaded {
-                        let categories: Vec<u64> = products
-                            .iter()
-                            .map(|product| product.category_id)
-                            .filter(|id| !actor.state.categories.contains_key(id))
-                            .collect();
-                        actor.rehydrate(products, Vec::new());
-                        if !categories.is_empty() {
-                            // The category median is only a ratio's denominator; a miss gives 1.
-                            tracing::debug!(
-                                count = categories.len(),
-                                "categories not in memory while scoring"
-                            );
-                        }
+                    if let Ok((products, categories)) = loaded {
+                        actor.rehydrate(products, categories);
                     }
                     compute(actor, &message.product_ids)
                 }),

@@ -323,9 +323,12 @@ pub fn train(
     let rows = train.labels.len();
     let positives = train.positives();
     let negatives = rows - positives;
+    // linfa-trees sums weights in f32; a fractional weight makes those sums inexact on large
+    // sets, and its Gini then trips `n_samples > 0.0` on an emptied side. A whole-number balanced
+    // weight keeps every sum exact below 2^24.
     let positive_weight = options
         .positive_class_weight
-        .unwrap_or(negatives as f32 / positives as f32);
+        .unwrap_or_else(|| (negatives as f32 / positives as f32).round().max(1.0));
     let weights: Array1<f32> = train
         .labels
         .iter()

@@ -285,7 +285,7 @@ mod tests {
             .unwrap();
         assert_eq!(users, vec![user]);
         assert_eq!(sessions, vec![session]);
-        let (products, categories) = store.load_catalog(vec![5, 4], vec![6]).await.unwrap();
+        let (products, categories) = store.load_catalog(vec![5, 4], Vec::new()).await.unwrap();
         assert_eq!(products, vec![product]);
         assert_eq!(categories, vec![category]);
     }

@@ -24,7 +24,7 @@ pub fn settings(dir: &Path, model: &Path) -> Settings {
 /// Generates a synthetic clickstream into `dir` and reads it back, in time order.
 pub fn synthetic_events(dir: &Path, users: u64, days: u32, seed: u64) -> (PathBuf, Vec<Event>) {
     let path = dir.join("events.csv");
-    propensity::demo::generate_files(
+    propensity::generate::generate_files(
         users,
         days,
         seed,
