@@ -345,4 +345,123 @@ mod tests {
             10.0
         );
     }
+
+    fn shop_event(
+        seconds: i64,
+        event_type: EventType,
+        user_id: u64,
+        session: &str,
+        product_id: u64,
+    ) -> Event {
+        let (category_id, price) = match product_id {
+            100 => (10, 50.0),
+            101 => (10, 20.0),
+            102 => (10, 200.0),
+            _ => (20, 5.0),
+        };
+        Event {
+            time: seconds * 1000,
+            event_type,
+            product_id,
+            category_id,
+            category_code: None,
+            brand: None,
+            price,
+            user_id,
+            user_session: session.into(),
+            event_id: None,
+        }
+    }
+
+    /// Every feature of the vector, checked by name against values worked out by hand.
+    #[test]
+    fn every_feature_has_its_documented_value() {
+        use EventType::*;
+        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        let events = [
+            shop_event(0, View, 1, "a", 100),
+            shop_event(10, Cart, 1, "a", 100),
+            shop_event(20, Purchase, 1, "a", 100),
+            shop_event(30, View, 2, "x", 101),
+            shop_event(40, View, 2, "x", 102),
+            shop_event(4000, View, 1, "b", 101),
+            shop_event(4010, View, 1, "b", 200),
+            shop_event(4020, Cart, 1, "b", 101),
+            shop_event(4030, Cart, 1, "b", 101),
+            shop_event(4040, RemoveFromCart, 1, "b", 101),
+            shop_event(4050, View, 1, "b", 100),
+            shop_event(4060, View, 1, "b", 101),
+        ];
+        for event in &events {
+            engine.apply(event);
+        }
+        let vector = engine.features(SessionKey::new(1, "b"), 101);
+        let expected: [(&str, f64); 41] = [
+            ("session_events", 7.0),
+            ("session_views", 4.0),
+            ("session_carts", 2.0),
+            ("session_removes", 1.0),
+            ("session_purchases", 0.0),
+            ("session_cart_view_ratio", 0.5),
+            ("session_seconds_since_start", 60.0),
+            ("session_distinct_products_viewed", 3.0),
+            ("session_distinct_categories_viewed", 2.0),
+            ("cart_items", 1.0),
+            ("cart_value", 20.0),
+            ("session_product_views", 2.0),
+            ("session_product_carts", 2.0),
+            ("session_product_removes", 1.0),
+            ("session_product_in_cart", 1.0),
+            ("session_product_seconds_since_last_view", 0.0),
+            ("session_product_view_share", 0.5),
+            ("user_events", 10.0),
+            ("user_views", 5.0),
+            ("user_carts", 3.0),
+            ("user_removes", 1.0),
+            ("user_purchases", 1.0),
+            ("user_cart_view_ratio", 0.6),
+            ("user_purchase_cart_ratio", 1.0 / 3.0),
+            ("user_earlier_sessions", 1.0),
+            ("user_earlier_purchase_sessions", 1.0),
+            ("user_seconds_since_last_purchase", 4040.0),
+            ("user_lifetime_revenue", 50.0),
+            ("user_product_views", 2.0),
+            ("user_product_carts", 2.0),
+            ("user_product_removes", 1.0),
+            ("user_product_purchases", 0.0),
+            ("user_product_earlier_views", 0.0),
+            ("product_events", 6.0),
+            ("product_views", 3.0),
+            ("product_carts", 2.0),
+            ("product_removes", 1.0),
+            ("product_purchases", 0.0),
+            ("product_cart_view_ratio", 2.0 / 3.0),
+            ("product_purchase_view_ratio", 0.0),
+            ("price", 20.0),
+        ];
+        for (name, want) in expected {
+            let got = value(&vector, name);
+            assert!((got - want).abs() < 1e-12, "{name}: got {got}, want {want}");
+        }
+        // The category's median (50, of 20, 50 and 200) is known to the histogram's ~13%.
+        let ratio = value(&vector, "price_to_category_median");
+        assert!(
+            (ratio - 0.4).abs() < 0.06,
+            "price_to_category_median {ratio}"
+        );
+        assert_eq!(expected.len() + 1, FEATURES.len());
+
+        // A product the user bought before, scored from another session: earlier views count.
+        let vector = engine.features(SessionKey::new(1, "b"), 100);
+        assert_eq!(value(&vector, "user_product_purchases"), 1.0);
+        assert_eq!(value(&vector, "user_product_earlier_views"), 1.0);
+        assert_eq!(
+            value(&vector, "session_product_seconds_since_last_view"),
+            10.0
+        );
+        // Unknown session, user and product still answer, with neutral values.
+        let vector = engine.features(SessionKey::new(9, "z"), 999);
+        assert_eq!(value(&vector, "session_events"), 0.0);
+        assert_eq!(value(&vector, "price_to_category_median"), 1.0);
+    }
 }
