@@ -61,6 +61,15 @@ impl ScoringRows {
         self.labels.is_empty()
     }
 
+    /// Makes room for `additional` more rows.
+    pub fn reserve(&mut self, additional: usize) {
+        self.features.reserve(additional * FEATURE_COUNT);
+        self.labels.reserve(additional);
+        self.times.reserve(additional);
+        self.identities.reserve(additional);
+        self.keys.reserve(additional);
+    }
+
     /// The features of one row.
     pub fn row(&self, index: usize) -> &[f64] {
         &self.features[index * FEATURE_COUNT..(index + 1) * FEATURE_COUNT]
@@ -80,7 +89,7 @@ pub struct ReplayStats {
 /// product is bought (label 1) or the session ends (label stays 0).
 #[derive(Default)]
 struct Labeler {
-    pending: HashMap<SessionKey, Vec<(u64, usize)>>,
+    pending: foldhash::HashMap<SessionKey, Vec<(u64, usize)>>,
 }
 
 impl Labeler {
@@ -121,6 +130,9 @@ pub fn replay<I: Iterator<Item = Event>>(
 ) -> (ScoringRows, ReplayStats, FeatureEngine) {
     let mut engine = FeatureEngine::new(session_timeout);
     let mut rows = ScoringRows::default();
+    // Every event is at most one row: reserving up front spares the copies of a growing matrix.
+    let (expected_events, _) = events.size_hint();
+    rows.reserve(expected_events);
     let mut stats = ReplayStats::default();
     let mut labeler = Labeler::default();
     for event in events {
@@ -164,6 +176,25 @@ pub fn replay<I: Iterator<Item = Event>>(
     }
     progress.inc(stats.events % 65_536);
     (rows, stats, engine)
+}
+
+/// An event stream that knows how many events it holds at most (from the inventory's count).
+struct SizedEvents<I> {
+    events: I,
+    remaining: usize,
+}
+
+impl<I: Iterator<Item = Event>> Iterator for SizedEvents<I> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.remaining = self.remaining.saturating_sub(1);
+        self.events.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
 }
 
 /// Options of `propensity train`.
@@ -316,7 +347,10 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     let progress = progress_bar(request.show_progress, inventory.rows(), "features");
     let started = std::time::Instant::now();
     let (rows, stats, _engine) = replay(
-        ordered_events(&inventory, spill.path())?,
+        SizedEvents {
+            events: ordered_events(&inventory, spill.path())?,
+            remaining: inventory.rows() as usize,
+        },
         request.session_timeout,
         &progress,
     );

@@ -3,7 +3,10 @@
 //! online shards and catalog actor own exactly these types.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+
+// SipHash showed up as the top cost of replay; these keys are not attacker-chosen hash floods
+// (ids are hashed with a per-process random seed all the same).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -173,7 +176,7 @@ impl UserSide {
 }
 
 /// Products and categories.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     pub products: HashMap<u64, ProductState>,
     pub categories: HashMap<u64, CategoryState>,
@@ -186,8 +189,11 @@ impl Catalog {
     /// An empty catalog. `track_dirty` records what changed since the last flush.
     pub fn new(track_dirty: bool) -> Self {
         Catalog {
+            products: HashMap::new(),
+            categories: HashMap::new(),
             track_dirty,
-            ..Catalog::default()
+            dirty_products: HashSet::new(),
+            dirty_categories: HashSet::new(),
         }
     }
 
