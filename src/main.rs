@@ -121,8 +121,19 @@ fn init_logging(settings: &Settings) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The causes, one line, without a backtrace: these are users' errors more than bugs.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let env = match (&cli.command, &cli.env) {
         (_, Some(env)) => Some(env.clone()),
         (Command::Demo { .. }, None) if cli.config_dir.join("demo.toml").exists() => {
