@@ -233,7 +233,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         .sum();
     summary.mean_propensity = propensity_sum / summary.scored.max(1) as f64;
     println!(
-        "replayed {} held-out events in {:.1} s; {} sessions closed, {} abandoned carts ({:.1}% of sessions with a cart), {} scores, mean propensity {:.3}",
+        "replayed {} held-out events in {:.1} s; {} sessions closed, {} abandoned carts ({:.1}% of sessions that ended with a cart or a purchase), {} scores, mean propensity {:.3}",
         summary.events_replayed,
         started.elapsed().as_secs_f64(),
         summary.sessions_closed,

@@ -10,7 +10,7 @@ use indicatif::ProgressBar;
 use propensity::serve::Service;
 use propensity_actors::engine::SessionKey;
 use propensity_actors::event::{Event, EventType, Millis};
-use propensity_actors::features::{self, SessionState};
+use propensity_actors::features::SessionState;
 
 /// Sessions never time out inside this replay, so both paths hold every session at the end and
 /// the comparison covers all of them; the timeout logic has its own unit tests.
@@ -196,6 +196,44 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     service.stop().await.unwrap();
 }
 
+async fn get_text(client: &reqwest::Client, url: String) -> String {
+    let response = client.get(url).send().await.expect("the service answers");
+    response.text().await.expect("a text body")
+}
+
+async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("the service answers");
+    response.json().await.expect("a JSON body")
+}
+
+/// What the API says about one probe: its score, session, user and product.
+async fn snapshot(
+    client: &reqwest::Client,
+    url: &str,
+    probe: &Event,
+) -> (serde_json::Value, String, String, String) {
+    let request = serde_json::json!({"user_id": probe.user_id, "user_session": probe.user_session, "product_id": probe.product_id});
+    (
+        post_json(client, format!("{url}/v1/score"), &request).await,
+        get_text(
+            client,
+            format!("{url}/v1/sessions/{}/{}", probe.user_id, probe.user_session),
+        )
+        .await,
+        get_text(client, format!("{url}/v1/users/{}", probe.user_id)).await,
+        get_text(client, format!("{url}/v1/products/{}", probe.product_id)).await,
+    )
+}
+
 #[actix_rt::test]
 async fn a_restarted_service_keeps_its_state_and_scores() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,125 +242,48 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     let mut settings = common::settings(dir.path(), &model_path);
     settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
     let client = reqwest::Client::new();
-
     let probe = events
         .iter()
         .rev()
         .find(|event| event.event_type == EventType::Cart)
         .expect("a cart event")
         .clone();
-    let request = serde_json::json!({"user_id": probe.user_id, "user_session": probe.user_session, "product_id": probe.product_id});
-    let (before, session_before, user_before, product_before) = {
+
+    let before = {
         let service = Service::start(&settings).await.unwrap();
         for chunk in events.chunks(1000) {
             post_events(&client, &service.url(), chunk).await;
         }
-        let url = service.url();
-        let score: serde_json::Value = client
-            .post(format!("{url}/v1/score"))
-            .json(&request)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session = client
-            .get(format!(
-                "{url}/v1/sessions/{}/{}",
-                probe.user_id, probe.user_session
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let user = client
-            .get(format!("{url}/v1/users/{}", probe.user_id))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let product = client
-            .get(format!("{url}/v1/products/{}", probe.product_id))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let before = snapshot(&client, &service.url(), &probe).await;
         service.stop().await.unwrap();
-        (score, session, user, product)
+        before
     };
-    assert!(before["propensity"].as_f64().is_some(), "{before}");
-    assert!(session_before.contains("\"cart\""), "{session_before}");
+    assert!(before.0["propensity"].as_f64().is_some(), "{}", before.0);
+    assert!(before.1.contains("\"cart\""), "{}", before.1);
 
     let service = Service::start(&settings).await.unwrap();
     let url = service.url();
-    let after: serde_json::Value = client
-        .post(format!("{url}/v1/score"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = snapshot(&client, &url, &probe).await;
     assert_eq!(
-        after, before,
+        after.0, before.0,
         "the same score, path and model after a restart"
     );
-    let session_after = client
-        .get(format!(
-            "{url}/v1/sessions/{}/{}",
-            probe.user_id, probe.user_session
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(session_after, session_before);
-    let user_after = client
-        .get(format!("{url}/v1/users/{}", probe.user_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(user_after, user_before);
-    let product_after = client
-        .get(format!("{url}/v1/products/{}", probe.product_id))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(product_after, product_before);
+    assert_eq!(after.1, before.1, "the same session");
+    assert_eq!(after.2, before.2, "the same user");
+    assert_eq!(after.3, before.3, "the same product");
+
     // One more event after the restart builds on the rehydrated state, not on nothing.
     let mut next = probe.clone();
     next.time += 1000;
     next.event_type = EventType::View;
     post_events(&client, &url, std::slice::from_ref(&next)).await;
-    let user: serde_json::Value = client
-        .get(format!("{url}/v1/users/{}", probe.user_id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let before_user: serde_json::Value = serde_json::from_str(&user_before).unwrap();
+    let user: serde_json::Value =
+        serde_json::from_str(&get_text(&client, format!("{url}/v1/users/{}", probe.user_id)).await)
+            .unwrap();
+    let user_before: serde_json::Value = serde_json::from_str(&before.2).unwrap();
     assert_eq!(
         user["counts"]["events"].as_u64().unwrap(),
-        before_user["counts"]["events"].as_u64().unwrap() + 1
+        user_before["counts"]["events"].as_u64().unwrap() + 1
     );
     service.stop().await.unwrap();
-    let _ = features::FEATURE_COUNT;
 }
