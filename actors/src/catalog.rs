@@ -54,22 +54,7 @@ impl CatalogActor {
             }
         }
         if let Some(failed) = self.failed_batch.take() {
-            let products: std::collections::HashSet<u64> =
-                batch.products.iter().map(|p| p.product_id).collect();
-            let categories: std::collections::HashSet<u64> =
-                batch.categories.iter().map(|c| c.category_id).collect();
-            batch.products.extend(
-                failed
-                    .products
-                    .into_iter()
-                    .filter(|p| !products.contains(&p.product_id)),
-            );
-            batch.categories.extend(
-                failed
-                    .categories
-                    .into_iter()
-                    .filter(|c| !categories.contains(&c.category_id)),
-            );
+            batch.absorb_older(failed);
         }
         batch
     }

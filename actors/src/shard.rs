@@ -148,36 +148,20 @@ impl ShardActor {
     /// entries give way to newer state of the same entity.
     fn take_dirty(&mut self) -> StateBatch {
         let mut batch = StateBatch::default();
-        let mut session_keys = std::collections::HashSet::new();
-        let mut user_ids = std::collections::HashSet::new();
         for key in std::mem::take(&mut self.state.dirty_sessions) {
             if let Some(session) = self.state.sessions.get(&key) {
-                session_keys.insert(key);
                 batch.sessions.push(session.clone());
             }
         }
-        for session in self.closed_unflushed.drain(..) {
-            session_keys.insert(SessionKey::new(session.user_id, &session.session_id));
-            batch.sessions.push(session);
-        }
+        // An ended session left the dirty set when it ended, so it is never in the batch twice.
+        batch.sessions.append(&mut self.closed_unflushed);
         for user_id in std::mem::take(&mut self.state.dirty_users) {
             if let Some(user) = self.state.users.get(&user_id) {
-                user_ids.insert(user_id);
                 batch.users.push(user.clone());
             }
         }
         if let Some(failed) = self.failed_batch.take() {
-            batch
-                .sessions
-                .extend(failed.sessions.into_iter().filter(|session| {
-                    !session_keys.contains(&SessionKey::new(session.user_id, &session.session_id))
-                }));
-            batch.users.extend(
-                failed
-                    .users
-                    .into_iter()
-                    .filter(|user| !user_ids.contains(&user.user_id)),
-            );
+            batch.absorb_older(failed);
         }
         batch
     }

@@ -45,6 +45,33 @@ impl StateBatch {
     pub fn len(&self) -> usize {
         self.sessions.len() + self.users.len() + self.products.len() + self.categories.len()
     }
+
+    /// Adds the entities of an older batch (one whose write failed) that this batch does not
+    /// already hold: newer state of the same entity wins, and each entity is written once.
+    pub fn absorb_older(&mut self, older: StateBatch) {
+        fn keep_missing<T, K: std::hash::Hash + Eq>(
+            newer: &mut Vec<T>,
+            older: Vec<T>,
+            key: impl Fn(&T) -> K,
+        ) {
+            let present: std::collections::HashSet<K> = newer.iter().map(&key).collect();
+            newer.extend(
+                older
+                    .into_iter()
+                    .filter(|item| !present.contains(&key(item))),
+            );
+        }
+        keep_missing(&mut self.sessions, older.sessions, |session| {
+            SessionKey::new(session.user_id, &session.session_id)
+        });
+        keep_missing(&mut self.users, older.users, |user| user.user_id);
+        keep_missing(&mut self.products, older.products, |product| {
+            product.product_id
+        });
+        keep_missing(&mut self.categories, older.categories, |category| {
+            category.category_id
+        });
+    }
 }
 
 /// Durable home of the entities' state: actors flush to it and rehydrate from it on first use.
@@ -80,3 +107,49 @@ pub trait Observer: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_batch_gives_way_to_newer_state() {
+        let mut newer = StateBatch {
+            users: vec![UserState::new(1, 50)],
+            sessions: vec![SessionState::new(1, "a", 50)],
+            ..StateBatch::default()
+        };
+        let older = StateBatch {
+            users: vec![UserState::new(1, 10), UserState::new(2, 10)],
+            sessions: vec![SessionState::new(1, "a", 10), SessionState::new(1, "b", 10)],
+            categories: vec![CategoryState::new(3)],
+            ..StateBatch::default()
+        };
+        newer.absorb_older(older);
+        assert_eq!(newer.len(), 5);
+        assert_eq!(
+            newer
+                .users
+                .iter()
+                .find(|user| user.user_id == 1)
+                .unwrap()
+                .first_event_at,
+            50
+        );
+        assert_eq!(
+            newer
+                .sessions
+                .iter()
+                .find(|session| session.session_id == "a")
+                .unwrap()
+                .started_at,
+            50
+        );
+        assert!(
+            newer
+                .sessions
+                .iter()
+                .any(|session| session.session_id == "b")
+        );
+    }
+}
