@@ -18,6 +18,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub model: ModelSettings,
     pub scoring: ScoringSettings,
+    pub alerting: AlertingSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub logging: LoggingSettings,
@@ -85,6 +86,13 @@ pub struct ModelSettings {
 pub struct ScoringSettings {
     pub low_below: f64,
     pub high_from: f64,
+}
+
+/// What the alert rules compare against.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingSettings {
+    pub abandonment_ratio_threshold: f64,
 }
 
 /// Which online store.
@@ -193,6 +201,9 @@ impl Settings {
                 scoring.low_below,
                 scoring.high_from
             );
+        }
+        if !(0.0..=1.0).contains(&self.alerting.abandonment_ratio_threshold) {
+            bail!("invalid settings: alerting.abandonment_ratio_threshold must lie in [0, 1]");
         }
         if self.engine.session_timeout_seconds == 0 {
             bail!("invalid settings: engine.session_timeout_seconds must be positive");

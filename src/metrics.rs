@@ -2,8 +2,8 @@
 //! product id is ever a label value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use propensity_actors::event::EventType;
 use propensity_actors::features::{Outcome, SessionState};
@@ -27,7 +27,7 @@ pub struct Metrics {
     pub flush_rows: IntCounter,
     pub flush_errors: IntCounter,
     pub event_lag: Gauge,
-    pub http_requests: HistogramVec,
+    pub abandonment_threshold: Gauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -180,14 +180,11 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            http_requests: register(
+            abandonment_threshold: register(
                 &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "propensity_http_request_duration_seconds",
-                        "HTTP requests by route and status class",
-                    ),
-                    &["route", "status"],
+                Gauge::new(
+                    "propensity_abandonment_ratio_alert_threshold",
+                    "Configured abandonment ratio above which the alert rules page (alerting.abandonment_ratio_threshold)",
                 )
                 .unwrap(),
             ),

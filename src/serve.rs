@@ -45,6 +45,9 @@ impl Service {
         store: Arc<dyn StateStore>,
     ) -> Result<Service> {
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .abandonment_threshold
+            .set(settings.alerting.abandonment_ratio_threshold);
         let engine = Engine::start(
             settings.engine.shard_count(),
             settings.engine.shard_settings(),

@@ -190,6 +190,7 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
         .text()
         .await
         .unwrap();
+    assert!(metrics_text.contains("propensity_abandonment_ratio_alert_threshold 0.8"));
     assert!(metrics_text.contains(&format!(
         "propensity_sessions_closed_total{{outcome=\"abandoned\"}} {abandoned}"
     )));
