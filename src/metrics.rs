@@ -80,19 +80,24 @@ impl Metrics {
         for status in ["ok", "client_error", "server_error"] {
             score_requests.with_label_values(&[status]);
         }
+        let events_rejected = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "propensity_events_rejected_total",
+                    "Events rejected or dead-lettered, by reason",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+        );
+        // Every reason starts at zero, so rates and alerts see it before the first rejection.
+        for reason in propensity_actors::event::ParseError::CODES {
+            events_rejected.with_label_values(&[reason]);
+        }
         Metrics {
             events,
-            events_rejected: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "propensity_events_rejected_total",
-                        "Events rejected or dead-lettered, by reason",
-                    ),
-                    &["reason"],
-                )
-                .unwrap(),
-            ),
+            events_rejected,
             duplicates: register(
                 &registry,
                 IntCounter::new(

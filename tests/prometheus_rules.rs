@@ -65,3 +65,36 @@ fn the_scrape_config_is_valid() {
     let text = promtool(&["check", "config", "prometheus.yml"]);
     assert!(text.contains("SUCCESS"), "{text}");
 }
+
+/// Every metric the rules and the dashboard query is one the service exports, so a renamed
+/// metric cannot silently blind an alert or a panel.
+#[test]
+fn rules_and_dashboard_only_use_exported_metrics() {
+    let metrics = propensity::metrics::Metrics::new();
+    // A running service always has a model loaded.
+    metrics.model_info.with_label_values(&["a-model"]).set(1);
+    let exported = metrics.render();
+    let mut checked = 0;
+    for file in [
+        "docker/prometheus/rules.yml",
+        "docker/grafana/dashboards/propensity.json",
+    ] {
+        let text = std::fs::read_to_string(common::root().join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("propensity_") {
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                exported.contains(&format!("# HELP {base} ")),
+                "{file} uses {name}, which the service does not export"
+            );
+            checked += 1;
+            rest = &tail[end..];
+        }
+    }
+    assert!(checked > 15, "only {checked} metric references found");
+}

@@ -245,6 +245,17 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// Every reason code [`ParseError::code`] can return.
+    pub const CODES: [&'static str; 7] = [
+        "missing_field",
+        "invalid_field",
+        "field_count",
+        "bad_header",
+        "bad_json",
+        "not_utf8",
+        "io",
+    ];
+
     /// A short, stable reason code for metrics and dead-letter headers.
     pub fn code(&self) -> &'static str {
         match self {
