@@ -49,30 +49,6 @@ fn abandoned_directly(events: &[Event]) -> u64 {
         .count() as u64
 }
 
-async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) {
-    let body = format!(
-        "[{}]",
-        events
-            .iter()
-            .map(Event::to_json)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let response = client
-        .post(format!("{url}/v1/events"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("the collector answers");
-    assert_eq!(
-        response.status(),
-        202,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
-}
-
 #[actix_rt::test]
 async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,7 +74,7 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let url = service.url();
     let client = reqwest::Client::new();
     for chunk in events.chunks(2000) {
-        post_events(&client, &url, chunk).await;
+        common::post_events(&client, &url, chunk).await;
     }
     service.engine.flush(false).await.unwrap();
 
@@ -253,7 +229,7 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     let before = {
         let service = Service::start(&settings).await.unwrap();
         for chunk in events.chunks(1000) {
-            post_events(&client, &service.url(), chunk).await;
+            common::post_events(&client, &service.url(), chunk).await;
         }
         let before = snapshot(&client, &service.url(), &probe).await;
         service.stop().await.unwrap();
@@ -277,7 +253,7 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     let mut next = probe.clone();
     next.time += 1000;
     next.event_type = EventType::View;
-    post_events(&client, &url, std::slice::from_ref(&next)).await;
+    common::post_events(&client, &url, std::slice::from_ref(&next)).await;
     let user: serde_json::Value =
         serde_json::from_str(&get_text(&client, format!("{url}/v1/users/{}", probe.user_id)).await)
             .unwrap();

@@ -141,22 +141,7 @@ async fn an_abandonment_spike_fires_the_alert() {
         let events: Vec<Event> = (0..20)
             .map(|index| cart(round * 100 + index + 1, round as i64 * 31 * 60))
             .collect();
-        let body = format!(
-            "[{}]",
-            events
-                .iter()
-                .map(Event::to_json)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let response = client
-            .post(format!("{}/v1/events", service.url()))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+        common::post_events(&client, &service.url(), &events).await;
         round += 1;
         if let Some(state) = alert_state(&client, port, "CartAbandonmentAboveThreshold").await
             && state == "firing"

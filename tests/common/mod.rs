@@ -65,3 +65,24 @@ pub fn train_model(
     let (_, model) = propensity::train::run(&request).expect("training works");
     (model_out, model)
 }
+
+/// Posts events as one batch to the HTTP collector and checks they were accepted.
+pub async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) {
+    let body = format!(
+        "[{}]",
+        events
+            .iter()
+            .map(Event::to_json)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let response = client
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the collector answers");
+    let status = response.status();
+    assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
+}
