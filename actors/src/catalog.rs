@@ -207,8 +207,10 @@ impl Handler<CatalogFeatures> for CatalogActor {
                 .load_catalog(missing, Vec::new())
                 .into_actor(self)
                 .map(move |loaded, actor, _| {
-                    if let Ok((products, categories)) = loaded {
-                        actor.rehydrate(products, categories);
+                    // Scoring keeps answering from what is in memory when the store fails.
+                    match loaded {
+                        Ok((products, categories)) => actor.rehydrate(products, categories),
+                        Err(error) => tracing::warn!(%error, "store unavailable while scoring; using what is in memory"),
                     }
                     compute(actor, &message.product_ids)
                 }),
@@ -218,23 +220,23 @@ impl Handler<CatalogFeatures> for CatalogActor {
 
 /// One product's state.
 #[derive(Message)]
-#[rtype(result = "Option<ProductState>")]
+#[rtype(result = "Result<Option<ProductState>, StoreError>")]
 pub struct GetProduct {
     pub product_id: u64,
 }
 
 impl Handler<GetProduct> for CatalogActor {
-    type Result = ResponseActFuture<Self, Option<ProductState>>;
+    type Result = ResponseActFuture<Self, Result<Option<ProductState>, StoreError>>;
 
     fn handle(&mut self, message: GetProduct, _: &mut Self::Context) -> Self::Result {
         if let Some(product) = self.state.products.get(&message.product_id) {
-            return Box::pin(fut::ready(Some(product.clone())));
+            return Box::pin(fut::ready(Ok(Some(product.clone()))));
         }
         Box::pin(
             self.store
                 .load_catalog(vec![message.product_id], Vec::new())
                 .into_actor(self)
-                .map(|loaded, _, _| loaded.ok().and_then(|(mut products, _)| products.pop())),
+                .map(|loaded, _, _| loaded.map(|(mut products, _)| products.pop())),
         )
     }
 }

@@ -154,17 +154,17 @@ impl Engine {
 
     /// A session's state.
     pub async fn session(&self, key: SessionKey) -> Result<Option<SessionState>, EngineError> {
-        Ok(self.shard(key.user_id).send(GetSession { key }).await?)
+        Ok(self.shard(key.user_id).send(GetSession { key }).await??)
     }
 
     /// A user's state.
     pub async fn user(&self, user_id: u64) -> Result<Option<UserState>, EngineError> {
-        Ok(self.shard(user_id).send(GetUser { user_id }).await?)
+        Ok(self.shard(user_id).send(GetUser { user_id }).await??)
     }
 
     /// A product's state.
     pub async fn product(&self, product_id: u64) -> Result<Option<ProductState>, EngineError> {
-        Ok(self.catalog.send(GetProduct { product_id }).await?)
+        Ok(self.catalog.send(GetProduct { product_id }).await??)
     }
 
     /// Makes everything applied so far durable; with `close_sessions`, ends every live session
@@ -241,5 +241,63 @@ impl Engine {
         stats.products_in_memory = products;
         stats.store_healthy &= healthy;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{CategoryState, ProductState, SessionState, UserState};
+    use crate::store::{NoObserver, StateBatch, StoreFuture};
+
+    /// A store that is down.
+    struct DownStore;
+
+    impl StateStore for DownStore {
+        fn save(&self, _: StateBatch) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::Unavailable("down".into())) })
+        }
+
+        fn load_user_side(
+            &self,
+            _: Vec<u64>,
+            _: Vec<SessionKey>,
+        ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+            Box::pin(async { Err(StoreError::Unavailable("down".into())) })
+        }
+
+        fn load_catalog(
+            &self,
+            _: Vec<u64>,
+            _: Vec<u64>,
+        ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+            Box::pin(async { Err(StoreError::Unavailable("down".into())) })
+        }
+    }
+
+    #[actix::test]
+    async fn a_store_failure_is_an_error_not_an_unknown_entity_and_scoring_still_answers() {
+        let settings = ShardSettings {
+            session_timeout: crate::engine::DEFAULT_SESSION_TIMEOUT,
+            user_idle: 3_600_000,
+            flush_interval: Duration::from_secs(60),
+            live_watermark: false,
+        };
+        let engine = Engine::start(2, settings, Arc::new(DownStore), Arc::new(NoObserver));
+        assert!(matches!(engine.user(5).await, Err(EngineError::Store(_))));
+        assert!(matches!(
+            engine.session(SessionKey::new(5, "s")).await,
+            Err(EngineError::Store(_))
+        ));
+        assert!(matches!(
+            engine.product(7).await,
+            Err(EngineError::Store(_))
+        ));
+        let vectors = engine
+            .features(SessionKey::new(5, "s"), vec![7])
+            .await
+            .unwrap();
+        assert_eq!(vectors.len(), 1);
+        engine.stop().await.ok();
     }
 }

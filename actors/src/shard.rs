@@ -317,8 +317,10 @@ impl Handler<UserSideFeatures> for ShardActor {
                 .load_user_side(users, sessions)
                 .into_actor(self)
                 .map(move |loaded, actor, _| {
-                    if let Ok((users, sessions)) = loaded {
-                        actor.rehydrate(users, sessions);
+                    // Scoring keeps answering from what is in memory when the store fails.
+                    match loaded {
+                        Ok((users, sessions)) => actor.rehydrate(users, sessions),
+                        Err(error) => tracing::warn!(%error, "store unavailable while scoring; using what is in memory"),
                     }
                     compute(actor, &message)
                 }),
@@ -326,48 +328,48 @@ impl Handler<UserSideFeatures> for ShardActor {
     }
 }
 
-/// A session's state, from memory or the store.
+/// A session's state, from memory or the store; a store failure is an error, not "unknown".
 #[derive(Message)]
-#[rtype(result = "Option<SessionState>")]
+#[rtype(result = "Result<Option<SessionState>, StoreError>")]
 pub struct GetSession {
     pub key: SessionKey,
 }
 
 impl Handler<GetSession> for ShardActor {
-    type Result = ResponseActFuture<Self, Option<SessionState>>;
+    type Result = ResponseActFuture<Self, Result<Option<SessionState>, StoreError>>;
 
     fn handle(&mut self, message: GetSession, _: &mut Self::Context) -> Self::Result {
         if let Some(session) = self.state.sessions.get(&message.key) {
-            return Box::pin(fut::ready(Some(session.clone())));
+            return Box::pin(fut::ready(Ok(Some(session.clone()))));
         }
         Box::pin(
             self.store
                 .load_user_side(Vec::new(), vec![message.key])
                 .into_actor(self)
-                .map(|loaded, _, _| loaded.ok().and_then(|(_, mut sessions)| sessions.pop())),
+                .map(|loaded, _, _| loaded.map(|(_, mut sessions)| sessions.pop())),
         )
     }
 }
 
 /// A user's state, from memory or the store.
 #[derive(Message)]
-#[rtype(result = "Option<UserState>")]
+#[rtype(result = "Result<Option<UserState>, StoreError>")]
 pub struct GetUser {
     pub user_id: u64,
 }
 
 impl Handler<GetUser> for ShardActor {
-    type Result = ResponseActFuture<Self, Option<UserState>>;
+    type Result = ResponseActFuture<Self, Result<Option<UserState>, StoreError>>;
 
     fn handle(&mut self, message: GetUser, _: &mut Self::Context) -> Self::Result {
         if let Some(user) = self.state.users.get(&message.user_id) {
-            return Box::pin(fut::ready(Some(user.clone())));
+            return Box::pin(fut::ready(Ok(Some(user.clone()))));
         }
         Box::pin(
             self.store
                 .load_user_side(vec![message.user_id], Vec::new())
                 .into_actor(self)
-                .map(|loaded, _, _| loaded.ok().and_then(|(mut users, _)| users.pop())),
+                .map(|loaded, _, _| loaded.map(|(mut users, _)| users.pop())),
         )
     }
 }
