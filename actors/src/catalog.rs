@@ -82,6 +82,7 @@ impl CatalogActor {
                 match result {
                     Ok(()) => {
                         actor.last_flush_error = None;
+                        actor.flushed(&retry);
                         Ok(rows)
                     }
                     Err(error) => {
@@ -110,6 +111,27 @@ impl CatalogActor {
         categories.sort_unstable();
         categories.dedup();
         (products, categories)
+    }
+
+    fn apply(&mut self, batch: &CatalogBatch) {
+        for (index, event) in batch.events.iter().enumerate() {
+            let redelivered = batch.redelivered.get(index).copied().unwrap_or(false);
+            self.state.apply(event, redelivered);
+        }
+    }
+
+    /// A flush made `batch` durable: the entities' delivery guards may forget older runs.
+    fn flushed(&mut self, batch: &StateBatch) {
+        for stored in &batch.products {
+            if let Some(product) = self.state.products.get_mut(&stored.product_id) {
+                product.guard.flushed(stored.guard.len());
+            }
+        }
+        for stored in &batch.categories {
+            if let Some(category) = self.state.categories.get_mut(&stored.category_id) {
+                category.guard.flushed(stored.guard.len());
+            }
+        }
     }
 
     fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
@@ -145,6 +167,8 @@ impl Actor for CatalogActor {
 #[rtype(result = "()")]
 pub struct CatalogBatch {
     pub events: Vec<Event>,
+    /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
+    pub redelivered: Vec<bool>,
 }
 
 impl Handler<CatalogBatch> for CatalogActor {
@@ -153,9 +177,7 @@ impl Handler<CatalogBatch> for CatalogActor {
     fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
         let (products, categories) = self.missing(&message.events);
         if products.is_empty() && categories.is_empty() {
-            for event in &message.events {
-                self.state.apply(event);
-            }
+            self.apply(&message);
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
         AtomicResponse::new(Box::pin(self.store.load_catalog(products, categories).into_actor(self).map(
@@ -164,9 +186,7 @@ impl Handler<CatalogBatch> for CatalogActor {
                     Ok((products, categories)) => actor.rehydrate(products, categories),
                     Err(error) => tracing::warn!(%error, "catalog rehydration failed; applying on fresh state"),
                 }
-                for event in &message.events {
-                    actor.state.apply(event);
-                }
+                actor.apply(&message);
             },
         )))
     }

@@ -90,42 +90,70 @@ impl UserSide {
     }
 
     /// Applies one event to its session and user. Idempotent: an event whose identity the user
-    /// applied recently is a duplicate.
-    pub fn apply(&mut self, event: &Event) -> Applied {
+    /// applied recently is a duplicate. A `redelivered` event (the bus may have delivered it
+    /// before a crash) is applied only to the user and session that do not remember it, which
+    /// relies on stores making users durable before sessions.
+    pub fn apply(&mut self, event: &Event, redelivered: bool) -> Applied {
         let identity = event.identity();
         let user = self
             .users
             .entry(event.user_id)
             .or_insert_with(|| UserState::new(event.user_id, event.time));
-        if user.has_seen(identity) {
+        let user_applied = redelivered && user.guard.contains(identity);
+        if !user_applied && user.has_seen(identity) {
             return Applied::Duplicate;
         }
         let key = SessionKey::of(event);
+        let session_applied = redelivered
+            && self
+                .sessions
+                .get(&key)
+                .is_some_and(|session| session.guard.contains(identity));
         let mut closed = None;
-        let session = match self.sessions.entry(key) {
-            Entry::Occupied(entry)
-                if event.time - entry.get().last_event_at > self.session_timeout =>
-            {
-                let session = entry.into_mut();
-                let fresh = SessionState::new(event.user_id, &event.user_session, event.time);
-                closed = Some(std::mem::replace(session, fresh));
-                user.start_session();
-                session
+        if !session_applied {
+            let session = match self.sessions.entry(key) {
+                Entry::Occupied(entry)
+                    if event.time - entry.get().last_event_at > self.session_timeout =>
+                {
+                    let session = entry.into_mut();
+                    let fresh = SessionState::new(event.user_id, &event.user_session, event.time);
+                    closed = Some(std::mem::replace(session, fresh));
+                    if !user_applied {
+                        user.start_session();
+                    }
+                    session
+                }
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    if !user_applied {
+                        user.start_session();
+                    }
+                    entry.insert(SessionState::new(
+                        event.user_id,
+                        &event.user_session,
+                        event.time,
+                    ))
+                }
+            };
+            let first_purchase =
+                event.event_type == EventType::Purchase && session.counts.purchases == 0;
+            session.apply(event);
+            if self.track_dirty {
+                session.guard.record(identity);
             }
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                user.start_session();
-                entry.insert(SessionState::new(
-                    event.user_id,
-                    &event.user_session,
-                    event.time,
-                ))
+            if !user_applied {
+                user.apply(event, identity, first_purchase);
             }
-        };
-        let first_purchase =
-            event.event_type == EventType::Purchase && session.counts.purchases == 0;
-        session.apply(event);
-        user.apply(event, identity, first_purchase);
+        } else if !user_applied {
+            // Stores write users before sessions, so a session never remembers an event its
+            // user forgot; should it happen, the user still counts the event once.
+            let purchases = self.sessions.get(&key).map_or(0, |s| s.counts.purchases);
+            let first_purchase = event.event_type == EventType::Purchase && purchases <= 1;
+            user.apply(event, identity, first_purchase);
+        }
+        if self.track_dirty && !user_applied {
+            user.guard.record(identity);
+        }
         self.watermark = self.watermark.max(event.time);
         if self.track_dirty {
             self.dirty_sessions.insert(key);
@@ -175,6 +203,11 @@ impl UserSide {
     }
 }
 
+/// What a category remembers, in its delivery guard, for having counted a product.
+fn product_marker(product_id: u64) -> u64 {
+    xxh3_64(&[b"product:".as_slice(), &product_id.to_le_bytes()].concat())
+}
+
 /// Products and categories.
 #[derive(Debug)]
 pub struct Catalog {
@@ -197,23 +230,36 @@ impl Catalog {
         }
     }
 
-    /// Applies an event the user side accepted.
-    pub fn apply(&mut self, event: &Event) {
+    /// Applies an event the user side accepted. A `redelivered` event is applied only to the
+    /// product and category that do not remember it, which relies on stores making categories
+    /// durable before products.
+    pub fn apply(&mut self, event: &Event, redelivered: bool) {
         let product = match self.products.entry(event.product_id) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                self.categories
+                // A category counts each product once; it remembers the products it counted.
+                let marker = product_marker(event.product_id);
+                let category = self
+                    .categories
                     .entry(event.category_id)
-                    .or_insert_with(|| CategoryState::new(event.category_id))
-                    .add_product(event.price);
-                if self.track_dirty {
-                    self.dirty_categories.insert(event.category_id);
+                    .or_insert_with(|| CategoryState::new(event.category_id));
+                if !(redelivered && category.guard.contains(marker)) {
+                    category.add_product(event.price);
+                    if self.track_dirty {
+                        category.guard.record(marker);
+                        self.dirty_categories.insert(event.category_id);
+                    }
                 }
                 entry.insert(ProductState::new(event))
             }
         };
+        let identity = event.identity();
+        if redelivered && product.guard.contains(identity) {
+            return;
+        }
         product.apply(event);
         if self.track_dirty {
+            product.guard.record(identity);
             self.dirty_products.insert(event.product_id);
         }
     }
@@ -244,9 +290,9 @@ impl FeatureEngine {
 
     /// Applies one event to both sides.
     pub fn apply(&mut self, event: &Event) -> Applied {
-        let applied = self.users.apply(event);
+        let applied = self.users.apply(event, false);
         if matches!(applied, Applied::Changed { .. }) {
-            self.catalog.apply(event);
+            self.catalog.apply(event, false);
         }
         applied
     }
@@ -324,8 +370,8 @@ mod tests {
     #[test]
     fn sessions_expire_at_the_watermark() {
         let mut side = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
-        side.apply(&event(0, EventType::View, 5, "a"));
-        side.apply(&event(20 * 60, EventType::View, 5, "b"));
+        side.apply(&event(0, EventType::View, 5, "a"), false);
+        side.apply(&event(20 * 60, EventType::View, 5, "b"), false);
         side.advance_watermark(31 * 60 * 1000);
         let expired = side.expire_sessions(false);
         assert_eq!(expired.len(), 1);
@@ -469,5 +515,102 @@ mod tests {
         let vector = engine.features(SessionKey::new(9, "z"), 999);
         assert_eq!(value(&vector, "session_events"), 0.0);
         assert_eq!(value(&vector, "price_to_category_median"), 1.0);
+    }
+
+    /// What a store holds after a flush that may have been cut short.
+    #[derive(Clone, Copy, Debug)]
+    enum Durable {
+        Nothing,
+        Users,
+        UsersAndSessions,
+        Categories,
+        Everything,
+    }
+
+    #[test]
+    fn redelivery_after_a_cut_short_flush_counts_every_event_once() {
+        use EventType::*;
+        let events = [
+            shop_event(0, View, 1, "a", 100),
+            shop_event(10, Cart, 1, "a", 100),
+            shop_event(10, Cart, 1, "a", 100),
+            shop_event(20, Purchase, 1, "a", 100),
+            shop_event(30, View, 2, "x", 101),
+            shop_event(40, View, 2, "x", 102),
+            shop_event(4000, View, 1, "b", 101),
+            shop_event(4010, Cart, 1, "b", 200),
+            shop_event(4020, Purchase, 1, "b", 200),
+        ];
+        let mut clean = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        for event in &events {
+            clean.apply(event);
+        }
+        for cut in 0..=events.len() {
+            for durable in [
+                Durable::Nothing,
+                Durable::Users,
+                Durable::UsersAndSessions,
+                Durable::Categories,
+                Durable::Everything,
+            ] {
+                // Before the crash: the first `cut` events applied, part of them made durable.
+                let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
+                let mut catalog = Catalog::new(true);
+                for event in &events[..cut] {
+                    if matches!(users.apply(event, false), Applied::Changed { .. }) {
+                        catalog.apply(event, false);
+                    }
+                }
+                let mut restarted_users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
+                let mut restarted_catalog = Catalog::new(true);
+                if matches!(
+                    durable,
+                    Durable::Users | Durable::UsersAndSessions | Durable::Everything
+                ) {
+                    restarted_users.users = users.users.clone();
+                }
+                if matches!(durable, Durable::UsersAndSessions | Durable::Everything) {
+                    restarted_users.sessions = users.sessions.clone();
+                }
+                if matches!(durable, Durable::Categories | Durable::Everything) {
+                    restarted_catalog.categories = catalog.categories.clone();
+                }
+                if matches!(durable, Durable::Everything) {
+                    restarted_catalog.products = catalog.products.clone();
+                }
+                // Nothing was acknowledged: the bus redelivers every event.
+                for event in &events {
+                    if matches!(restarted_users.apply(event, true), Applied::Changed { .. }) {
+                        restarted_catalog.apply(event, true);
+                    }
+                }
+                let context = format!("cut {cut}, durable {durable:?}");
+                assert_eq!(restarted_users.users, clean.users.users, "{context}");
+                assert_eq!(restarted_users.sessions, clean.users.sessions, "{context}");
+                assert_eq!(
+                    restarted_catalog.products, clean.catalog.products,
+                    "{context}"
+                );
+                assert_eq!(
+                    restarted_catalog.categories, clean.catalog.categories,
+                    "{context}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_delivery_is_never_mistaken_for_a_redelivery() {
+        let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
+        let view = event(0, EventType::View, 5, "a");
+        users.apply(&view, false);
+        // The same event again is a duplicate whether or not the bus says it is redelivered.
+        assert_eq!(users.apply(&view, false), Applied::Duplicate);
+        assert!(matches!(
+            users.apply(&view, true),
+            Applied::Changed { closed: None }
+        ));
+        assert_eq!(users.users[&42].counts.views, 1);
+        assert_eq!(users.sessions[&SessionKey::of(&view)].counts.views, 1);
     }
 }

@@ -102,18 +102,42 @@ impl Engine {
     /// Applies a batch of events; resolves when every shard has applied its part. One message
     /// per shard per batch keeps cross-thread traffic low.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
+        self.ingest_deliveries(events, Vec::new()).await
+    }
+
+    /// Applies a batch of events from the bus; `redelivered[i]` tells whether event `i` may have
+    /// been delivered before (missing entries are fresh). Redelivered events are applied only to
+    /// the entities that do not remember them, so a crash between flush and acknowledgement
+    /// never counts an event twice.
+    pub async fn ingest_deliveries(
+        &self,
+        events: Vec<Event>,
+        redelivered: Vec<bool>,
+    ) -> Result<BatchApplied, EngineError> {
         let count = self.shards.len();
-        let mut parts: Vec<Vec<Event>> = (0..count)
-            .map(|_| Vec::with_capacity(events.len() / count + 1))
+        let any_redelivered = redelivered.iter().any(|flag| *flag);
+        let mut parts: Vec<(Vec<Event>, Vec<bool>)> = (0..count)
+            .map(|_| (Vec::with_capacity(events.len() / count + 1), Vec::new()))
             .collect();
-        for event in events {
-            parts[shard_of(event.user_id, count)].push(event);
+        for (index, event) in events.into_iter().enumerate() {
+            let part = &mut parts[shard_of(event.user_id, count)];
+            if any_redelivered {
+                part.1.resize(part.0.len(), false);
+                part.1
+                    .push(redelivered.get(index).copied().unwrap_or(false));
+            }
+            part.0.push(event);
         }
         let sends = parts
             .into_iter()
             .enumerate()
-            .filter(|(_, part)| !part.is_empty())
-            .map(|(index, part)| self.shards[index].send(ApplyBatch { events: part }));
+            .filter(|(_, part)| !part.0.is_empty())
+            .map(|(index, (events, redelivered))| {
+                self.shards[index].send(ApplyBatch {
+                    events,
+                    redelivered,
+                })
+            });
         let mut total = BatchApplied::default();
         for result in join_all(sends).await {
             let applied = result?;

@@ -101,15 +101,21 @@ impl ShardActor {
         }
     }
 
-    fn apply(&mut self, events: Vec<Event>) -> BatchApplied {
+    fn apply(&mut self, events: Vec<Event>, redelivered: Vec<bool>) -> BatchApplied {
         let mut accepted = Vec::with_capacity(events.len());
+        let mut accepted_redelivered = Vec::new();
         let mut duplicates = 0;
-        for event in events {
-            match self.state.apply(&event) {
+        for (index, event) in events.into_iter().enumerate() {
+            let again = redelivered.get(index).copied().unwrap_or(false);
+            match self.state.apply(&event, again) {
                 Applied::Duplicate => duplicates += 1,
                 Applied::Changed { closed } => {
                     if let Some(session) = closed {
                         self.observer.session_closed(&session);
+                    }
+                    if again {
+                        accepted_redelivered.resize(accepted.len(), false);
+                        accepted_redelivered.push(true);
                     }
                     accepted.push(event);
                 }
@@ -119,7 +125,10 @@ impl ShardActor {
         let applied = accepted.len() as u64;
         self.observer.events_applied(&accepted, duplicates);
         if !accepted.is_empty() {
-            self.catalog.do_send(CatalogBatch { events: accepted });
+            self.catalog.do_send(CatalogBatch {
+                events: accepted,
+                redelivered: accepted_redelivered,
+            });
         }
         BatchApplied {
             applied,
@@ -166,6 +175,21 @@ impl ShardActor {
         batch
     }
 
+    /// A flush made `batch` durable: the entities' delivery guards may forget older runs.
+    fn flushed(&mut self, batch: &StateBatch) {
+        for stored in &batch.users {
+            if let Some(user) = self.state.users.get_mut(&stored.user_id) {
+                user.guard.flushed(stored.guard.len());
+            }
+        }
+        for stored in &batch.sessions {
+            let key = SessionKey::new(stored.user_id, &stored.session_id);
+            if let Some(session) = self.state.sessions.get_mut(&key) {
+                session.guard.flushed(stored.guard.len());
+            }
+        }
+    }
+
     /// Drops users idle for longer than `user_idle` whose state is flushed and who have no live
     /// session.
     fn evict_idle_users(&mut self) {
@@ -205,6 +229,7 @@ impl ShardActor {
                 match result {
                     Ok(()) => {
                         actor.last_flush_error = None;
+                        actor.flushed(&retry);
                         actor.evict_idle_users();
                         Ok(rows)
                     }
@@ -244,6 +269,8 @@ impl Actor for ShardActor {
 #[rtype(result = "BatchApplied")]
 pub struct ApplyBatch {
     pub events: Vec<Event>,
+    /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
+    pub redelivered: Vec<bool>,
 }
 
 /// What a batch did.
@@ -259,7 +286,7 @@ impl Handler<ApplyBatch> for ShardActor {
     fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
         let (users, sessions) = self.missing(&message.events);
         if users.is_empty() && sessions.is_empty() {
-            let applied = self.apply(message.events);
+            let applied = self.apply(message.events, message.redelivered);
             return AtomicResponse::new(Box::pin(fut::ready(applied)));
         }
         // Atomic: no later batch may run before this one's state is loaded and applied.
@@ -269,7 +296,7 @@ impl Handler<ApplyBatch> for ShardActor {
                     Ok((users, sessions)) => actor.rehydrate(users, sessions),
                     Err(error) => tracing::warn!(shard = actor.index, %error, "rehydration failed; applying on fresh state"),
                 }
-                actor.apply(message.events)
+                actor.apply(message.events, message.redelivered)
             },
         )))
     }

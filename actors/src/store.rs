@@ -77,6 +77,11 @@ impl StateBatch {
 /// Durable home of the entities' state: actors flush to it and rehydrate from it on first use.
 pub trait StateStore: Send + Sync + 'static {
     /// Writes the batch durably; resolves once it is safe to acknowledge the events behind it.
+    ///
+    /// A store that cannot write the batch atomically writes it in stages, each starting only
+    /// once the one before is durable: users before sessions, categories before products. A
+    /// redelivered event is then applied only where it is missing (see
+    /// [`crate::features::DeliveryGuard`]).
     fn save(&self, batch: StateBatch) -> StoreFuture<()>;
     /// Loads the users and sessions that exist among those asked for.
     fn load_user_side(

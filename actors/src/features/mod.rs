@@ -2,6 +2,7 @@
 //! into the model's feature vector. Training replay and online serving both call exactly these.
 
 pub mod counts;
+pub mod guard;
 pub mod product;
 pub mod session;
 pub mod user;
@@ -9,6 +10,7 @@ pub mod user;
 use serde::Serialize;
 
 pub use counts::{Counts, ratio};
+pub use guard::DeliveryGuard;
 pub use product::{CategoryState, ProductState, WindowTotals};
 pub use session::{Outcome, SessionProduct, SessionState};
 pub use user::{UserProduct, UserState};

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
+use super::guard::DeliveryGuard;
 use crate::event::{Event, EventType, Millis};
 
 const HOUR: Millis = 3_600_000;
@@ -37,6 +38,9 @@ pub struct ProductState {
     pub last_event_at: Millis,
     /// Non-empty hours of the last [`SALES_HOURS`] hours, oldest first.
     pub hours: Vec<HourBucket>,
+    /// Events applied recently, for idempotent redelivery; not a feature.
+    #[serde(default)]
+    pub guard: DeliveryGuard,
 }
 
 /// Totals over a recent window of a product's activity.
@@ -59,6 +63,7 @@ impl ProductState {
             revenue: 0.0,
             last_event_at: event.time,
             hours: Vec::new(),
+            guard: DeliveryGuard::default(),
         }
     }
 
@@ -129,6 +134,9 @@ pub struct CategoryState {
     pub category_id: u64,
     pub products: u32,
     pub price_buckets: Vec<u32>,
+    /// Events applied recently, for idempotent redelivery; not a feature.
+    #[serde(default)]
+    pub guard: DeliveryGuard,
 }
 
 impl CategoryState {
@@ -138,6 +146,7 @@ impl CategoryState {
             category_id,
             products: 0,
             price_buckets: vec![0; PRICE_BUCKETS],
+            guard: DeliveryGuard::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
+use super::guard::DeliveryGuard;
 use crate::event::{Event, EventType, Millis};
 
 /// How many of the latest viewed products a session remembers, in order.
@@ -64,6 +65,9 @@ pub struct SessionState {
     pub categories_viewed: Vec<u64>,
     /// The latest viewed product ids, oldest first.
     pub view_sequence: Vec<u64>,
+    /// Events applied recently, for idempotent redelivery; not a feature.
+    #[serde(default)]
+    pub guard: DeliveryGuard,
 }
 
 impl SessionState {
@@ -79,6 +83,7 @@ impl SessionState {
             products: Vec::new(),
             categories_viewed: Vec::new(),
             view_sequence: Vec::new(),
+            guard: DeliveryGuard::default(),
         }
     }
 
