@@ -109,6 +109,149 @@ pub enum StoreKind {
 pub struct StoreSettings {
     pub kind: StoreKind,
     pub embedded_path: PathBuf,
+    pub scylla: ScyllaSettings,
+}
+
+/// How a keyspace is replicated.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum ReplicationStrategy {
+    /// One copy set for the whole cluster: a single datacenter, tests and demos.
+    SimpleStrategy,
+    /// `replication_factor` copies in each datacenter: production.
+    NetworkTopologyStrategy,
+}
+
+/// A CQL consistency level, as the config spells it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyLevel {
+    One,
+    Two,
+    Three,
+    Quorum,
+    All,
+    LocalQuorum,
+    EachQuorum,
+    LocalOne,
+}
+
+/// The ScyllaDB (or Cassandra) online store: `store.kind = "scylla"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScyllaSettings {
+    /// Contact points, `host:port`: a list, or one comma-separated string (handy in
+    /// `PROPENSITY__STORE__SCYLLA__NODES`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub replication_strategy: ReplicationStrategy,
+    pub replication_factor: u32,
+    /// With NetworkTopologyStrategy, the datacenters to replicate to; empty means every
+    /// datacenter the cluster reports.
+    pub datacenters: Vec<String>,
+    pub read_consistency: ConsistencyLevel,
+    pub write_consistency: ConsistencyLevel,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_concurrency: usize,
+    pub session_ttl_seconds: u32,
+    pub purchased_session_ttl_seconds: u32,
+    pub user_ttl_seconds: u32,
+    pub product_ttl_seconds: u32,
+    pub category_ttl_seconds: u32,
+    pub apply_schema_on_start: bool,
+}
+
+/// A list of strings, or one string of comma-separated items.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(deserializer)? {
+        ListOrCommas::List(items) => items,
+        ListOrCommas::Commas(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+/// The longest TTL CQL accepts: 20 years.
+pub const MAX_TTL_SECONDS: u32 = 630_720_000;
+
+impl ScyllaSettings {
+    /// Checks values serde cannot; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            bail!("invalid settings: store.scylla.nodes must list at least one host:port");
+        }
+        for node in &self.nodes {
+            let port_ok = node
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                bail!("invalid settings: store.scylla.nodes entry {node:?} is not host:port");
+            }
+        }
+        let keyspace_ok = !self.keyspace.is_empty()
+            && self.keyspace.len() <= 48
+            && self
+                .keyspace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !self.keyspace.starts_with(|c: char| c.is_ascii_digit());
+        if !keyspace_ok {
+            bail!(
+                "invalid settings: store.scylla.keyspace {:?} must be 1 to 48 lowercase letters, digits or underscores, not starting with a digit",
+                self.keyspace
+            );
+        }
+        if self.replication_factor == 0 {
+            bail!("invalid settings: store.scylla.replication_factor must be positive");
+        }
+        if self.replication_strategy == ReplicationStrategy::SimpleStrategy
+            && !self.datacenters.is_empty()
+        {
+            bail!(
+                "invalid settings: store.scylla.datacenters applies to NetworkTopologyStrategy only; empty it or change store.scylla.replication_strategy"
+            );
+        }
+        for (key, value) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("max_concurrency", self.max_concurrency as u64),
+        ] {
+            if value == 0 {
+                bail!("invalid settings: store.scylla.{key} must be positive");
+            }
+        }
+        for (key, value) in [
+            ("session_ttl_seconds", self.session_ttl_seconds),
+            (
+                "purchased_session_ttl_seconds",
+                self.purchased_session_ttl_seconds,
+            ),
+            ("user_ttl_seconds", self.user_ttl_seconds),
+            ("product_ttl_seconds", self.product_ttl_seconds),
+            ("category_ttl_seconds", self.category_ttl_seconds),
+        ] {
+            if value > MAX_TTL_SECONDS {
+                bail!(
+                    "invalid settings: store.scylla.{key} ({value}) exceeds the CQL maximum of {MAX_TTL_SECONDS} seconds"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Which event bus.
@@ -214,6 +357,7 @@ impl Settings {
         if self.http.body_limit_bytes < 1024 {
             bail!("invalid settings: http.body_limit_bytes must be at least 1024");
         }
+        self.store.scylla.validate()?;
         if self.bus.kind == BusKind::Rabbitmq {
             bail!(
                 "invalid settings: bus.kind = \"rabbitmq\" is not available in this build yet; use \"http\""
@@ -305,5 +449,53 @@ mod tests {
         assert!(error.contains("shards"), "{error}");
         let error = load(Some("nope"), &[]).unwrap_err().to_string();
         assert!(error.contains("nope.toml"), "{error}");
+    }
+
+    #[test]
+    fn scylla_settings_are_checked_by_key() {
+        let settings = load(
+            None,
+            &[
+                ("PROPENSITY__STORE__SCYLLA__KEYSPACE", "shop_2"),
+                ("PROPENSITY__STORE__SCYLLA__WRITE_CONSISTENCY", "one"),
+                ("PROPENSITY__STORE__SCYLLA__NODES", "a:9042, b:9043"),
+                (
+                    "PROPENSITY__STORE__SCYLLA__REPLICATION_STRATEGY",
+                    "NetworkTopologyStrategy",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(settings.store.scylla.keyspace, "shop_2");
+        assert_eq!(settings.store.scylla.nodes, ["a:9042", "b:9043"]);
+        assert_eq!(
+            settings.store.scylla.write_consistency,
+            ConsistencyLevel::One
+        );
+        assert_eq!(
+            settings.store.scylla.read_consistency,
+            ConsistencyLevel::LocalQuorum
+        );
+        for (key, value, named) in [
+            ("KEYSPACE", "Shop", "store.scylla.keyspace"),
+            ("KEYSPACE", "1shop", "store.scylla.keyspace"),
+            ("NODES", "localhost", "store.scylla.nodes"),
+            ("READ_TIMEOUT_MS", "0", "store.scylla.read_timeout_ms"),
+            ("MAX_CONCURRENCY", "0", "store.scylla.max_concurrency"),
+            ("REPLICATION_FACTOR", "0", "store.scylla.replication_factor"),
+            (
+                "USER_TTL_SECONDS",
+                "700000000",
+                "store.scylla.user_ttl_seconds",
+            ),
+            ("READ_CONSISTENCY", "most", "read_consistency"),
+            ("REPLICATION_STRATEGY", "simple", "replication_strategy"),
+        ] {
+            let variable = format!("PROPENSITY__STORE__SCYLLA__{key}");
+            let error = load(None, &[(variable.as_str(), value)])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{key}={value}: {error}");
+        }
     }
 }

@@ -1,6 +1,8 @@
-//! Online stores behind the actors' `StateStore` seam: an embedded redb file by default.
+//! Online stores behind the actors' `StateStore` seam: an embedded redb file by default, or
+//! ScyllaDB (or Cassandra) with its schema in schema/propensity.cql.
 
 pub mod embedded;
+pub mod schema;
 
 use std::sync::Arc;
 
