@@ -35,7 +35,7 @@ impl Service {
     /// Starts everything on the current actix system. The HTTP server binds before this returns,
     /// so `address` is the real port even when the settings ask for port 0.
     pub async fn start(settings: &Settings) -> Result<Service> {
-        let store = crate::store::open(&settings.store)?;
+        let store = crate::store::open(&settings.store).await?;
         Self::start_with_store(settings, store).await
     }
 

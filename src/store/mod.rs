@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod schema;
+pub mod scylla;
 
 use std::sync::Arc;
 
@@ -12,13 +13,12 @@ use propensity_actors::store::StateStore;
 use crate::config::{StoreKind, StoreSettings};
 
 pub use embedded::EmbeddedStore;
+pub use scylla::ScyllaStore;
 
 /// Opens the configured store.
-pub fn open(settings: &StoreSettings) -> Result<Arc<dyn StateStore>> {
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn StateStore>> {
     match settings.kind {
         StoreKind::Embedded => Ok(Arc::new(EmbeddedStore::open(&settings.embedded_path)?)),
-        StoreKind::Scylla => anyhow::bail!(
-            "store.kind = \"scylla\" is not available in this build yet; use \"embedded\""
-        ),
+        StoreKind::Scylla => Ok(Arc::new(ScyllaStore::open(&settings.scylla).await?)),
     }
 }
