@@ -83,6 +83,11 @@ enum Command {
     },
     /// Run the service: HTTP API, actors, store.
     Serve,
+    /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// Generate data, train, serve and replay the held-out part in accelerated real time.
     Demo {
         /// Use these events instead of generating them.
@@ -109,9 +114,23 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Create the keyspace and tables, or bring older ones up to date; prints what it did.
+    Apply,
+    /// Print the CQL that `apply` runs on an empty cluster, for review or cqlsh.
+    Print,
+}
+
 fn init_logging(settings: &Settings) {
+    // The ScyllaDB driver narrates every connection at info; its warnings are what matter.
+    let level = if settings.logging.level.contains("scylla") {
+        settings.logging.level.clone()
+    } else {
+        format!("{},scylla=warn", settings.logging.level)
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.logging.level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -225,6 +244,38 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve => actix_rt::System::new().block_on(propensity::serve::run(settings)),
+        Command::Schema { action } => {
+            let scylla = &settings.store.scylla;
+            match action {
+                SchemaAction::Apply => {
+                    let runtime = tokio::runtime::Runtime::new()
+                        .context("failed to start a runtime for the schema")?;
+                    let report = runtime.block_on(async {
+                        let session = propensity::store::scylla::connect(scylla).await?;
+                        propensity::store::schema::apply(&session, scylla).await
+                    })?;
+                    for line in report {
+                        println!("{line}");
+                    }
+                }
+                SchemaAction::Print => {
+                    let schema = propensity::store::schema::Schema::for_keyspace(&scylla.keyspace)?;
+                    if scylla.replication_strategy
+                        == propensity::config::ReplicationStrategy::NetworkTopologyStrategy
+                        && scylla.datacenters.is_empty()
+                    {
+                        anyhow::bail!(
+                            "`schema print` does not ask the cluster for its datacenters: list them in store.scylla.datacenters"
+                        );
+                    }
+                    let replication = propensity::store::schema::desired_replication(scylla, &[])?;
+                    for statement in schema.statements(&replication) {
+                        println!("{statement};");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Demo {
             events,
             users,
