@@ -86,3 +86,91 @@ pub async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) 
     let status = response.status();
     assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
 }
+
+/// Where the Cassandra tests find their node (docker/native/services.sh up cassandra).
+pub const CASSANDRA_NODE: &str = "127.0.0.1:9042";
+
+/// Fails the test, saying how to start Cassandra, when nothing listens on [`CASSANDRA_NODE`].
+pub fn require_cassandra() {
+    let address: std::net::SocketAddr = CASSANDRA_NODE.parse().unwrap();
+    if let Err(error) =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(2))
+    {
+        panic!(
+            "Cassandra is not reachable on {CASSANDRA_NODE}: start it with docker/native/services.sh up cassandra ({error})"
+        );
+    }
+}
+
+/// The `[store.scylla]` settings of the `test` overlay.
+pub fn scylla_settings() -> propensity::config::ScyllaSettings {
+    Settings::load_with(&root().join("config"), Some("test"), Vec::new())
+        .expect("test settings load")
+        .store
+        .scylla
+}
+
+/// A fresh keyspace `propensity_test_<random>` on the test node, dropped when this goes, even
+/// when the test fails. Its settings give Cassandra seconds rather than the production
+/// milliseconds: the node shares two cores with the compiler and the tests.
+pub struct TestKeyspace {
+    pub settings: propensity::config::ScyllaSettings,
+}
+
+impl TestKeyspace {
+    /// Settings for a new keyspace (created by whoever opens a store on it first).
+    pub fn new() -> TestKeyspace {
+        require_cassandra();
+        let mut settings = scylla_settings();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let unique = xxhash_rust::xxh3::xxh3_64(
+            format!(
+                "{nanos} {} {:?}",
+                std::process::id(),
+                std::thread::current().id()
+            )
+            .as_bytes(),
+        );
+        settings.keyspace = format!("propensity_test_{unique:016x}");
+        settings.nodes = vec![CASSANDRA_NODE.to_owned()];
+        settings.read_timeout_ms = 5_000;
+        settings.write_timeout_ms = 10_000;
+        settings.apply_schema_on_start = true;
+        TestKeyspace { settings }
+    }
+
+    /// The keyspace's name.
+    pub fn name(&self) -> &str {
+        &self.settings.keyspace
+    }
+}
+
+impl Drop for TestKeyspace {
+    fn drop(&mut self) {
+        let settings = self.settings.clone();
+        // A thread of its own: this may run inside a test's runtime, which must not block.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let session = propensity::store::scylla::connect(&settings).await?;
+                session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace), ())
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!(
+                "could not drop keyspace {}: {error:#}",
+                self.settings.keyspace
+            );
+        }
+    }
+}
