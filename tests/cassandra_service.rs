@@ -1,0 +1,148 @@
+//! End to end on Cassandra (`store.kind = "scylla"`): a synthetic clickstream through the HTTP
+//! collector and the actors must give exactly the offline replay's state and propensities, and a
+//! new service on the same keyspace must rehydrate every session, user and product from
+//! Cassandra and score exactly as the first did.
+//!
+//! Fails, saying how to start it, when Cassandra is not reachable on 127.0.0.1:9042.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use indicatif::ProgressBar;
+use propensity::config::StoreKind;
+use propensity::serve::Service;
+use propensity_actors::engine::{FeatureEngine, SessionKey};
+use propensity_actors::event::{Event, Millis};
+
+/// Sessions never time out inside this replay, so both paths hold every session at the end.
+const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+
+/// Every stored entity, read through the engine (from memory or rehydrated), equals the offline
+/// replay's.
+async fn assert_state_equals_offline(service: &Service, offline: &FeatureEngine, when: &str) {
+    for (user_id, user) in &offline.users.users {
+        assert_eq!(
+            service.engine.user(*user_id).await.unwrap().as_ref(),
+            Some(user),
+            "{when}: user {user_id}"
+        );
+    }
+    for (key, session) in &offline.users.sessions {
+        assert_eq!(
+            service.engine.session(*key).await.unwrap().as_ref(),
+            Some(session),
+            "{when}: session {key:?}"
+        );
+    }
+    for (product_id, product) in &offline.catalog.products {
+        assert_eq!(
+            service.engine.product(*product_id).await.unwrap().as_ref(),
+            Some(product),
+            "{when}: product {product_id}"
+        );
+    }
+}
+
+/// Scores every (session, product) scoring point over HTTP, one request per session.
+async fn score_everything(
+    client: &reqwest::Client,
+    url: &str,
+    events: &[Event],
+) -> BTreeMap<(u64, String, u64), f64> {
+    let mut products_by_session: BTreeMap<(u64, String), Vec<u64>> = BTreeMap::new();
+    for event in events
+        .iter()
+        .filter(|event| event.event_type.is_scoring_point())
+    {
+        let products = products_by_session
+            .entry((event.user_id, event.user_session.clone()))
+            .or_default();
+        if !products.contains(&event.product_id) {
+            products.push(event.product_id);
+        }
+    }
+    let mut scores = BTreeMap::new();
+    for ((user_id, user_session), product_ids) in products_by_session {
+        let response: serde_json::Value = client
+            .post(format!("{url}/v1/score"))
+            .json(&serde_json::json!({"user_id": user_id, "user_session": user_session, "product_ids": product_ids, "explain": false}))
+            .send()
+            .await
+            .expect("the service answers")
+            .json()
+            .await
+            .expect("a JSON body");
+        let items = response["scores"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no scores: {response}"));
+        assert_eq!(items.len(), product_ids.len(), "{response}");
+        for item in items {
+            scores.insert(
+                (
+                    user_id,
+                    user_session.clone(),
+                    item["product_id"].as_u64().unwrap(),
+                ),
+                item["propensity"].as_f64().unwrap(),
+            );
+        }
+    }
+    scores
+}
+
+#[actix_rt::test]
+async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_restart() {
+    let keyspace = common::TestKeyspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (events_path, events) = common::synthetic_events(dir.path(), 600, 3, 13);
+    assert!(events.len() > 10_000, "only {} events", events.len());
+    let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
+    let (_, _, offline) =
+        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+
+    let mut settings = common::settings(dir.path(), &model_path);
+    settings.store.kind = StoreKind::Scylla;
+    settings.store.scylla = keyspace.settings.clone();
+    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.shards = 2;
+    let client = reqwest::Client::new();
+
+    // The first service: events in, state and scores checked against the offline replay.
+    let before = {
+        let service = Service::start(&settings)
+            .await
+            .expect("the service starts on Cassandra");
+        let url = service.url();
+        for chunk in events.chunks(1000) {
+            common::post_events(&client, &url, chunk).await;
+        }
+        service.engine.flush(false).await.unwrap();
+        assert_state_equals_offline(&service, &offline, "before the restart").await;
+        let scores = score_everything(&client, &url, &events).await;
+        for ((user_id, user_session, product_id), propensity) in &scores {
+            let key = SessionKey::new(*user_id, user_session);
+            assert_eq!(
+                *propensity,
+                model.score(&offline.features(key, *product_id)),
+                "{user_id}/{user_session}/{product_id}"
+            );
+        }
+        service.stop().await.unwrap();
+        scores
+    };
+    assert!(before.len() > 1000, "{} scoring points", before.len());
+
+    // A new service on the same keyspace starts empty and rehydrates on demand: scoring first,
+    // then every entity.
+    let service = Service::start(&settings)
+        .await
+        .expect("the service starts again");
+    let after = score_everything(&client, &service.url(), &events).await;
+    assert_eq!(after.len(), before.len());
+    for (point, propensity) in &before {
+        assert_eq!(after.get(point), Some(propensity), "{point:?}");
+    }
+    assert_state_equals_offline(&service, &offline, "after the restart").await;
+    service.stop().await.unwrap();
+}
