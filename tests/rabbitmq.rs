@@ -96,6 +96,9 @@ fn event_with(field: &str, value: Option<&str>) -> Vec<u8> {
     serde_json::to_vec(&object).unwrap()
 }
 
+/// A bad message: body, routing key, content type, expected reason, and words its detail has.
+type BadMessage = (Vec<u8>, &'static str, Option<&'static str>, &'static str, &'static str);
+
 #[actix_rt::test]
 async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied() {
     use lapin::BasicProperties;
@@ -115,7 +118,7 @@ async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied
         body.extend(format!(",\"brand\":\"{}\"}}", "x".repeat(20_000)).bytes());
         body
     };
-    let corpus: Vec<(Vec<u8>, &str, Option<&str>, &str, &str)> = vec![
+    let corpus: Vec<BadMessage> = vec![
         (b"hello".to_vec(), "7", None, "not_an_object", "object"),
         (b"42".to_vec(), "7", None, "not_an_object", "object"),
         (
