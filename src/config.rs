@@ -61,13 +61,17 @@ impl EngineSettings {
         self.session_timeout_seconds as i64 * 1000
     }
 
-    /// The shard settings these imply.
-    pub fn shard_settings(&self) -> propensity_actors::shard::ShardSettings {
+    /// The shard settings these imply; `guard_deliveries` when a bus may redeliver.
+    pub fn shard_settings(
+        &self,
+        guard_deliveries: bool,
+    ) -> propensity_actors::shard::ShardSettings {
         propensity_actors::shard::ShardSettings {
             session_timeout: self.session_timeout_millis(),
             user_idle: self.user_idle_seconds as i64 * 1000,
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             live_watermark: self.live_watermark,
+            guard_deliveries,
         }
     }
 }

@@ -52,7 +52,9 @@ impl Service {
             .set(settings.alerting.abandonment_ratio_threshold);
         let engine = Engine::start(
             settings.engine.shard_count(),
-            settings.engine.shard_settings(),
+            settings
+                .engine
+                .shard_settings(settings.bus.kind == BusKind::Rabbitmq),
             store.clone(),
             metrics.clone(),
         );

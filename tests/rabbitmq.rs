@@ -97,7 +97,13 @@ fn event_with(field: &str, value: Option<&str>) -> Vec<u8> {
 }
 
 /// A bad message: body, routing key, content type, expected reason, and words its detail has.
-type BadMessage = (Vec<u8>, &'static str, Option<&'static str>, &'static str, &'static str);
+type BadMessage = (
+    Vec<u8>,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
 
 #[actix_rt::test]
 async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied() {

@@ -11,14 +11,14 @@ if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   cat <<'HELP'
 usage: docker/native/test.sh [cargo test args...]
 Starts the services the integration tests use, then runs `cargo test --workspace`.
-PROPENSITY_TEST_SERVICES lists them (default: prometheus); PROPENSITY_VAR holds their state (default var/).
+PROPENSITY_TEST_SERVICES lists them (default: rabbitmq prometheus); PROPENSITY_VAR holds their state (default var/).
 HELP
   exit 0
 fi
 
-# The services the current test suite talks to: promtool for the alerting rules. The RabbitMQ
-# and CQL suites add theirs here as they land.
-services=${PROPENSITY_TEST_SERVICES-prometheus}
+# The services the test suite talks to: RabbitMQ for the bus tests, Prometheus and promtool for
+# the alerting tests.
+services=${PROPENSITY_TEST_SERVICES-rabbitmq prometheus}
 if [[ -n "$services" ]]; then
   # shellcheck disable=SC2086
   "$here/services.sh" up $services

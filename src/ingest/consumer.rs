@@ -5,7 +5,7 @@
 //! `propensity_actors::features::DeliveryGuard`). Invalid messages are republished to the
 //! dead-letter exchange with their reason, confirmed, and then acknowledged.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Acker, Channel, Connection, ConnectionProperties};
 use propensity_actors::event::Event;
 use propensity_actors::router::{Engine, EngineError};
 use tokio::sync::watch;
@@ -118,67 +118,26 @@ async fn run(context: Context, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Valid events received and not yet applied, with their delivery tags.
+/// Valid events received and not yet applied, with the partition and acker of each.
 #[derive(Default)]
 struct Pending {
     events: Vec<Event>,
     redelivered: Vec<bool>,
-    tags: Vec<u64>,
+    ackers: Vec<(u16, Acker)>,
 }
 
-/// Which deliveries of a channel may be acknowledged. Tags count up from 1 on a channel, but
-/// deliveries of several consumers arrive interleaved in any order, so one acknowledgement of
-/// "everything up to T" is safe only once every tag up to T has been applied or dead-lettered.
+/// What may be acknowledged once a flush is durable: per partition (one channel each, so
+/// deliveries arrive in tag order), the acker of the newest applied delivery, and how many
+/// applied deliveries that covers. One "everything up to here" acknowledgement per channel
+/// then covers exactly what was applied, and never names a dead letter's tag, which was
+/// acknowledged on its own.
 #[derive(Default)]
-struct AckWindow {
-    /// Every tag up to this one is done.
-    done_through: u64,
-    /// Tags done above `done_through`.
-    done_above: BTreeSet<u64>,
-    /// Tags applied and not acknowledged yet.
-    applied: BTreeSet<u64>,
-    /// Every tag up to this one is acknowledged.
-    acked_through: u64,
+struct Applied {
+    newest: BTreeMap<u16, Acker>,
+    count: u64,
 }
 
-impl AckWindow {
-    fn done(&mut self, tag: u64) {
-        if tag <= self.done_through {
-            return;
-        }
-        self.done_above.insert(tag);
-        while self.done_above.remove(&(self.done_through + 1)) {
-            self.done_through += 1;
-        }
-    }
-
-    fn applied(&mut self, tag: u64) {
-        self.applied.insert(tag);
-        self.done(tag);
-    }
-
-    /// The tag one acknowledgement of "everything up to it" may name once a flush is durable:
-    /// the newest applied tag with nothing undone below it. It is never a dead letter's tag,
-    /// which was acknowledged on its own; naming it again would be a channel error.
-    fn ack_target(&self) -> Option<u64> {
-        self.applied
-            .range(..=self.done_through)
-            .next_back()
-            .copied()
-    }
-
-    /// Records an acknowledgement of everything through `tag`; returns how many applied
-    /// messages it covered.
-    fn acked(&mut self, tag: u64) -> u64 {
-        let rest = self.applied.split_off(&(tag + 1));
-        let covered = self.applied.len() as u64;
-        self.applied = rest;
-        self.acked_through = self.acked_through.max(tag);
-        covered
-    }
-}
-
-type Barrier = Pin<Box<dyn Future<Output = (u64, Result<usize, EngineError>)>>>;
+type Barrier = Pin<Box<dyn Future<Output = (Applied, Result<usize, EngineError>)>>>;
 
 /// One connection's life: returns Ok when stopped, an error when the connection fails.
 async fn session(
@@ -200,9 +159,6 @@ async fn session(
     .await?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel, settings).await?;
-    channel
-        .basic_qos(settings.prefetch, BasicQosOptions { global: false })
-        .await?;
     let dead_letters = connection.create_channel().await?;
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
@@ -211,7 +167,7 @@ async fn session(
     let (preferred, standby): (Vec<u16>, Vec<u16>) =
         (0..settings.partitions).partition(|partition| settings.prefers(*partition));
     for partition in &preferred {
-        consumers.push(consume(&channel, settings, *partition).await?);
+        consumers.push(consume(&connection, settings, *partition).await?);
     }
     *connected = true;
     context.ready.store(true, Ordering::Relaxed);
@@ -229,7 +185,7 @@ async fn session(
     let mut pending = Pending::default();
     let mut linger = Box::pin(tokio::time::sleep(BATCH_LINGER));
     let mut lingering = false;
-    let mut window = AckWindow::default();
+    let mut applied = Applied::default();
     let mut barrier: Option<Barrier> = None;
     let mut ack_tick = tokio::time::interval(Duration::from_millis(settings.ack_interval_ms));
     let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
@@ -237,16 +193,16 @@ async fn session(
     loop {
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => {
-                apply(context, &mut pending, &mut window).await?;
+                apply(context, &mut pending, &mut applied).await?;
                 if let Some(running) = barrier.take() {
-                    let (tag, result) = running.await;
+                    let (covered, result) = running.await;
                     if result.is_ok() {
-                        acknowledge(&channel, context, &mut window, tag).await?;
+                        acknowledge(context, covered).await?;
                     }
                 }
-                if let Some(tag) = window.ack_target() {
+                if applied.count > 0 {
                     match context.engine.flush(false).await {
-                        Ok(_) => acknowledge(&channel, context, &mut window, tag).await?,
+                        Ok(_) => acknowledge(context, std::mem::take(&mut applied)).await?,
                         Err(error) => tracing::warn!(%error, "final flush failed; the broker redelivers what was not acknowledged"),
                     }
                 }
@@ -254,8 +210,8 @@ async fn session(
                 return Ok(());
             }
             delivery = consumers.next() => {
-                let delivery = match delivery {
-                    Some(delivery) => delivery?,
+                let (partition, delivery) = match delivery {
+                    Some((partition, delivery)) => (partition, delivery?),
                     None => return Err(SessionError::Cancelled),
                 };
                 context.metrics.bus_deliveries.inc();
@@ -268,9 +224,9 @@ async fn session(
                     Ok(event) => {
                         pending.events.push(event);
                         pending.redelivered.push(delivery.redelivered);
-                        pending.tags.push(delivery.delivery_tag);
+                        pending.ackers.push((partition, delivery.acker));
                         if pending.events.len() >= settings.batch_size {
-                            apply(context, &mut pending, &mut window).await?;
+                            apply(context, &mut pending, &mut applied).await?;
                         } else if !lingering {
                             linger.as_mut().reset(tokio::time::Instant::now() + BATCH_LINGER);
                             lingering = true;
@@ -278,8 +234,7 @@ async fn session(
                     }
                     Err(rejection) => {
                         dead_letter(&dead_letters, settings, &delivery, &rejection).await?;
-                        channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false }).await?;
-                        window.done(delivery.delivery_tag);
+                        delivery.acker.ack(BasicAckOptions { multiple: false }).await?;
                         context.metrics.bus_unacked.dec();
                         context.metrics.events_rejected.with_label_values(&[rejection.reason]).inc();
                         tracing::debug!(reason = rejection.reason, detail = %rejection.detail, "dead-lettered a message");
@@ -288,26 +243,32 @@ async fn session(
             }
             _ = &mut linger, if lingering => {
                 lingering = false;
-                apply(context, &mut pending, &mut window).await?;
+                apply(context, &mut pending, &mut applied).await?;
             }
-            _ = ack_tick.tick(), if barrier.is_none() && window.ack_target().is_some() => {
-                // Everything applied through this tag is in the flush this starts.
-                let (tag, engine) = (window.ack_target().expect("guarded"), context.engine.clone());
-                barrier = Some(Box::pin(async move { (tag, engine.flush(false).await) }));
+            _ = ack_tick.tick(), if barrier.is_none() && applied.count > 0 => {
+                // Everything applied so far is in the flush this starts.
+                let (covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
+                barrier = Some(Box::pin(async move { let result = engine.flush(false).await; (covered, result) }));
             }
-            (tag, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
+            (covered, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
                 barrier = None;
                 match result {
-                    Ok(_) => acknowledge(&channel, context, &mut window, tag).await?,
+                    Ok(_) => acknowledge(context, covered).await?,
                     // Not acknowledged: the broker stops delivering at the prefetch limit, which
                     // bounds memory until the store is back.
-                    Err(error) => tracing::warn!(%error, "flush failed; holding acknowledgements"),
+                    Err(error) => {
+                        tracing::warn!(%error, "flush failed; holding acknowledgements");
+                        // Acknowledged with what is applied next, after a flush that works.
+                        let newer = std::mem::replace(&mut applied, covered);
+                        applied.count += newer.count;
+                        applied.newest.extend(newer.newest);
+                    }
                 }
             }
             _ = &mut standby_due, if standby_pending => {
                 standby_pending = false;
                 for partition in &standby {
-                    consumers.push(consume(&channel, settings, *partition).await?);
+                    consumers.push(consume(&connection, settings, *partition).await?);
                 }
                 tracing::info!(partitions = ?standby, "standing by for other instances' partitions");
             }
@@ -326,12 +287,17 @@ async fn session(
     }
 }
 
+/// Consumes one partition queue on a channel of its own, so its deliveries arrive in tag order.
 async fn consume(
-    channel: &Channel,
+    connection: &Connection,
     settings: &RabbitmqSettings,
     partition: u16,
-) -> lapin::Result<lapin::Consumer> {
+) -> lapin::Result<impl futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + use<>> {
+    let channel = connection.create_channel().await?;
     channel
+        .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+        .await?;
+    let consumer = channel
         .basic_consume(
             settings.queue(partition).as_str().into(),
             format!(
@@ -343,13 +309,14 @@ async fn consume(
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await
+        .await?;
+    Ok(consumer.map(move |delivery| (partition, delivery)))
 }
 
 async fn apply(
     context: &Context,
     pending: &mut Pending,
-    window: &mut AckWindow,
+    applied: &mut Applied,
 ) -> Result<(), SessionError> {
     if pending.events.is_empty() {
         return Ok(());
@@ -359,28 +326,20 @@ async fn apply(
         .engine
         .ingest_deliveries(batch.events, batch.redelivered)
         .await?;
-    for tag in batch.tags {
-        window.applied(tag);
-    }
+    applied.count += batch.ackers.len() as u64;
+    applied.newest.extend(batch.ackers);
     Ok(())
 }
 
-/// Acknowledges everything through `tag`, which a completed flush made durable.
-async fn acknowledge(
-    channel: &Channel,
-    context: &Context,
-    window: &mut AckWindow,
-    tag: u64,
-) -> Result<(), SessionError> {
-    if tag <= window.acked_through {
-        return Ok(());
+/// Acknowledges what a completed flush made durable, then lets delivery guards forget what the
+/// acknowledgement before covered.
+async fn acknowledge(context: &Context, covered: Applied) -> Result<(), SessionError> {
+    for acker in covered.newest.values() {
+        acker.ack(BasicAckOptions { multiple: true }).await?;
     }
-    channel
-        .basic_ack(tag, BasicAckOptions { multiple: true })
-        .await?;
-    let count = window.acked(tag);
-    context.metrics.bus_acks.inc_by(count);
-    context.metrics.bus_unacked.sub(count as i64);
+    context.metrics.bus_acks.inc_by(covered.count);
+    context.metrics.bus_unacked.sub(covered.count as i64);
+    context.engine.forget_acknowledged().await?;
     Ok(())
 }
 
@@ -418,30 +377,4 @@ async fn dead_letter(
         return Err(SessionError::DeadLetterRefused);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acknowledges_only_through_the_first_gap() {
-        let mut window = AckWindow::default();
-        // Deliveries of two consumers interleave: 1, 2 and 4 are applied, 3 is still queued.
-        for tag in [1, 2, 4] {
-            window.applied(tag);
-        }
-        assert_eq!(window.ack_target(), Some(2));
-        assert_eq!(window.acked(2), 2);
-        assert_eq!(window.ack_target(), None, "4 waits for 3");
-        // 3 was dead-lettered (acknowledged on its own), then 5 applied, then 6 dead-lettered.
-        window.done(3);
-        window.applied(5);
-        window.done(6);
-        assert_eq!(window.done_through, 6);
-        assert_eq!(window.ack_target(), Some(5), "never a dead letter's tag");
-        assert_eq!(window.acked(5), 2);
-        assert_eq!(window.ack_target(), None);
-        assert_eq!(window.acked_through, 5);
-    }
 }
