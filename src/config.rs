@@ -61,13 +61,17 @@ impl EngineSettings {
         self.session_timeout_seconds as i64 * 1000
     }
 
-    /// The shard settings these imply.
-    pub fn shard_settings(&self) -> propensity_actors::shard::ShardSettings {
+    /// The shard settings these imply; `guard_deliveries` when a bus may redeliver.
+    pub fn shard_settings(
+        &self,
+        guard_deliveries: bool,
+    ) -> propensity_actors::shard::ShardSettings {
         propensity_actors::shard::ShardSettings {
             session_timeout: self.session_timeout_millis(),
             user_idle: self.user_idle_seconds as i64 * 1000,
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             live_watermark: self.live_watermark,
+            guard_deliveries,
         }
     }
 }
@@ -267,6 +271,41 @@ pub enum BusKind {
 #[serde(deny_unknown_fields)]
 pub struct BusSettings {
     pub kind: BusKind,
+    pub rabbitmq: RabbitmqSettings,
+}
+
+/// RabbitMQ: the topology, the consumer and the publisher.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitmqSettings {
+    pub url: String,
+    pub connection_name: String,
+    pub exchange: String,
+    pub queue_prefix: String,
+    pub partitions: u16,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub ack_interval_ms: u64,
+    pub max_message_bytes: usize,
+    pub reconnect_max_backoff_ms: u64,
+    pub instance_index: u16,
+    pub instance_count: u16,
+    pub standby_delay_ms: u64,
+}
+
+impl RabbitmqSettings {
+    /// The name of partition queue `partition`.
+    pub fn queue(&self, partition: u16) -> String {
+        format!("{}.{partition}", self.queue_prefix)
+    }
+
+    /// Whether this instance consumes `partition` first; it stands by for the others.
+    pub fn prefers(&self, partition: u16) -> bool {
+        partition % self.instance_count == self.instance_index
+    }
 }
 
 /// Log output.
@@ -358,10 +397,46 @@ impl Settings {
             bail!("invalid settings: http.body_limit_bytes must be at least 1024");
         }
         self.store.scylla.validate()?;
-        if self.bus.kind == BusKind::Rabbitmq {
+        let rabbitmq = &self.bus.rabbitmq;
+        if !rabbitmq.url.starts_with("amqp://") && !rabbitmq.url.starts_with("amqps://") {
             bail!(
-                "invalid settings: bus.kind = \"rabbitmq\" is not available in this build yet; use \"http\""
+                "invalid settings: bus.rabbitmq.url {:?} is not an amqp:// URL",
+                rabbitmq.url
             );
+        }
+        if rabbitmq.partitions == 0 {
+            bail!("invalid settings: bus.rabbitmq.partitions must be positive");
+        }
+        if rabbitmq.delivery_limit == 0 {
+            bail!("invalid settings: bus.rabbitmq.delivery_limit must be positive");
+        }
+        if rabbitmq.prefetch == 0 || rabbitmq.batch_size == 0 {
+            bail!(
+                "invalid settings: bus.rabbitmq.prefetch and bus.rabbitmq.batch_size must be positive"
+            );
+        }
+        if rabbitmq.ack_interval_ms == 0 {
+            bail!("invalid settings: bus.rabbitmq.ack_interval_ms must be positive");
+        }
+        if rabbitmq.max_message_bytes < 256 {
+            bail!("invalid settings: bus.rabbitmq.max_message_bytes must be at least 256");
+        }
+        if rabbitmq.instance_count == 0 || rabbitmq.instance_index >= rabbitmq.instance_count {
+            bail!(
+                "invalid settings: bus.rabbitmq.instance_index ({}) must be below bus.rabbitmq.instance_count ({})",
+                rabbitmq.instance_index,
+                rabbitmq.instance_count
+            );
+        }
+        for (key, name) in [
+            ("exchange", &rabbitmq.exchange),
+            ("queue_prefix", &rabbitmq.queue_prefix),
+            ("dead_letter_exchange", &rabbitmq.dead_letter_exchange),
+            ("dead_letter_queue", &rabbitmq.dead_letter_queue),
+        ] {
+            if name.is_empty() || name.len() > 200 {
+                bail!("invalid settings: bus.rabbitmq.{key} must be a name of 1 to 200 bytes");
+            }
         }
         if self.http.max_batch == 0 {
             bail!("invalid settings: http.max_batch must be positive");

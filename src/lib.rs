@@ -9,6 +9,7 @@
 //! - [`model`]: the decision tree, its calibration, scoring, explanation and metrics.
 //! - [`scoring`]: the scoring actor, bands and actions, model hot reload.
 //! - [`store`]: online store implementations (embedded redb).
+//! - [`ingest`]: RabbitMQ topology, consumer (at-least-once, dead letters) and publisher.
 //! - [`http`]: the actix-web API.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`serve`]: starts and stops the whole service.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod replay;

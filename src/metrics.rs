@@ -28,6 +28,13 @@ pub struct Metrics {
     pub flush_errors: IntCounter,
     pub event_lag: Gauge,
     pub abandonment_threshold: Gauge,
+    pub bus_connected: IntGauge,
+    pub bus_deliveries: IntCounter,
+    pub bus_redeliveries: IntCounter,
+    pub bus_acks: IntCounter,
+    pub bus_unacked: IntGauge,
+    pub bus_backlog: IntGaugeVec,
+    pub bus_published: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -92,7 +99,7 @@ impl Metrics {
             .unwrap(),
         );
         // Every reason starts at zero, so rates and alerts see it before the first rejection.
-        for reason in propensity_actors::event::ParseError::CODES {
+        for reason in crate::ingest::message::reasons() {
             events_rejected.with_label_values(&[reason]);
         }
         Metrics {
@@ -190,6 +197,65 @@ impl Metrics {
                 Gauge::new(
                     "propensity_abandonment_ratio_alert_threshold",
                     "Configured abandonment ratio above which the alert rules page (alerting.abandonment_ratio_threshold)",
+                )
+                .unwrap(),
+            ),
+            bus_connected: register(
+                &registry,
+                IntGauge::new(
+                    "propensity_bus_connected",
+                    "1 while the RabbitMQ consumer is connected and consuming, else 0",
+                )
+                .unwrap(),
+            ),
+            bus_deliveries: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_bus_deliveries_total",
+                    "Messages delivered by RabbitMQ, redeliveries included",
+                )
+                .unwrap(),
+            ),
+            bus_redeliveries: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_bus_redeliveries_total",
+                    "Messages RabbitMQ delivered again after a consumer or connection failure",
+                )
+                .unwrap(),
+            ),
+            bus_acks: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_bus_acks_total",
+                    "Messages acknowledged after their state was flushed durably",
+                )
+                .unwrap(),
+            ),
+            bus_unacked: register(
+                &registry,
+                IntGauge::new(
+                    "propensity_bus_unacked_messages",
+                    "Messages delivered and not yet acknowledged: being applied, or waiting for the durable flush that precedes their acknowledgement",
+                )
+                .unwrap(),
+            ),
+            bus_backlog: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "propensity_bus_backlog_messages",
+                        "Messages ready in each partition queue, not yet delivered",
+                    ),
+                    &["partition"],
+                )
+                .unwrap(),
+            ),
+            bus_published: register(
+                &registry,
+                IntCounter::new(
+                    "propensity_bus_published_total",
+                    "Events published to RabbitMQ by POST /v1/events and confirmed",
                 )
                 .unwrap(),
             ),

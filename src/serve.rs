@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use propensity_actors::router::Engine;
 use propensity_actors::store::StateStore;
 
-use crate::config::Settings;
+use crate::config::{BusKind, Settings};
 use crate::http::{AppState, configure};
+use crate::ingest::{ConsumerHandle, Publisher};
 use crate::metrics::Metrics;
 use crate::scoring::ScoringActor;
 
@@ -27,6 +28,7 @@ pub struct Service {
     pub scoring: actix::Addr<ScoringActor>,
     /// Cleared while a dependency is down; /ready reports it.
     pub ready: Arc<AtomicBool>,
+    consumer: Option<ConsumerHandle>,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -50,7 +52,9 @@ impl Service {
             .set(settings.alerting.abandonment_ratio_threshold);
         let engine = Engine::start(
             settings.engine.shard_count(),
-            settings.engine.shard_settings(),
+            settings
+                .engine
+                .shard_settings(settings.bus.kind == BusKind::Rabbitmq),
             store.clone(),
             metrics.clone(),
         );
@@ -68,13 +72,35 @@ impl Service {
             }),
         )?
         .start();
-        let ready = Arc::new(AtomicBool::new(true));
+        // With the bus, the service is ready once the consumer is consuming.
+        let ready = Arc::new(AtomicBool::new(settings.bus.kind == BusKind::Http));
+        let (publisher, consumer) = match settings.bus.kind {
+            BusKind::Http => (None, None),
+            BusKind::Rabbitmq => {
+                let publisher = Publisher::connect(&settings.bus.rabbitmq)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "failed to connect to RabbitMQ at {} (bus.rabbitmq.url)",
+                            redact(&settings.bus.rabbitmq.url)
+                        )
+                    })?;
+                let consumer = crate::ingest::consumer::start(
+                    settings.bus.rabbitmq.clone(),
+                    engine.clone(),
+                    metrics.clone(),
+                    ready.clone(),
+                );
+                (Some(Arc::new(publisher)), Some(consumer))
+            }
+        };
         let state = web::Data::new(AppState {
             engine: engine.clone(),
             scoring: scoring.clone(),
             metrics: metrics.clone(),
             settings: settings.http.clone(),
             ready: ready.clone(),
+            publisher,
         });
         let mut server = HttpServer::new(move || {
             App::new().configure(|config| configure(config, state.clone()))
@@ -101,6 +127,7 @@ impl Service {
             store,
             scoring,
             ready,
+            consumer,
             server: handle,
             server_task,
         })
@@ -111,7 +138,8 @@ impl Service {
         format!("http://{}", self.address)
     }
 
-    /// Stops taking requests, flushes every entity to the store, and returns.
+    /// Stops taking requests and deliveries, flushes every entity to the store, acknowledges
+    /// what was flushed, and returns.
     pub async fn stop(self) -> Result<()> {
         self.server.stop(true).await;
         let _ = self.server_task.await;
@@ -119,14 +147,37 @@ impl Service {
             engine,
             scoring,
             store,
+            consumer,
             ..
         } = self;
+        if let Some(consumer) = consumer {
+            consumer.stop().await;
+        }
         engine
             .stop()
             .await
             .context("failed to flush state on shutdown")?;
         drop((scoring, store));
         Ok(())
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

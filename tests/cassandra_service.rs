@@ -12,37 +12,11 @@ use std::collections::BTreeMap;
 use indicatif::ProgressBar;
 use propensity::config::StoreKind;
 use propensity::serve::Service;
-use propensity_actors::engine::{FeatureEngine, SessionKey};
+use propensity_actors::engine::SessionKey;
 use propensity_actors::event::{Event, Millis};
 
 /// Sessions never time out inside this replay, so both paths hold every session at the end.
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
-
-/// Every stored entity, read through the engine (from memory or rehydrated), equals the offline
-/// replay's.
-async fn assert_state_equals_offline(service: &Service, offline: &FeatureEngine, when: &str) {
-    for (user_id, user) in &offline.users.users {
-        assert_eq!(
-            service.engine.user(*user_id).await.unwrap().as_ref(),
-            Some(user),
-            "{when}: user {user_id}"
-        );
-    }
-    for (key, session) in &offline.users.sessions {
-        assert_eq!(
-            service.engine.session(*key).await.unwrap().as_ref(),
-            Some(session),
-            "{when}: session {key:?}"
-        );
-    }
-    for (product_id, product) in &offline.catalog.products {
-        assert_eq!(
-            service.engine.product(*product_id).await.unwrap().as_ref(),
-            Some(product),
-            "{when}: product {product_id}"
-        );
-    }
-}
 
 /// Scores every (session, product) scoring point over HTTP, one request per session.
 async fn score_everything(
@@ -118,7 +92,7 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
             common::post_events(&client, &url, chunk).await;
         }
         service.engine.flush(false).await.unwrap();
-        assert_state_equals_offline(&service, &offline, "before the restart").await;
+        common::assert_engine_matches(&service.engine, &offline).await;
         let scores = score_everything(&client, &url, &events).await;
         for ((user_id, user_session, product_id), propensity) in &scores {
             let key = SessionKey::new(*user_id, user_session);
@@ -143,6 +117,6 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
     for (point, propensity) in &before {
         assert_eq!(after.get(point), Some(propensity), "{point:?}");
     }
-    assert_state_equals_offline(&service, &offline, "after the restart").await;
+    common::assert_engine_matches(&service.engine, &offline).await;
     service.stop().await.unwrap();
 }

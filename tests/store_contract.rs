@@ -25,16 +25,16 @@ struct World {
 
 impl World {
     /// Replays `users` shoppers over `days` through the engine with delivery tracking on, and
-    /// marks two flushes on the way so every guard holds all three of its runs.
+    /// marks two acknowledgements on the way so guards hold both older and newer identities.
     fn replay(users: u64, days: u32, seed: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let (_, events) = common::synthetic_events(dir.path(), users, days, seed);
-        let mut user_side = UserSide::new(TIMEOUT, true);
-        let mut catalog = Catalog::new(true);
+        let (mut user_side, mut catalog) = guarded_engine();
         let third = events.len() / 3;
         for (index, event) in events.iter().enumerate() {
             if index == third || index == 2 * third {
-                mark_flushed(&mut user_side, &mut catalog);
+                user_side.forget_acknowledged();
+                catalog.forget_acknowledged();
             }
             if matches!(
                 user_side.apply(event, false),
@@ -74,19 +74,13 @@ impl World {
     }
 }
 
-fn mark_flushed(user_side: &mut UserSide, catalog: &mut Catalog) {
-    for user in user_side.users.values_mut() {
-        user.guard.flushed(user.guard.len());
-    }
-    for session in user_side.sessions.values_mut() {
-        session.guard.flushed(session.guard.len());
-    }
-    for product in catalog.products.values_mut() {
-        product.guard.flushed(product.guard.len());
-    }
-    for category in catalog.categories.values_mut() {
-        category.guard.flushed(category.guard.len());
-    }
+/// The online engine's two halves, recording delivery guards as a redelivering bus needs.
+fn guarded_engine() -> (UserSide, Catalog) {
+    let mut user_side = UserSide::new(TIMEOUT, true);
+    user_side.guard_deliveries = true;
+    let mut catalog = Catalog::new(true);
+    catalog.guard_deliveries = true;
+    (user_side, catalog)
 }
 
 fn sort(batch: &mut StateBatch) {
@@ -158,8 +152,7 @@ fn event(
 /// touched no product, products never viewed (no last view), a user who never bought.
 fn edge_states() -> StateBatch {
     let user_id = u64::MAX;
-    let mut user_side = UserSide::new(TIMEOUT, true);
-    let mut catalog = Catalog::new(true);
+    let (mut user_side, mut catalog) = guarded_engine();
     let events = [
         event(1_000, EventType::Cart, user_id, "séance ✓", 1 << 63),
         event(2_000, EventType::Cart, user_id, "séance ✓", 5),
@@ -284,8 +277,7 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
         event(2_000, EventType::Cart, user_id, "s", 12),
         event(3_000, EventType::View, user_id, "s", 13),
     ];
-    let mut user_side = UserSide::new(TIMEOUT, true);
-    let mut catalog = Catalog::new(true);
+    let (mut user_side, mut catalog) = guarded_engine();
     for event in &first_events {
         user_side.apply(event, false);
         catalog.apply(event, false);
@@ -321,7 +313,7 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
 
 /// Loading products brings their categories, and asked-for categories come on their own.
 async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
-    let mut catalog = Catalog::new(true);
+    let (_, mut catalog) = guarded_engine();
     let events: Vec<Event> = (0..6)
         .map(|index| {
             let mut event = event(
@@ -496,7 +488,7 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         "the default"
     );
     let store = ScyllaStore::open(settings).await.expect("the store opens");
-    let mut user_side = UserSide::new(TIMEOUT, true);
+    let (mut user_side, _) = guarded_engine();
     for event in [
         event(1_000, EventType::Cart, 9_300_000, "browsing", 1),
         event(1_000, EventType::View, 9_300_001, "buying", 1),
@@ -558,8 +550,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
             .await
             .unwrap();
     }
-    let mut user_side = UserSide::new(TIMEOUT, true);
-    let mut catalog = Catalog::new(true);
+    let (mut user_side, mut catalog) = guarded_engine();
     let first = event(1_000, EventType::Cart, 9_400_000, "s", 9_400_001);
     user_side.apply(&first, false);
     catalog.apply(&first, false);

@@ -29,9 +29,12 @@ impl CatalogActor {
         store: Arc<dyn StateStore>,
         observer: Arc<dyn Observer>,
         flush_interval: Duration,
+        guard_deliveries: bool,
     ) -> Self {
+        let mut state = Catalog::new(true);
+        state.guard_deliveries = guard_deliveries;
         CatalogActor {
-            state: Catalog::new(true),
+            state,
             store,
             observer,
             flush_interval,
@@ -82,7 +85,6 @@ impl CatalogActor {
                 match result {
                     Ok(()) => {
                         actor.last_flush_error = None;
-                        actor.flushed(&retry);
                         Ok(rows)
                     }
                     Err(error) => {
@@ -117,20 +119,6 @@ impl CatalogActor {
         for (index, event) in batch.events.iter().enumerate() {
             let redelivered = batch.redelivered.get(index).copied().unwrap_or(false);
             self.state.apply(event, redelivered);
-        }
-    }
-
-    /// A flush made `batch` durable: the entities' delivery guards may forget older runs.
-    fn flushed(&mut self, batch: &StateBatch) {
-        for stored in &batch.products {
-            if let Some(product) = self.state.products.get_mut(&stored.product_id) {
-                product.guard.flushed(stored.guard.len());
-            }
-        }
-        for stored in &batch.categories {
-            if let Some(category) = self.state.categories.get_mut(&stored.category_id) {
-                category.guard.flushed(stored.guard.len());
-            }
         }
     }
 
@@ -277,6 +265,14 @@ impl Handler<FlushCatalog> for CatalogActor {
             Some(flush) => AtomicResponse::new(flush),
             None => AtomicResponse::new(Box::pin(fut::ready(Ok(0)))),
         }
+    }
+}
+
+impl Handler<crate::shard::ForgetAcknowledged> for CatalogActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::shard::ForgetAcknowledged, _: &mut Self::Context) {
+        self.state.forget_acknowledged();
     }
 }
 

@@ -62,6 +62,10 @@ pub struct UserSide {
     track_dirty: bool,
     pub dirty_sessions: HashSet<SessionKey>,
     pub dirty_users: HashSet<u64>,
+    /// Record delivery guards (a bus that redelivers feeds this side).
+    pub guard_deliveries: bool,
+    guarded_sessions: HashSet<SessionKey>,
+    guarded_users: HashSet<u64>,
 }
 
 impl UserSide {
@@ -76,6 +80,9 @@ impl UserSide {
             track_dirty,
             dirty_sessions: HashSet::new(),
             dirty_users: HashSet::new(),
+            guard_deliveries: false,
+            guarded_sessions: HashSet::new(),
+            guarded_users: HashSet::new(),
         }
     }
 
@@ -138,8 +145,9 @@ impl UserSide {
             let first_purchase =
                 event.event_type == EventType::Purchase && session.counts.purchases == 0;
             session.apply(event);
-            if self.track_dirty {
+            if self.guard_deliveries {
                 session.guard.record(identity);
+                self.guarded_sessions.insert(key);
             }
             if !user_applied {
                 user.apply(event, identity, first_purchase);
@@ -151,8 +159,9 @@ impl UserSide {
             let first_purchase = event.event_type == EventType::Purchase && purchases <= 1;
             user.apply(event, identity, first_purchase);
         }
-        if self.track_dirty && !user_applied {
+        if self.guard_deliveries && !user_applied {
             user.guard.record(identity);
+            self.guarded_users.insert(event.user_id);
         }
         self.watermark = self.watermark.max(event.time);
         if self.track_dirty {
@@ -160,6 +169,25 @@ impl UserSide {
             self.dirty_users.insert(event.user_id);
         }
         Applied::Changed { closed }
+    }
+
+    /// The bus acknowledged everything applied so far: delivery guards forget what the
+    /// acknowledgement before this one covered.
+    pub fn forget_acknowledged(&mut self) {
+        let sessions = &mut self.sessions;
+        self.guarded_sessions.retain(|key| {
+            sessions.get_mut(key).is_some_and(|session| {
+                session.guard.forget_acknowledged();
+                !session.guard.is_empty()
+            })
+        });
+        let users = &mut self.users;
+        self.guarded_users.retain(|user_id| {
+            users.get_mut(user_id).is_some_and(|user| {
+                user.guard.forget_acknowledged();
+                !user.guard.is_empty()
+            })
+        });
     }
 
     /// Moves the watermark (live mode moves it with the wall clock) without an event.
@@ -216,6 +244,10 @@ pub struct Catalog {
     track_dirty: bool,
     pub dirty_products: HashSet<u64>,
     pub dirty_categories: HashSet<u64>,
+    /// Record delivery guards (a bus that redelivers feeds the catalog).
+    pub guard_deliveries: bool,
+    guarded_products: HashSet<u64>,
+    guarded_categories: HashSet<u64>,
 }
 
 impl Catalog {
@@ -227,6 +259,9 @@ impl Catalog {
             track_dirty,
             dirty_products: HashSet::new(),
             dirty_categories: HashSet::new(),
+            guard_deliveries: false,
+            guarded_products: HashSet::new(),
+            guarded_categories: HashSet::new(),
         }
     }
 
@@ -245,8 +280,11 @@ impl Catalog {
                     .or_insert_with(|| CategoryState::new(event.category_id));
                 if !(redelivered && category.guard.contains(marker)) {
                     category.add_product(event.price);
-                    if self.track_dirty {
+                    if self.guard_deliveries {
                         category.guard.record(marker);
+                        self.guarded_categories.insert(event.category_id);
+                    }
+                    if self.track_dirty {
                         self.dirty_categories.insert(event.category_id);
                     }
                 }
@@ -258,10 +296,32 @@ impl Catalog {
             return;
         }
         product.apply(event);
-        if self.track_dirty {
+        if self.guard_deliveries {
             product.guard.record(identity);
+            self.guarded_products.insert(event.product_id);
+        }
+        if self.track_dirty {
             self.dirty_products.insert(event.product_id);
         }
+    }
+
+    /// The bus acknowledged everything applied so far: delivery guards forget what the
+    /// acknowledgement before this one covered.
+    pub fn forget_acknowledged(&mut self) {
+        let products = &mut self.products;
+        self.guarded_products.retain(|id| {
+            products.get_mut(id).is_some_and(|product| {
+                product.guard.forget_acknowledged();
+                !product.guard.is_empty()
+            })
+        });
+        let categories = &mut self.categories;
+        self.guarded_categories.retain(|id| {
+            categories.get_mut(id).is_some_and(|category| {
+                category.guard.forget_acknowledged();
+                !category.guard.is_empty()
+            })
+        });
     }
 
     /// The catalog half of the feature vector.
@@ -556,6 +616,8 @@ mod tests {
                 // Before the crash: the first `cut` events applied, part of them made durable.
                 let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
                 let mut catalog = Catalog::new(true);
+                users.guard_deliveries = true;
+                catalog.guard_deliveries = true;
                 for event in &events[..cut] {
                     if matches!(users.apply(event, false), Applied::Changed { .. }) {
                         catalog.apply(event, false);
@@ -563,6 +625,8 @@ mod tests {
                 }
                 let mut restarted_users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
                 let mut restarted_catalog = Catalog::new(true);
+                restarted_users.guard_deliveries = true;
+                restarted_catalog.guard_deliveries = true;
                 if matches!(
                     durable,
                     Durable::Users | Durable::UsersAndSessions | Durable::Everything
@@ -602,6 +666,7 @@ mod tests {
     #[test]
     fn a_fresh_delivery_is_never_mistaken_for_a_redelivery() {
         let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
+        users.guard_deliveries = true;
         let view = event(0, EventType::View, 5, "a");
         users.apply(&view, false);
         // The same event again is a duplicate whether or not the bus says it is redelivered.

@@ -123,10 +123,27 @@ impl Event {
 
     /// Builds an event from the JSON form, validating every field.
     pub fn from_json(bytes: &[u8]) -> Result<Event, ParseError> {
-        let raw: JsonEvent = serde_json::from_slice(bytes).map_err(|error| ParseError::Json {
-            reason: error.to_string(),
-        })?;
-        raw.validate()
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|error| ParseError::Json {
+                reason: error.to_string(),
+            })?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(ParseError::Json {
+                reason: "expected a JSON object".into(),
+            });
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|key| !JSON_FIELDS.contains(&key.as_str()))
+        {
+            return Err(ParseError::Json {
+                reason: format!(
+                    "unknown field `{}`",
+                    unknown.chars().take(64).collect::<String>()
+                ),
+            });
+        }
+        JsonEvent::from_fields(&fields)?.validate()
     }
 
     /// The JSON form of the event (REES46 time format).
@@ -477,12 +494,54 @@ struct JsonEvent {
     event_id: Option<String>,
 }
 
+/// The fields of the JSON form.
+const JSON_FIELDS: [&str; 10] = [
+    "event_time",
+    "event_type",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "user_session",
+    "event_id",
+];
+
 /// JSON numbers lose precision past 2^53 in many producers, so ids may also come as strings.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum JsonId {
     Number(u64),
     Text(String),
+}
+
+type JsonFields = serde_json::Map<String, serde_json::Value>;
+
+/// A string field; null counts as missing.
+fn json_text(fields: &JsonFields, field: &'static str) -> Result<Option<String>, ParseError> {
+    match fields.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
+        Some(other) => Err(invalid(field, &other.to_string(), "expected a string")),
+    }
+}
+
+/// An id field: an unsigned integer or a string of digits; null counts as missing.
+fn json_id(fields: &JsonFields, field: &'static str) -> Result<Option<JsonId>, ParseError> {
+    match fields.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => Ok(Some(JsonId::Text(text.clone()))),
+        Some(serde_json::Value::Number(number)) => number
+            .as_u64()
+            .map(|value| Some(JsonId::Number(value)))
+            .ok_or_else(|| invalid(field, &number.to_string(), "expected an unsigned integer")),
+        Some(other) => Err(invalid(
+            field,
+            &other.to_string(),
+            "expected an unsigned integer or a string of digits",
+        )),
+    }
 }
 
 impl JsonId {
@@ -499,6 +558,33 @@ fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ParseError> {
 }
 
 impl JsonEvent {
+    /// Takes the fields of a JSON object, naming the field whose type is wrong.
+    fn from_fields(fields: &JsonFields) -> Result<JsonEvent, ParseError> {
+        let event_time = json_text(fields, "event_time")?;
+        let event_type = json_text(fields, "event_type")?;
+        let product_id = json_id(fields, "product_id")?;
+        let category_id = json_id(fields, "category_id")?;
+        let category_code = json_text(fields, "category_code")?;
+        let brand = json_text(fields, "brand")?;
+        let price = match fields.get("price") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(number)) => Some(number.clone()),
+            Some(other) => return Err(invalid("price", &other.to_string(), "expected a number")),
+        };
+        Ok(JsonEvent {
+            event_time,
+            event_type,
+            product_id,
+            category_id,
+            category_code,
+            brand,
+            price,
+            user_id: json_id(fields, "user_id")?,
+            user_session: json_text(fields, "user_session")?,
+            event_id: json_text(fields, "event_id")?,
+        })
+    }
+
     /// Checks fields in wire order, so the first missing or invalid one is the one reported.
     fn validate(self) -> Result<Event, ParseError> {
         let time = parse_event_time(&required(self.event_time, "event_time")?)?;
@@ -707,7 +793,11 @@ mod tests {
             ),
             (
                 r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"view","product_id":1.5,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#,
-                "invalid json",
+                "invalid `product_id` \"1.5\": expected an unsigned integer",
+            ),
+            (
+                r#"{"event_time":"2019-10-01T00:00:04Z","event_type":3,"product_id":1,"category_id":2,"price":"1","user_id":3,"user_session":"s"}"#,
+                "invalid `event_type` \"3\": expected a string",
             ),
             (
                 r#"{"event_time":"2019-10-01T00:00:04Z","event_type":"buy","product_id":1,"category_id":2,"price":1,"user_id":3,"user_session":"s"}"#,

@@ -61,11 +61,17 @@ impl Engine {
         observer: Arc<dyn Observer>,
     ) -> Engine {
         let flush_interval = settings.flush_interval;
+        let guard_deliveries = settings.guard_deliveries;
         let catalog_store = store.clone();
         let catalog_observer = observer.clone();
         let mut arbiters = vec![Arbiter::new()];
         let catalog = CatalogActor::start_in_arbiter(&arbiters[0].handle(), move |_| {
-            CatalogActor::new(catalog_store, catalog_observer, flush_interval)
+            CatalogActor::new(
+                catalog_store,
+                catalog_observer,
+                flush_interval,
+                guard_deliveries,
+            )
         });
         let shards = (0..shards.max(1))
             .map(|index| {
@@ -228,6 +234,16 @@ impl Engine {
         Ok(closed)
     }
 
+    /// Tells every actor that the bus acknowledged everything applied before the last
+    /// [`Engine::flush`], so delivery guards may forget older identities.
+    pub async fn forget_acknowledged(&self) -> Result<(), EngineError> {
+        for shard in self.shards.iter() {
+            shard.send(crate::shard::ForgetAcknowledged).await?;
+        }
+        self.catalog.send(crate::shard::ForgetAcknowledged).await?;
+        Ok(())
+    }
+
     /// Flushes, then stops every actor and waits for their threads, releasing the store.
     pub async fn stop(&self) -> Result<(), EngineError> {
         let flushed = self.flush(false).await;
@@ -306,6 +322,7 @@ mod tests {
             user_idle: 3_600_000,
             flush_interval: Duration::from_secs(60),
             live_watermark: false,
+            guard_deliveries: false,
         };
         let engine = Engine::start(2, settings, Arc::new(DownStore), Arc::new(NoObserver));
         assert!(matches!(engine.user(5).await, Err(EngineError::Store(_))));

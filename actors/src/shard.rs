@@ -23,6 +23,8 @@ pub struct ShardSettings {
     pub flush_interval: Duration,
     /// Live mode: the wall clock advances the watermark when no events arrive.
     pub live_watermark: bool,
+    /// Keep delivery guards, for a bus that redelivers what it did not see acknowledged.
+    pub guard_deliveries: bool,
 }
 
 /// One partition of users.
@@ -52,7 +54,11 @@ impl ShardActor {
     ) -> Self {
         ShardActor {
             index,
-            state: UserSide::new(settings.session_timeout, true),
+            state: {
+                let mut state = UserSide::new(settings.session_timeout, true);
+                state.guard_deliveries = settings.guard_deliveries;
+                state
+            },
             settings,
             catalog,
             store,
@@ -175,21 +181,6 @@ impl ShardActor {
         batch
     }
 
-    /// A flush made `batch` durable: the entities' delivery guards may forget older runs.
-    fn flushed(&mut self, batch: &StateBatch) {
-        for stored in &batch.users {
-            if let Some(user) = self.state.users.get_mut(&stored.user_id) {
-                user.guard.flushed(stored.guard.len());
-            }
-        }
-        for stored in &batch.sessions {
-            let key = SessionKey::new(stored.user_id, &stored.session_id);
-            if let Some(session) = self.state.sessions.get_mut(&key) {
-                session.guard.flushed(stored.guard.len());
-            }
-        }
-    }
-
     /// Drops users idle for longer than `user_idle` whose state is flushed and who have no live
     /// session.
     fn evict_idle_users(&mut self) {
@@ -229,7 +220,6 @@ impl ShardActor {
                 match result {
                     Ok(()) => {
                         actor.last_flush_error = None;
-                        actor.flushed(&retry);
                         actor.evict_idle_users();
                         Ok(rows)
                     }
@@ -440,6 +430,19 @@ impl Handler<FlushNow> for ShardActor {
                 sessions_closed,
             })))),
         }
+    }
+}
+
+/// The bus acknowledged everything applied so far, after a flush of every actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetAcknowledged;
+
+impl Handler<ForgetAcknowledged> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ForgetAcknowledged, _: &mut Self::Context) {
+        self.state.forget_acknowledged();
     }
 }
 

@@ -81,7 +81,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// A store that cannot write the batch atomically writes it in stages, each starting only
     /// once the one before is durable: users before sessions, categories before products. A
     /// redelivered event is then applied only where it is missing (see
-    /// [`crate::features::DeliveryGuard`]).
+    /// [`crate::features::DeliveryGuard`]). The embedded store writes a batch in one
+    /// transaction; the ScyllaDB store writes users (their per-product rows included) and
+    /// categories, and only once all of those succeeded, sessions and products.
     fn save(&self, batch: StateBatch) -> StoreFuture<()>;
     /// Loads the users and sessions that exist among those asked for.
     fn load_user_side(

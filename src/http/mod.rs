@@ -31,6 +31,8 @@ pub struct AppState {
     pub settings: HttpSettings,
     /// Cleared while a dependency (bus, store) is down.
     pub ready: Arc<AtomicBool>,
+    /// Set when the bus is RabbitMQ: events are published, and consumed like any producer's.
+    pub publisher: Option<Arc<crate::ingest::Publisher>>,
 }
 
 /// A request the API refuses or cannot serve, as a JSON body with the right status.
@@ -46,6 +48,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Serialize)]
@@ -62,6 +66,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -364,6 +369,14 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
                 return Err(ApiError::BadRequest(format!("event {index}: {error}")));
             }
         }
+    }
+    if let Some(publisher) = &state.publisher {
+        publisher
+            .publish(&events)
+            .await
+            .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+        state.metrics.bus_published.inc_by(events.len() as u64);
+        return Ok(HttpResponse::Accepted().json(serde_json::json!({"published": events.len()})));
     }
     let applied = state.engine.ingest(events).await?;
     Ok(HttpResponse::Accepted()

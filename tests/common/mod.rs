@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 
 use propensity::config::Settings;
@@ -85,6 +87,96 @@ pub async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) 
         .expect("the collector answers");
     let status = response.status();
     assert_eq!(status, 202, "{}", response.text().await.unwrap_or_default());
+}
+
+/// Checks that every user, session and product of the offline replay has the same state in the
+/// running engine (answered from memory or the store).
+pub async fn assert_engine_matches(
+    engine: &propensity_actors::router::Engine,
+    offline: &propensity_actors::engine::FeatureEngine,
+) {
+    for (user_id, user) in &offline.users.users {
+        assert_eq!(
+            engine.user(*user_id).await.unwrap().as_ref(),
+            Some(user),
+            "user {user_id}"
+        );
+    }
+    for (key, session) in &offline.users.sessions {
+        assert_eq!(
+            engine.session(*key).await.unwrap().as_ref(),
+            Some(session),
+            "session {key:?}"
+        );
+    }
+    for (product_id, product) in &offline.catalog.products {
+        assert_eq!(
+            engine.product(*product_id).await.unwrap().as_ref(),
+            Some(product),
+            "product {product_id}"
+        );
+    }
+}
+
+/// Checks that a store holds exactly the offline replay's users, sessions, products and
+/// categories.
+pub fn assert_stored_matches(
+    stored: propensity_actors::store::StateBatch,
+    offline: &propensity_actors::engine::FeatureEngine,
+) {
+    use propensity_actors::engine::SessionKey;
+    assert_eq!(
+        stored.users.len(),
+        offline.users.users.len(),
+        "stored users"
+    );
+    for user in &stored.users {
+        assert_eq!(
+            Some(user),
+            offline.users.users.get(&user.user_id),
+            "user {}",
+            user.user_id
+        );
+    }
+    assert_eq!(
+        stored.sessions.len(),
+        offline.users.sessions.len(),
+        "stored sessions"
+    );
+    for session in &stored.sessions {
+        let key = SessionKey::new(session.user_id, &session.session_id);
+        assert_eq!(
+            Some(session),
+            offline.users.sessions.get(&key),
+            "session {key:?}"
+        );
+    }
+    assert_eq!(
+        stored.products.len(),
+        offline.catalog.products.len(),
+        "stored products"
+    );
+    for product in &stored.products {
+        assert_eq!(
+            Some(product),
+            offline.catalog.products.get(&product.product_id),
+            "product {}",
+            product.product_id
+        );
+    }
+    assert_eq!(
+        stored.categories.len(),
+        offline.catalog.categories.len(),
+        "stored categories"
+    );
+    for category in &stored.categories {
+        assert_eq!(
+            Some(category),
+            offline.catalog.categories.get(&category.category_id),
+            "category {}",
+            category.category_id
+        );
+    }
 }
 
 /// Where the Cassandra tests find their node (docker/native/services.sh up cassandra).

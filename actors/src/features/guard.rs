@@ -9,15 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identities an entity applied recently, in three runs: those of the flush before the last, those
-/// of the last durable flush, and those applied since.
+/// Identities an entity applied and the bus may deliver again: those recorded since the
+/// acknowledgement before the last one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DeliveryGuard {
     identities: Vec<u64>,
-    /// Length of the first run: applied before the flush before the last.
+    /// How many of the identities were recorded before the latest acknowledgement.
     older: u32,
-    /// Length of the second run: made durable by the last flush.
-    last: u32,
 }
 
 impl DeliveryGuard {
@@ -31,8 +29,7 @@ impl DeliveryGuard {
         self.identities.push(identity);
     }
 
-    /// How many identities are remembered; a snapshot taken for a flush passes this to
-    /// [`Self::flushed`] once the flush is durable.
+    /// How many identities are remembered.
     pub fn len(&self) -> usize {
         self.identities.len()
     }
@@ -42,18 +39,12 @@ impl DeliveryGuard {
         self.identities.is_empty()
     }
 
-    /// A flush made a snapshot holding the first `snapshot_len` identities durable: the run
-    /// before the last flush is no longer needed.
-    pub fn flushed(&mut self, snapshot_len: usize) {
-        let older = self.older as usize;
-        let previous = older + self.last as usize;
-        if snapshot_len < previous || snapshot_len > self.identities.len() {
-            // A snapshot older than the last durable flush: that flush already moved on.
-            return;
-        }
-        self.identities.drain(..older);
-        self.older = self.last;
-        self.last = (snapshot_len - previous) as u32;
+    /// The bus acknowledged every event applied so far, after a flush of every entity: the
+    /// identities recorded before the previous acknowledgement can go (one acknowledgement is
+    /// kept in reserve, in case it was lost with its connection).
+    pub fn forget_acknowledged(&mut self) {
+        self.identities.drain(..self.older as usize);
+        self.older = self.identities.len() as u32;
     }
 }
 
@@ -70,37 +61,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_last_two_flushes_and_what_came_after() {
-        let mut guard = DeliveryGuard::default();
-        for identity in [1, 2, 3] {
-            guard.record(identity);
-        }
-        guard.flushed(3);
-        guard.record(4);
-        guard.record(5);
-        let snapshot = guard.len();
-        guard.record(6);
-        guard.flushed(snapshot);
-        // Flushes remembered: [1 2 3] and [4 5]; 6 came after.
-        assert!((1..=6).all(|identity| guard.contains(identity)));
-        guard.flushed(guard.len());
-        assert!(!guard.contains(3));
-        assert!((4..=6).all(|identity| guard.contains(identity)));
-        guard.flushed(guard.len());
-        assert!(!guard.contains(5));
-        assert!(guard.contains(6));
-        guard.flushed(guard.len());
-        assert!(guard.is_empty());
-    }
-
-    #[test]
-    fn a_stale_snapshot_changes_nothing() {
+    fn keeps_identities_until_the_acknowledgement_after_theirs() {
         let mut guard = DeliveryGuard::default();
         guard.record(1);
         guard.record(2);
-        guard.flushed(2);
+        guard.forget_acknowledged();
+        assert!(
+            guard.contains(1) && guard.contains(2),
+            "one acknowledgement in reserve"
+        );
         guard.record(3);
-        guard.flushed(1);
-        assert!((1..=3).all(|identity| guard.contains(identity)));
+        guard.forget_acknowledged();
+        assert!(!guard.contains(1) && !guard.contains(2));
+        assert!(guard.contains(3));
+        guard.forget_acknowledged();
+        assert!(guard.is_empty());
     }
 }

@@ -1,0 +1,166 @@
+//! RabbitMQ helpers for the bus tests: a private topology per test, publishing, queue depths,
+//! dead letters, and clean-up. A broker that is not reachable fails the test with the reason.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use propensity::config::{BusKind, RabbitmqSettings, Settings};
+use propensity::ingest::Publisher;
+use propensity_actors::event::Event;
+
+/// The broker the tests use, as the README's test command starts it.
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Connects to the test broker, or fails the test saying how to start it.
+pub async fn connect() -> Connection {
+    match Connection::connect(URL, ConnectionProperties::default()).await {
+        Ok(connection) => connection,
+        Err(error) => panic!(
+            "RabbitMQ is not reachable at 127.0.0.1:5672 ({error}): start it with `docker/native/services.sh up rabbitmq` (the README's test command does)"
+        ),
+    }
+}
+
+/// Switches `settings` to the RabbitMQ bus with a topology of its own, named after `test`.
+pub fn use_private_topology(settings: &mut Settings, test: &str) {
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    let base = format!("propensity-test.{test}.{suffix:08x}");
+    settings.bus.kind = BusKind::Rabbitmq;
+    let rabbitmq = &mut settings.bus.rabbitmq;
+    rabbitmq.url = URL.into();
+    rabbitmq.exchange = format!("{base}.events");
+    rabbitmq.queue_prefix = format!("{base}.events");
+    rabbitmq.dead_letter_exchange = format!("{base}.dead");
+    rabbitmq.dead_letter_queue = format!("{base}.dead");
+    rabbitmq.ack_interval_ms = 50;
+}
+
+/// Publishes the events with confirms, in batches.
+pub async fn publish(settings: &RabbitmqSettings, events: &[Event]) {
+    let publisher = Publisher::connect(settings)
+        .await
+        .unwrap_or_else(|error| panic!("cannot publish to RabbitMQ: {error}"));
+    for chunk in events.chunks(2000) {
+        publisher.publish(chunk).await.expect("the broker confirms");
+    }
+}
+
+/// Messages ready (not delivered) in every partition queue together.
+pub async fn ready_messages(connection: &Connection, settings: &RabbitmqSettings) -> u64 {
+    let channel = connection.create_channel().await.unwrap();
+    let mut total = 0;
+    for partition in 0..settings.partitions {
+        let queue = channel
+            .queue_declare(
+                settings.queue(partition).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the partition queue exists");
+        total += u64::from(queue.message_count());
+    }
+    let _ = channel.close(200, "done".into()).await;
+    total
+}
+
+/// A dead letter as the tests see it.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub reason: String,
+    pub detail: String,
+}
+
+fn header(headers: &FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(value)) => value.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// Takes every message in the dead-letter queue.
+pub async fn dead_letters(connection: &Connection, settings: &RabbitmqSettings) -> Vec<DeadLetter> {
+    let channel = connection.create_channel().await.unwrap();
+    let mut letters = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            settings.dead_letter_queue.as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        letters.push(DeadLetter {
+            body: message.delivery.data.clone(),
+            reason: header(&headers, propensity::ingest::topology::REASON_HEADER),
+            detail: header(&headers, propensity::ingest::topology::DETAIL_HEADER),
+        });
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    letters
+}
+
+/// Deletes the test's queues and exchanges.
+pub async fn delete_topology(connection: &Connection, settings: &RabbitmqSettings) {
+    let channel = connection.create_channel().await.unwrap();
+    for partition in 0..settings.partitions {
+        let _ = channel
+            .queue_delete(
+                settings.queue(partition).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = channel
+        .queue_delete(
+            settings.dead_letter_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    for exchange in [&settings.exchange, &settings.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+    }
+}
+
+/// Waits until the partition queues are empty and the service holds no unacknowledged message.
+pub async fn wait_until_consumed(
+    connection: &Connection,
+    settings: &RabbitmqSettings,
+    metrics: &propensity::metrics::Metrics,
+    limit: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let ready = ready_messages(connection, settings).await;
+        let unacked = metrics.bus_unacked.get();
+        if ready == 0 && unacked == 0 && metrics.bus_connected.get() == 1 {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not consumed after {limit:?}: {ready} ready, {unacked} unacknowledged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

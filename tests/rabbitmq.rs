@@ -1,0 +1,402 @@
+//! The RabbitMQ bus against a real local broker: a replay equals the offline features, bad
+//! messages are dead-lettered with their reasons while good ones around them are applied, the
+//! service survives a broker restart and repeated SIGKILLs without losing or double-counting an
+//! event. Each test declares a topology of its own and deletes it at the end.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use propensity::config::Settings;
+use propensity::serve::Service;
+use propensity_actors::engine::FeatureEngine;
+use propensity_actors::event::{Event, Millis};
+
+use common::broker;
+
+/// Sessions never time out inside these replays, so the comparison covers every session.
+const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+
+/// A model trained on a small data set of its own: these tests compare state, not scores.
+fn small_model(dir: &Path) -> std::path::PathBuf {
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let (path, _) = common::synthetic_events(&model_dir, 300, 3, 99);
+    common::train_model(&model_dir, &path, LONG_TIMEOUT).0
+}
+
+fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
+    let mut settings = common::settings(dir, model);
+    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.shards = 2;
+    broker::use_private_topology(&mut settings, test);
+    settings
+}
+
+fn offline(events: &[Event]) -> FeatureEngine {
+    propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2
+}
+
+/// Waits until the service has acknowledged `count` messages.
+async fn wait_for_acks(service: &Service, count: u64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let acked = service.metrics.bus_acks.get();
+        if acked >= count {
+            assert_eq!(
+                acked, count,
+                "acknowledged more messages than were published"
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {acked} of {count} messages acknowledged after {limit:?}"
+        );
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_replay_through_rabbitmq_equals_the_offline_features() {
+    let connection = broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let (_, events) = common::synthetic_events(dir.path(), 6600, 7, 11);
+    assert!(events.len() >= 200_000, "only {} events", events.len());
+    let settings = bus_settings(dir.path(), &model, "replay");
+    let rabbitmq = settings.bus.rabbitmq.clone();
+
+    let service = Service::start(&settings).await.expect("the service starts");
+    broker::publish(&rabbitmq, &events).await;
+    wait_for_acks(&service, events.len() as u64, Duration::from_secs(300)).await;
+    assert_eq!(service.metrics.bus_redeliveries.get(), 0);
+    common::assert_engine_matches(&service.engine, &offline(&events)).await;
+    assert_eq!(broker::ready_messages(&connection, &rabbitmq).await, 0);
+    service.stop().await.unwrap();
+    broker::delete_topology(&connection, &rabbitmq).await;
+}
+
+/// A JSON event with one field replaced (or removed, with `None`).
+fn event_with(field: &str, value: Option<&str>) -> Vec<u8> {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"event_time":"2019-10-01 00:00:00 UTC","event_type":"view","product_id":1,"category_id":2,"category_code":null,"brand":null,"price":3.5,"user_id":7,"user_session":"s"}"#,
+    )
+    .unwrap();
+    match value {
+        Some(value) => {
+            object.insert(field.into(), serde_json::from_str(value).unwrap());
+        }
+        None => {
+            object.remove(field);
+        }
+    }
+    serde_json::to_vec(&object).unwrap()
+}
+
+/// A bad message: body, routing key, content type, expected reason, and words its detail has.
+type BadMessage = (
+    Vec<u8>,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+);
+
+#[actix_rt::test]
+async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied() {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+
+    let connection = broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let settings = bus_settings(dir.path(), &model, "dead-letters");
+    let rabbitmq = settings.bus.rabbitmq.clone();
+    let service = Service::start(&settings).await.expect("the service starts");
+
+    // (body, routing key, content type, expected reason, words the detail must contain)
+    let oversized = {
+        let mut body = event_with("user_session", Some("\"s\""));
+        body.truncate(body.len() - 1);
+        body.extend(format!(",\"brand\":\"{}\"}}", "x".repeat(20_000)).bytes());
+        body
+    };
+    let corpus: Vec<BadMessage> = vec![
+        (b"hello".to_vec(), "7", None, "not_an_object", "object"),
+        (b"42".to_vec(), "7", None, "not_an_object", "object"),
+        (
+            b"\"a string\"".to_vec(),
+            "7",
+            None,
+            "not_an_object",
+            "object",
+        ),
+        (b"{\"event_time\": ".to_vec(), "7", None, "bad_json", "EOF"),
+        (b"{event_time: 1}".to_vec(), "7", None, "bad_json", "key"),
+        (b"[{}]".to_vec(), "7", None, "batch_in_message", "array"),
+        (Vec::new(), "7", None, "empty", "empty"),
+        (b"  \n ".to_vec(), "7", None, "empty", "empty"),
+        (
+            b"{\"user_session\": \"\xff\xfe\"}".to_vec(),
+            "7",
+            None,
+            "not_utf8",
+            "UTF-8",
+        ),
+        (oversized, "7", None, "too_large", "exceeds"),
+        (
+            event_with("event_time", None),
+            "7",
+            None,
+            "missing_field",
+            "event_time",
+        ),
+        (
+            event_with("user_id", None),
+            "",
+            None,
+            "missing_field",
+            "user_id",
+        ),
+        (
+            event_with("product_id", None),
+            "7",
+            None,
+            "missing_field",
+            "product_id",
+        ),
+        (
+            event_with("user_session", None),
+            "7",
+            None,
+            "missing_field",
+            "user_session",
+        ),
+        (
+            event_with("price", None),
+            "7",
+            None,
+            "missing_field",
+            "price",
+        ),
+        (
+            event_with("event_type", Some("\"click\"")),
+            "7",
+            None,
+            "invalid_field",
+            "event_type",
+        ),
+        (
+            event_with("price", Some("-3")),
+            "7",
+            None,
+            "invalid_field",
+            "price",
+        ),
+        (
+            event_with("price", Some("\"12.5\"")),
+            "7",
+            None,
+            "invalid_field",
+            "price",
+        ),
+        (
+            String::from_utf8(event_with("price", Some("3.5")))
+                .unwrap()
+                .replace("3.5", "1e999")
+                .into_bytes(),
+            "7",
+            None,
+            "bad_json",
+            "number",
+        ),
+        (
+            event_with("user_id", Some("\"abc\"")),
+            "7",
+            None,
+            "invalid_field",
+            "user_id",
+        ),
+        (
+            event_with("user_id", Some("-5")),
+            "7",
+            None,
+            "invalid_field",
+            "user_id",
+        ),
+        (
+            event_with("product_id", Some("1.5")),
+            "7",
+            None,
+            "invalid_field",
+            "product_id",
+        ),
+        (
+            event_with("event_time", Some("\"yesterday\"")),
+            "7",
+            None,
+            "invalid_field",
+            "event_time",
+        ),
+        (
+            event_with("event_type", Some("3")),
+            "7",
+            None,
+            "invalid_field",
+            "event_type",
+        ),
+        (
+            event_with("unexpected", Some("1")),
+            "7",
+            None,
+            "bad_json",
+            "unknown field `unexpected`",
+        ),
+        (
+            event_with("user_session", Some("\"\"")),
+            "7",
+            None,
+            "missing_field",
+            "user_session",
+        ),
+        (
+            event_with("category_id", Some("[1]")),
+            "7",
+            None,
+            "invalid_field",
+            "category_id",
+        ),
+        (
+            event_with("user_id", Some("8")),
+            "7",
+            None,
+            "routing_key_mismatch",
+            "user_id 8",
+        ),
+        (
+            event_with("user_id", Some("7")),
+            "7",
+            Some("text/plain"),
+            "bad_content_type",
+            "text/plain",
+        ),
+    ];
+    let kinds: std::collections::BTreeSet<&str> = corpus.iter().map(|case| case.3).collect();
+    assert!(
+        corpus.len() >= 20 && kinds.len() >= 9,
+        "{} cases of {} reasons",
+        corpus.len(),
+        kinds.len()
+    );
+
+    // Good events interleaved with the bad ones, each good one its own view by user 7.
+    let good: Vec<Event> = (0..corpus.len() as i64 + 1)
+        .map(|index| {
+            Event::from_json(&event_with(
+                "event_time",
+                Some(&format!("\"2019-10-01 00:00:{index:02} UTC\"")),
+            ))
+            .unwrap()
+        })
+        .collect();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let publish = |body: Vec<u8>, key: String, content_type: Option<&'static str>| {
+        let channel = channel.clone();
+        let exchange = rabbitmq.exchange.clone();
+        async move {
+            let mut properties = BasicProperties::default();
+            if let Some(content_type) = content_type {
+                properties = properties.with_content_type(content_type.into());
+            }
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        }
+    };
+    for (index, (body, key, content_type, _, _)) in corpus.iter().enumerate() {
+        publish(good[index].to_json().into_bytes(), "7".into(), None).await;
+        publish(body.clone(), key.to_string(), *content_type).await;
+    }
+    publish(good[corpus.len()].to_json().into_bytes(), "7".into(), None).await;
+
+    wait_for_acks(&service, good.len() as u64, Duration::from_secs(60)).await;
+    let user = service
+        .engine
+        .user(7)
+        .await
+        .unwrap()
+        .expect("user 7 exists");
+    assert_eq!(
+        user.counts.views,
+        good.len() as u32,
+        "every good event around the bad ones applied"
+    );
+
+    let mut letters = Vec::new();
+    let started = Instant::now();
+    while letters.len() < corpus.len() && started.elapsed() < Duration::from_secs(30) {
+        letters.extend(broker::dead_letters(&connection, &rabbitmq).await);
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        letters.len(),
+        corpus.len(),
+        "every bad message is dead-lettered once"
+    );
+    let mut wrong = Vec::new();
+    for (body, _, _, reason, detail) in &corpus {
+        let letter = letters
+            .iter()
+            .find(|letter| &letter.body == body)
+            .unwrap_or_else(|| panic!("no dead letter for {:?}", String::from_utf8_lossy(body)));
+        if &letter.reason != reason || !letter.detail.contains(detail) {
+            wrong.push(format!(
+                "{:?}: reason {} (want {reason}), detail {:?} (should mention {detail:?})",
+                String::from_utf8_lossy(body),
+                letter.reason,
+                letter.detail
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "dead letters with wrong reasons:\n{}",
+        wrong.join("\n")
+    );
+    let rejected: u64 = kinds
+        .iter()
+        .map(|reason| {
+            service
+                .metrics
+                .events_rejected
+                .with_label_values(&[reason])
+                .get()
+        })
+        .sum();
+    assert_eq!(
+        rejected,
+        corpus.len() as u64,
+        "each dead letter is counted by reason"
+    );
+    assert_eq!(
+        service.metrics.bus_redeliveries.get(),
+        0,
+        "no channel error forced a redelivery"
+    );
+    service.stop().await.unwrap();
+    broker::delete_topology(&connection, &rabbitmq).await;
+}

@@ -1,0 +1,179 @@
+//! Crash safety: `propensity serve` is killed with SIGKILL at random points of a replay through
+//! RabbitMQ, at least five times, and restarted each time. The final state in the store must
+//! equal the offline replay's: nothing lost, nothing counted twice.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use propensity::config::Settings;
+use propensity::store::EmbeddedStore;
+use propensity_actors::event::Millis;
+use rand::{Rng, SeedableRng};
+
+use common::broker;
+
+const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+const KILLS: usize = 6;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `propensity serve` as a child process with the test's settings.
+fn spawn_service(settings: &Settings, port: u16, log: &Path) -> Child {
+    let rabbitmq = &settings.bus.rabbitmq;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_propensity"))
+        .args(["--config-dir"])
+        .arg(common::root().join("config"))
+        .args(["--env", "test", "serve"])
+        .env("PROPENSITY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PROPENSITY__MODEL__PATH", &settings.model.path)
+        .env(
+            "PROPENSITY__STORE__EMBEDDED_PATH",
+            &settings.store.embedded_path,
+        )
+        .env(
+            "PROPENSITY__ENGINE__SESSION_TIMEOUT_SECONDS",
+            settings.engine.session_timeout_seconds.to_string(),
+        )
+        .env("PROPENSITY__ENGINE__SHARDS", "2")
+        .env("PROPENSITY__BUS__KIND", "rabbitmq")
+        .env("PROPENSITY__BUS__RABBITMQ__URL", &rabbitmq.url)
+        .env("PROPENSITY__BUS__RABBITMQ__EXCHANGE", &rabbitmq.exchange)
+        .env(
+            "PROPENSITY__BUS__RABBITMQ__QUEUE_PREFIX",
+            &rabbitmq.queue_prefix,
+        )
+        .env(
+            "PROPENSITY__BUS__RABBITMQ__DEAD_LETTER_EXCHANGE",
+            &rabbitmq.dead_letter_exchange,
+        )
+        .env(
+            "PROPENSITY__BUS__RABBITMQ__DEAD_LETTER_QUEUE",
+            &rabbitmq.dead_letter_queue,
+        )
+        .env("PROPENSITY__BUS__RABBITMQ__ACK_INTERVAL_MS", "50")
+        .env("PROPENSITY__BUS__RABBITMQ__PREFETCH", "500")
+        .env("PROPENSITY__BUS__RABBITMQ__BATCH_SIZE", "200")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("propensity serve starts")
+}
+
+/// A metric's value from the child's /metrics, if it answers.
+async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[actix_rt::test]
+async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
+    let connection = broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let (small, _) = common::synthetic_events(&model_dir, 300, 3, 99);
+    let model = common::train_model(&model_dir, &small, LONG_TIMEOUT).0;
+    let (_, events) = common::synthetic_events(dir.path(), 3300, 7, 13);
+    let mut settings = common::settings(dir.path(), &model);
+    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    broker::use_private_topology(&mut settings, "crash");
+    let rabbitmq = settings.bus.rabbitmq.clone();
+    broker::publish(&rabbitmq, &events).await;
+    let total = events.len() as u64;
+    assert_eq!(broker::ready_messages(&connection, &rabbitmq).await, total);
+
+    let log = dir.path().join("serve.log");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut kills = 0;
+    let started = Instant::now();
+    while kills < KILLS {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the kill rounds took too long"
+        );
+        let before = broker::ready_messages(&connection, &rabbitmq).await;
+        let mut child = spawn_service(&settings, free_port(), &log);
+        // Let it consume for a while, then kill it wherever it is.
+        let lifetime = Duration::from_millis(rng.gen_range(700..2200));
+        actix::clock::sleep(lifetime).await;
+        let ready = broker::ready_messages(&connection, &rabbitmq).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        assert!(
+            ready > 0,
+            "the replay ended before kill {}; use more events",
+            kills + 1
+        );
+        if ready < before {
+            kills += 1;
+        }
+    }
+
+    // A last, uninterrupted run finishes the replay and shuts down cleanly.
+    let port = free_port();
+    let mut child = spawn_service(&settings, port, &log);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let ready = broker::ready_messages(&connection, &rabbitmq).await;
+        let unacked = metric(&client, port, "propensity_bus_unacked_messages").await;
+        let connected = metric(&client, port, "propensity_bus_connected").await;
+        if ready == 0 && unacked == Some(0.0) && connected == Some(1.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the final run did not finish: {ready} ready, {unacked:?} unacknowledged; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        actix::clock::sleep(Duration::from_millis(100)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "serve exits cleanly on SIGTERM: {exit}");
+    assert_eq!(
+        broker::ready_messages(&connection, &rabbitmq).await,
+        0,
+        "every message acknowledged"
+    );
+    assert!(
+        broker::dead_letters(&connection, &rabbitmq)
+            .await
+            .is_empty(),
+        "no message dead-lettered (the delivery limit is above the number of kills)"
+    );
+
+    let offline =
+        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2;
+    let store = EmbeddedStore::open(&settings.store.embedded_path).unwrap();
+    common::assert_stored_matches(store.dump().unwrap(), &offline);
+    broker::delete_topology(&connection, &rabbitmq).await;
+}
