@@ -151,6 +151,19 @@ impl Event {
         serde_json::to_string(&JsonEvent::from(self)).expect("an event always serializes")
     }
 
+    /// A JSON array of events, the batch form of `POST /v1/events`.
+    pub fn json_array(events: &[Event]) -> String {
+        let mut text = String::from("[");
+        for (index, event) in events.iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            text.push_str(&event.to_json());
+        }
+        text.push(']');
+        text
+    }
+
     /// Writes the event as one REES46 CSV record.
     pub fn write_csv<W: std::io::Write>(&self, writer: &mut csv::Writer<W>) -> csv::Result<()> {
         writer.write_record([
