@@ -164,10 +164,13 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut consumers = SelectAll::new();
+    let mut channels = BTreeMap::new();
     let (preferred, standby): (Vec<u16>, Vec<u16>) =
         (0..settings.partitions).partition(|partition| settings.prefers(*partition));
     for partition in &preferred {
-        consumers.push(consume(&connection, settings, *partition).await?);
+        let (channel, deliveries) = consume(&connection, settings, *partition).await?;
+        channels.insert(*partition, channel);
+        consumers.push(deliveries);
     }
     *connected = true;
     context.ready.store(true, Ordering::Relaxed);
@@ -197,12 +200,12 @@ async fn session(
                 if let Some(running) = barrier.take() {
                     let (covered, result) = running.await;
                     if result.is_ok() {
-                        acknowledge(context, covered).await?;
+                        acknowledge(context, &channels, covered).await?;
                     }
                 }
                 if applied.count > 0 {
                     match context.engine.flush(false).await {
-                        Ok(_) => acknowledge(context, std::mem::take(&mut applied)).await?,
+                        Ok(_) => acknowledge(context, &channels, std::mem::take(&mut applied)).await?,
                         Err(error) => tracing::warn!(%error, "final flush failed; the broker redelivers what was not acknowledged"),
                     }
                 }
@@ -253,7 +256,7 @@ async fn session(
             (covered, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
                 barrier = None;
                 match result {
-                    Ok(_) => acknowledge(context, covered).await?,
+                    Ok(_) => acknowledge(context, &channels, covered).await?,
                     // Not acknowledged: the broker stops delivering at the prefetch limit, which
                     // bounds memory until the store is back.
                     Err(error) => {
@@ -268,7 +271,9 @@ async fn session(
             _ = &mut standby_due, if standby_pending => {
                 standby_pending = false;
                 for partition in &standby {
-                    consumers.push(consume(&connection, settings, *partition).await?);
+                    let (channel, deliveries) = consume(&connection, settings, *partition).await?;
+                    channels.insert(*partition, channel);
+                    consumers.push(deliveries);
                 }
                 tracing::info!(partitions = ?standby, "standing by for other instances' partitions");
             }
@@ -292,7 +297,10 @@ async fn consume(
     connection: &Connection,
     settings: &RabbitmqSettings,
     partition: u16,
-) -> lapin::Result<impl futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + use<>> {
+) -> lapin::Result<(
+    Channel,
+    impl futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + use<>,
+)> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions { global: false })
@@ -310,7 +318,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    Ok(consumer.map(move |delivery| (partition, delivery)))
+    Ok((channel, consumer.map(move |delivery| (partition, delivery))))
 }
 
 async fn apply(
@@ -333,9 +341,22 @@ async fn apply(
 
 /// Acknowledges what a completed flush made durable, then lets delivery guards forget what the
 /// acknowledgement before covered.
-async fn acknowledge(context: &Context, covered: Applied) -> Result<(), SessionError> {
-    for acker in covered.newest.values() {
+async fn acknowledge(
+    context: &Context,
+    channels: &BTreeMap<u16, Channel>,
+    covered: Applied,
+) -> Result<(), SessionError> {
+    for (partition, acker) in &covered.newest {
         acker.ack(BasicAckOptions { multiple: true }).await?;
+        // An acknowledgement has no reply; a synchronous call on the same channel does, and the
+        // broker handles a channel's frames in order. Only then may guards forget: an
+        // acknowledgement lost with a dying connection would otherwise bring the message back
+        // after its identity was forgotten.
+        if let Some(channel) = channels.get(partition) {
+            channel
+                .basic_qos(context.settings.prefetch, BasicQosOptions { global: false })
+                .await?;
+        }
     }
     context.metrics.bus_acks.inc_by(covered.count);
     context.metrics.bus_unacked.sub(covered.count as i64);
