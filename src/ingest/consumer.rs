@@ -5,7 +5,7 @@
 //! `propensity_actors::features::DeliveryGuard`). Invalid messages are republished to the
 //! dead-letter exchange with their reason, confirmed, and then acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -131,10 +131,16 @@ struct Pending {
 /// applied deliveries that covers. One "everything up to here" acknowledgement per channel
 /// then covers exactly what was applied, and never names a dead letter's tag, which was
 /// acknowledged on its own.
+///
+/// `settled` tells whether every partition had delivered all it redelivered when the flush
+/// began: only then may delivery guards forget. Redelivered messages come first in each queue,
+/// but partitions start at different times, so one partition's acknowledgement must not let a
+/// guard forget an identity another partition is about to redeliver.
 #[derive(Default)]
 struct Applied {
     newest: BTreeMap<u16, Acker>,
     count: u64,
+    settled: bool,
 }
 
 type Barrier = Pin<Box<dyn Future<Output = (Applied, Result<usize, EngineError>)>>>;
@@ -189,6 +195,10 @@ async fn session(
     let mut linger = Box::pin(tokio::time::sleep(BATCH_LINGER));
     let mut lingering = false;
     let mut applied = Applied::default();
+    // Partitions that may still redeliver: settled by a fresh delivery, or by two backlog reads
+    // in a row that find nothing ready.
+    let mut unsettled: BTreeSet<u16> = preferred.iter().copied().collect();
+    let mut found_empty: BTreeSet<u16> = BTreeSet::new();
     let mut barrier: Option<Barrier> = None;
     let mut ack_tick = tokio::time::interval(Duration::from_millis(settings.ack_interval_ms));
     let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
@@ -221,6 +231,8 @@ async fn session(
                 context.metrics.bus_unacked.inc();
                 if delivery.redelivered {
                     context.metrics.bus_redeliveries.inc();
+                } else {
+                    unsettled.remove(&partition);
                 }
                 let content_type = delivery.properties.content_type().as_ref().map(|value| value.as_str());
                 match message::parse(&delivery.data, delivery.routing_key.as_str(), content_type, settings.max_message_bytes) {
@@ -250,7 +262,8 @@ async fn session(
             }
             _ = ack_tick.tick(), if barrier.is_none() && applied.count > 0 => {
                 // Everything applied so far is in the flush this starts.
-                let (covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
+                let (mut covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
+                covered.settled = unsettled.is_empty();
                 barrier = Some(Box::pin(async move { let result = engine.flush(false).await; (covered, result) }));
             }
             (covered, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
@@ -274,6 +287,7 @@ async fn session(
                     let (channel, deliveries) = consume(&connection, settings, *partition).await?;
                     channels.insert(*partition, channel);
                     consumers.push(deliveries);
+                    unsettled.insert(*partition);
                 }
                 tracing::info!(partitions = ?standby, "standing by for other instances' partitions");
             }
@@ -286,6 +300,11 @@ async fn session(
                         FieldTable::default(),
                     ).await?;
                     context.metrics.bus_backlog.with_label_values(&[&partition.to_string()]).set(i64::from(declared.message_count()));
+                    if declared.message_count() > 0 {
+                        found_empty.remove(&partition);
+                    } else if !found_empty.insert(partition) {
+                        unsettled.remove(&partition);
+                    }
                 }
             }
         }
@@ -360,7 +379,9 @@ async fn acknowledge(
     }
     context.metrics.bus_acks.inc_by(covered.count);
     context.metrics.bus_unacked.sub(covered.count as i64);
-    context.engine.forget_acknowledged().await?;
+    if covered.settled {
+        context.engine.forget_acknowledged().await?;
+    }
     Ok(())
 }
 
