@@ -27,14 +27,6 @@ fn scaled_rules() -> String {
     scaled
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Prometheus(Child);
 
 impl Drop for Prometheus {
@@ -104,7 +96,7 @@ async fn an_abandonment_spike_fires_the_alert() {
     let (model_path, _) = common::train_model(dir.path(), &events_path, 30 * 60 * 1000);
     let settings = common::settings(dir.path(), &model_path);
     let service = Service::start(&settings).await.unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let prometheus = start_prometheus(dir.path(), &service.address.to_string(), port);
     let client = reqwest::Client::new();
 

@@ -19,14 +19,6 @@ use common::broker;
 /// Sessions never time out inside these replays, so the comparison covers every session.
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
 
-/// A model trained on a small data set of its own: these tests compare state, not scores.
-fn small_model(dir: &Path) -> std::path::PathBuf {
-    let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let (path, _) = common::synthetic_events(&model_dir, 300, 3, 99);
-    common::train_model(&model_dir, &path, LONG_TIMEOUT).0
-}
-
 fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
     let mut settings = common::settings(dir, model);
     settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
@@ -63,7 +55,7 @@ async fn wait_for_acks(service: &Service, count: u64, limit: Duration) {
 async fn a_replay_through_rabbitmq_equals_the_offline_features() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model = small_model(dir.path());
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 6600, 7, 11);
     assert!(events.len() >= 200_000, "only {} events", events.len());
     let settings = bus_settings(dir.path(), &model, "replay");
@@ -112,7 +104,7 @@ async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied
 
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model = small_model(dir.path());
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let settings = bus_settings(dir.path(), &model, "dead-letters");
     let rabbitmq = settings.bus.rabbitmq.clone();
     let service = Service::start(&settings).await.expect("the service starts");

@@ -34,10 +34,7 @@ fn rabbitmqctl(args: &[&str]) {
 async fn a_broker_restart_mid_replay_loses_nothing() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let (small, _) = common::synthetic_events(&model_dir, 300, 3, 99);
-    let model = common::train_model(&model_dir, &small, LONG_TIMEOUT).0;
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 1500, 7, 12);
     let mut settings = common::settings(dir.path(), &model);
     settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;

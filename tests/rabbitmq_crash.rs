@@ -19,14 +19,6 @@ use common::broker;
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
 const KILLS: usize = 6;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `propensity serve` as a child process with the test's settings.
 fn spawn_service(settings: &Settings, port: u16, log: &Path) -> Child {
     let rabbitmq = &settings.bus.rabbitmq;
@@ -93,10 +85,7 @@ async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f64> 
 async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let (small, _) = common::synthetic_events(&model_dir, 300, 3, 99);
-    let model = common::train_model(&model_dir, &small, LONG_TIMEOUT).0;
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3300, 7, 13);
     let mut settings = common::settings(dir.path(), &model);
     settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
@@ -116,7 +105,7 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
             "the kill rounds took too long"
         );
         let before = broker::ready_messages(&connection, &rabbitmq).await;
-        let mut child = spawn_service(&settings, free_port(), &log);
+        let mut child = spawn_service(&settings, common::free_port(), &log);
         // Let it consume for a while, then kill it wherever it is.
         let lifetime = Duration::from_millis(rng.gen_range(700..2200));
         actix::clock::sleep(lifetime).await;
@@ -134,7 +123,7 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     }
 
     // A last, uninterrupted run finishes the replay and shuts down cleanly.
-    let port = free_port();
+    let port = common::free_port();
     let mut child = spawn_service(&settings, port, &log);
     let client = reqwest::Client::new();
     let started = Instant::now();

@@ -21,7 +21,14 @@ pub struct CatalogActor {
     flushing: bool,
     failed_batch: Option<StateBatch>,
     last_flush_error: Option<StoreError>,
+    /// Batches waiting, in order, for a failed rehydration to succeed: applying them on fresh
+    /// state would overwrite the stored history at the next flush.
+    parked: Vec<CatalogBatch>,
+    retry_scheduled: bool,
 }
+
+/// How long a parked batch waits before rehydration is tried again.
+const REHYDRATION_RETRY: Duration = Duration::from_millis(250);
 
 impl CatalogActor {
     /// An empty catalog that flushes every `flush_interval`.
@@ -41,6 +48,8 @@ impl CatalogActor {
             flushing: false,
             failed_batch: None,
             last_flush_error: None,
+            parked: Vec::new(),
+            retry_scheduled: false,
         }
     }
 
@@ -97,16 +106,15 @@ impl CatalogActor {
         )))
     }
 
-    fn missing(&self, events: &[Event]) -> (Vec<u64>, Vec<u64>) {
+    fn missing<'a>(&self, events: impl Iterator<Item = &'a Event> + Clone) -> (Vec<u64>, Vec<u64>) {
         let mut products: Vec<u64> = events
-            .iter()
+            .clone()
             .map(|event| event.product_id)
             .filter(|id| !self.state.products.contains_key(id))
             .collect();
         products.sort_unstable();
         products.dedup();
         let mut categories: Vec<u64> = events
-            .iter()
             .map(|event| event.category_id)
             .filter(|id| !self.state.categories.contains_key(id))
             .collect();
@@ -120,6 +128,44 @@ impl CatalogActor {
             let redelivered = batch.redelivered.get(index).copied().unwrap_or(false);
             self.state.apply(event, redelivered);
         }
+    }
+
+    /// Parks a batch whose rehydration failed and schedules another try.
+    fn park(&mut self, batch: CatalogBatch, error: &StoreError, ctx: &mut Context<Self>) {
+        if self.parked.is_empty() {
+            tracing::warn!(%error, "catalog rehydration failed; holding events until the store answers");
+        }
+        self.parked.push(batch);
+        if !self.retry_scheduled {
+            self.retry_scheduled = true;
+            ctx.run_later(REHYDRATION_RETRY, |actor, ctx| {
+                actor.retry_scheduled = false;
+                actor.retry_parked(ctx);
+            });
+        }
+    }
+
+    /// Loads what the parked batches need and applies them in order, or parks them again.
+    fn retry_parked(&mut self, ctx: &mut Context<Self>) {
+        let (products, categories) =
+            self.missing(self.parked.iter().flat_map(|batch| batch.events.iter()));
+        let load = self.store.load_catalog(products, categories);
+        ctx.spawn(load.into_actor(self).map(|loaded, actor, ctx| {
+            let parked = std::mem::take(&mut actor.parked);
+            match loaded {
+                Ok((products, categories)) => {
+                    actor.rehydrate(products, categories);
+                    for batch in &parked {
+                        actor.apply(batch);
+                    }
+                }
+                Err(error) => {
+                    for batch in parked {
+                        actor.park(batch, &error, ctx);
+                    }
+                }
+            }
+        }));
     }
 
     fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
@@ -163,20 +209,28 @@ impl Handler<CatalogBatch> for CatalogActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
-        let (products, categories) = self.missing(&message.events);
+        if !self.parked.is_empty() {
+            // Behind batches that wait for the store: keep the order.
+            self.parked.push(message);
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let (products, categories) = self.missing(message.events.iter());
         if products.is_empty() && categories.is_empty() {
             self.apply(&message);
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
-        AtomicResponse::new(Box::pin(self.store.load_catalog(products, categories).into_actor(self).map(
-            move |loaded, actor, _| {
-                match loaded {
-                    Ok((products, categories)) => actor.rehydrate(products, categories),
-                    Err(error) => tracing::warn!(%error, "catalog rehydration failed; applying on fresh state"),
-                }
-                actor.apply(&message);
-            },
-        )))
+        AtomicResponse::new(Box::pin(
+            self.store
+                .load_catalog(products, categories)
+                .into_actor(self)
+                .map(move |loaded, actor, ctx| match loaded {
+                    Ok((products, categories)) => {
+                        actor.rehydrate(products, categories);
+                        actor.apply(&message);
+                    }
+                    Err(error) => actor.park(message, &error, ctx),
+                }),
+        ))
     }
 }
 
@@ -258,6 +312,12 @@ impl Handler<FlushCatalog> for CatalogActor {
     type Result = AtomicResponse<Self, Result<usize, StoreError>>;
 
     fn handle(&mut self, _: FlushCatalog, _: &mut Self::Context) -> Self::Result {
+        if !self.parked.is_empty() {
+            // Events the shards accepted are not applied yet: nothing may be acknowledged.
+            return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Unavailable(
+                "catalog events wait for the store to rehydrate their products".into(),
+            )))));
+        }
         if self.flushing {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Busy))));
         }
@@ -285,6 +345,9 @@ impl Handler<GetCatalogStats> for CatalogActor {
     type Result = MessageResult<GetCatalogStats>;
 
     fn handle(&mut self, _: GetCatalogStats, _: &mut Self::Context) -> Self::Result {
-        MessageResult((self.state.products.len(), self.last_flush_error.is_none()))
+        MessageResult((
+            self.state.products.len(),
+            self.last_flush_error.is_none() && self.parked.is_empty(),
+        ))
     }
 }

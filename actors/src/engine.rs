@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::event::{Event, EventType, Millis};
-use crate::features::{self, CategoryState, FeatureVector, ProductState, SessionState, UserState};
+use crate::features::{
+    self, CategoryState, DeliveryGuard, FeatureVector, ProductState, SessionState, UserState,
+};
 
 /// Default inactivity after which a session ends: 30 minutes.
 pub const DEFAULT_SESSION_TIMEOUT: Millis = 30 * 60 * 1000;
@@ -174,19 +176,11 @@ impl UserSide {
     /// The bus acknowledged everything applied so far: delivery guards forget what the
     /// acknowledgement before this one covered.
     pub fn forget_acknowledged(&mut self) {
-        let sessions = &mut self.sessions;
-        self.guarded_sessions.retain(|key| {
-            sessions.get_mut(key).is_some_and(|session| {
-                session.guard.forget_acknowledged();
-                !session.guard.is_empty()
-            })
+        forget_acknowledged(&mut self.guarded_sessions, &mut self.sessions, |session| {
+            &mut session.guard
         });
-        let users = &mut self.users;
-        self.guarded_users.retain(|user_id| {
-            users.get_mut(user_id).is_some_and(|user| {
-                user.guard.forget_acknowledged();
-                !user.guard.is_empty()
-            })
+        forget_acknowledged(&mut self.guarded_users, &mut self.users, |user| {
+            &mut user.guard
         });
     }
 
@@ -231,6 +225,22 @@ impl UserSide {
     }
 }
 
+/// Lets the guards of the entities in `guarded` forget what the acknowledgement before the
+/// last covered, and keeps in `guarded` only those that still remember something.
+fn forget_acknowledged<K: Eq + std::hash::Hash, V>(
+    guarded: &mut HashSet<K>,
+    entities: &mut HashMap<K, V>,
+    guard: impl Fn(&mut V) -> &mut DeliveryGuard,
+) {
+    guarded.retain(|key| {
+        entities.get_mut(key).is_some_and(|entity| {
+            let guard = guard(entity);
+            guard.forget_acknowledged();
+            !guard.is_empty()
+        })
+    });
+}
+
 /// What a category remembers, in its delivery guard, for having counted a product.
 fn product_marker(product_id: u64) -> u64 {
     xxh3_64(&[b"product:".as_slice(), &product_id.to_le_bytes()].concat())
@@ -273,14 +283,15 @@ impl Catalog {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 // A category counts each product once; it remembers the products it counted.
-                let marker = product_marker(event.product_id);
                 let category = self
                     .categories
                     .entry(event.category_id)
                     .or_insert_with(|| CategoryState::new(event.category_id));
-                if !(redelivered && category.guard.contains(marker)) {
+                let marker = (redelivered || self.guard_deliveries)
+                    .then(|| product_marker(event.product_id));
+                if !marker.is_some_and(|marker| redelivered && category.guard.contains(marker)) {
                     category.add_product(event.price);
-                    if self.guard_deliveries {
+                    if let Some(marker) = marker.filter(|_| self.guard_deliveries) {
                         category.guard.record(marker);
                         self.guarded_categories.insert(event.category_id);
                     }
@@ -291,12 +302,16 @@ impl Catalog {
                 entry.insert(ProductState::new(event))
             }
         };
-        let identity = event.identity();
-        if redelivered && product.guard.contains(identity) {
+        // Offline and on the HTTP bus nothing is redelivered or guarded: no hashing per event.
+        let identity = (redelivered || self.guard_deliveries).then(|| event.identity());
+        if let Some(identity) = identity
+            && redelivered
+            && product.guard.contains(identity)
+        {
             return;
         }
         product.apply(event);
-        if self.guard_deliveries {
+        if let Some(identity) = identity.filter(|_| self.guard_deliveries) {
             product.guard.record(identity);
             self.guarded_products.insert(event.product_id);
         }
@@ -308,20 +323,14 @@ impl Catalog {
     /// The bus acknowledged everything applied so far: delivery guards forget what the
     /// acknowledgement before this one covered.
     pub fn forget_acknowledged(&mut self) {
-        let products = &mut self.products;
-        self.guarded_products.retain(|id| {
-            products.get_mut(id).is_some_and(|product| {
-                product.guard.forget_acknowledged();
-                !product.guard.is_empty()
-            })
+        forget_acknowledged(&mut self.guarded_products, &mut self.products, |product| {
+            &mut product.guard
         });
-        let categories = &mut self.categories;
-        self.guarded_categories.retain(|id| {
-            categories.get_mut(id).is_some_and(|category| {
-                category.guard.forget_acknowledged();
-                !category.guard.is_empty()
-            })
-        });
+        forget_acknowledged(
+            &mut self.guarded_categories,
+            &mut self.categories,
+            |category| &mut category.guard,
+        );
     }
 
     /// The catalog half of the feature vector.

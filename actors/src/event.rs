@@ -134,7 +134,8 @@ impl Event {
         };
         if let Some(unknown) = fields
             .keys()
-            .find(|key| !JSON_FIELDS.contains(&key.as_str()))
+            // The JSON form has the CSV fields and an optional event_id.
+            .find(|key| key.as_str() != "event_id" && !CSV_HEADER.contains(&key.as_str()))
         {
             return Err(ParseError::Json {
                 reason: format!(
@@ -149,6 +150,19 @@ impl Event {
     /// The JSON form of the event (REES46 time format).
     pub fn to_json(&self) -> String {
         serde_json::to_string(&JsonEvent::from(self)).expect("an event always serializes")
+    }
+
+    /// A JSON array of events, the batch form of `POST /v1/events`.
+    pub fn json_array(events: &[Event]) -> String {
+        let mut text = String::from("[");
+        for (index, event) in events.iter().enumerate() {
+            if index > 0 {
+                text.push(',');
+            }
+            text.push_str(&event.to_json());
+        }
+        text.push(']');
+        text
     }
 
     /// Writes the event as one REES46 CSV record.
@@ -493,20 +507,6 @@ struct JsonEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event_id: Option<String>,
 }
-
-/// The fields of the JSON form.
-const JSON_FIELDS: [&str; 10] = [
-    "event_time",
-    "event_type",
-    "product_id",
-    "category_id",
-    "category_code",
-    "brand",
-    "price",
-    "user_id",
-    "user_session",
-    "event_id",
-];
 
 /// JSON numbers lose precision past 2^53 in many producers, so ids may also come as strings.
 #[derive(Debug, Serialize, Deserialize)]

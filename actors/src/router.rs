@@ -146,7 +146,7 @@ impl Engine {
             });
         let mut total = BatchApplied::default();
         for result in join_all(sends).await {
-            let applied = result?;
+            let applied = result??;
             total.applied += applied.applied;
             total.duplicates += applied.duplicates;
         }
@@ -339,6 +339,102 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(vectors.len(), 1);
+        // Events whose users cannot be loaded are refused, not applied on fresh state.
+        assert!(matches!(
+            engine.ingest(vec![view(5, 7)]).await,
+            Err(EngineError::Store(_))
+        ));
+        engine.stop().await.ok();
+    }
+
+    fn view(user_id: u64, product_id: u64) -> Event {
+        Event {
+            time: 1_000,
+            event_type: crate::event::EventType::View,
+            product_id,
+            category_id: 3,
+            category_code: None,
+            brand: None,
+            price: 2.0,
+            user_id,
+            user_session: "s".into(),
+            event_id: None,
+        }
+    }
+
+    /// A store whose catalog reads fail while `catalog_down` is set; it holds what it saves.
+    #[derive(Default)]
+    struct CatalogOutage {
+        catalog_down: std::sync::atomic::AtomicBool,
+        products: std::sync::Mutex<Vec<ProductState>>,
+    }
+
+    impl StateStore for Arc<CatalogOutage> {
+        fn save(&self, batch: StateBatch) -> StoreFuture<()> {
+            self.products.lock().unwrap().extend(batch.products);
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_user_side(
+            &self,
+            _: Vec<u64>,
+            _: Vec<SessionKey>,
+        ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+            Box::pin(async { Ok((Vec::new(), Vec::new())) })
+        }
+
+        fn load_catalog(
+            &self,
+            _: Vec<u64>,
+            _: Vec<u64>,
+        ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+            let down = self.catalog_down.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if down {
+                    Err(StoreError::Timeout(100))
+                } else {
+                    Ok((Vec::new(), Vec::new()))
+                }
+            })
+        }
+    }
+
+    #[actix::test]
+    async fn catalog_events_wait_for_a_failed_rehydration_and_block_acknowledgement() {
+        let settings = ShardSettings {
+            session_timeout: crate::engine::DEFAULT_SESSION_TIMEOUT,
+            user_idle: 3_600_000,
+            flush_interval: Duration::from_secs(60),
+            live_watermark: false,
+            guard_deliveries: true,
+        };
+        let store = Arc::new(CatalogOutage::default());
+        store
+            .catalog_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let engine = Engine::start(1, settings, Arc::new(store.clone()), Arc::new(NoObserver));
+        engine.ingest(vec![view(5, 7), view(6, 7)]).await.unwrap();
+        assert!(
+            engine.flush(false).await.is_err(),
+            "nothing may be acknowledged while catalog events wait"
+        );
+        assert!(!engine.stats().await.unwrap().store_healthy);
+        store
+            .catalog_down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut flushed = engine.flush(false).await;
+        for _ in 0..100 {
+            if flushed.is_ok() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(20)).await;
+            flushed = engine.flush(false).await;
+        }
+        flushed.expect("the parked events apply once the store answers");
+        let product = engine.product(7).await.unwrap().expect("product 7");
+        assert_eq!(product.counts.views, 2, "both events applied once");
+        let stored = store.products.lock().unwrap().clone();
+        assert_eq!(stored.last().map(|product| product.counts.views), Some(2));
         engine.stop().await.ok();
     }
 }

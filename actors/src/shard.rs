@@ -254,9 +254,10 @@ impl Actor for ShardActor {
     }
 }
 
-/// Events of one shard's users, in order.
+/// Events of one shard's users, in order. Fails, applying nothing, when the users or sessions
+/// it needs cannot be loaded: applying them on fresh state would overwrite the stored history.
 #[derive(Message)]
-#[rtype(result = "BatchApplied")]
+#[rtype(result = "Result<BatchApplied, StoreError>")]
 pub struct ApplyBatch {
     pub events: Vec<Event>,
     /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
@@ -271,22 +272,22 @@ pub struct BatchApplied {
 }
 
 impl Handler<ApplyBatch> for ShardActor {
-    type Result = AtomicResponse<Self, BatchApplied>;
+    type Result = AtomicResponse<Self, Result<BatchApplied, StoreError>>;
 
     fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
         let (users, sessions) = self.missing(&message.events);
         if users.is_empty() && sessions.is_empty() {
             let applied = self.apply(message.events, message.redelivered);
-            return AtomicResponse::new(Box::pin(fut::ready(applied)));
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(applied))));
         }
         // Atomic: no later batch may run before this one's state is loaded and applied.
         AtomicResponse::new(Box::pin(self.store.load_user_side(users, sessions).into_actor(self).map(
             move |loaded, actor, _| {
-                match loaded {
-                    Ok((users, sessions)) => actor.rehydrate(users, sessions),
-                    Err(error) => tracing::warn!(shard = actor.index, %error, "rehydration failed; applying on fresh state"),
-                }
-                actor.apply(message.events, message.redelivered)
+                let (users, sessions) = loaded.inspect_err(|error| {
+                    tracing::warn!(shard = actor.index, %error, "rehydration failed; the batch is refused");
+                })?;
+                actor.rehydrate(users, sessions);
+                Ok(actor.apply(message.events, message.redelivered))
             },
         )))
     }

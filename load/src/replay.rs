@@ -80,14 +80,7 @@ impl Sink {
                 .await
                 .context("failed to publish to RabbitMQ"),
             Sink::Http(client, url) => {
-                let body = format!(
-                    "[{}]",
-                    events
-                        .iter()
-                        .map(Event::to_json)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
+                let body = Event::json_array(events);
                 let response = client
                     .post(format!("{url}/v1/events"))
                     .header("content-type", "application/json")

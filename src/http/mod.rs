@@ -81,7 +81,15 @@ impl ResponseError for ApiError {
 
 impl From<propensity_actors::router::EngineError> for ApiError {
     fn from(error: propensity_actors::router::EngineError) -> Self {
-        ApiError::Internal(error.to_string())
+        use propensity_actors::router::EngineError;
+        use propensity_actors::store::StoreError;
+        match error {
+            // The client may retry: nothing of the request was applied.
+            EngineError::Store(
+                store @ (StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Busy),
+            ) => ApiError::Unavailable(store.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! `propensity_actors::features::DeliveryGuard`). Invalid messages are republished to the
 //! dead-letter exchange with their reason, confirmed, and then acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -131,10 +131,16 @@ struct Pending {
 /// applied deliveries that covers. One "everything up to here" acknowledgement per channel
 /// then covers exactly what was applied, and never names a dead letter's tag, which was
 /// acknowledged on its own.
+///
+/// `settled` tells whether every partition had delivered all it redelivered when the flush
+/// began: only then may delivery guards forget. Redelivered messages come first in each queue,
+/// but partitions start at different times, so one partition's acknowledgement must not let a
+/// guard forget an identity another partition is about to redeliver.
 #[derive(Default)]
 struct Applied {
     newest: BTreeMap<u16, Acker>,
     count: u64,
+    settled: bool,
 }
 
 type Barrier = Pin<Box<dyn Future<Output = (Applied, Result<usize, EngineError>)>>>;
@@ -164,10 +170,13 @@ async fn session(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut consumers = SelectAll::new();
+    let mut channels = BTreeMap::new();
     let (preferred, standby): (Vec<u16>, Vec<u16>) =
         (0..settings.partitions).partition(|partition| settings.prefers(*partition));
     for partition in &preferred {
-        consumers.push(consume(&connection, settings, *partition).await?);
+        let (channel, deliveries) = consume(&connection, settings, *partition).await?;
+        channels.insert(*partition, channel);
+        consumers.push(deliveries);
     }
     *connected = true;
     context.ready.store(true, Ordering::Relaxed);
@@ -186,6 +195,10 @@ async fn session(
     let mut linger = Box::pin(tokio::time::sleep(BATCH_LINGER));
     let mut lingering = false;
     let mut applied = Applied::default();
+    // Partitions that may still redeliver: settled by a fresh delivery, or by two backlog reads
+    // in a row that find nothing ready.
+    let mut unsettled: BTreeSet<u16> = preferred.iter().copied().collect();
+    let mut found_empty: BTreeSet<u16> = BTreeSet::new();
     let mut barrier: Option<Barrier> = None;
     let mut ack_tick = tokio::time::interval(Duration::from_millis(settings.ack_interval_ms));
     let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
@@ -197,12 +210,12 @@ async fn session(
                 if let Some(running) = barrier.take() {
                     let (covered, result) = running.await;
                     if result.is_ok() {
-                        acknowledge(context, covered).await?;
+                        acknowledge(context, &channels, covered).await?;
                     }
                 }
                 if applied.count > 0 {
                     match context.engine.flush(false).await {
-                        Ok(_) => acknowledge(context, std::mem::take(&mut applied)).await?,
+                        Ok(_) => acknowledge(context, &channels, std::mem::take(&mut applied)).await?,
                         Err(error) => tracing::warn!(%error, "final flush failed; the broker redelivers what was not acknowledged"),
                     }
                 }
@@ -218,6 +231,8 @@ async fn session(
                 context.metrics.bus_unacked.inc();
                 if delivery.redelivered {
                     context.metrics.bus_redeliveries.inc();
+                } else {
+                    unsettled.remove(&partition);
                 }
                 let content_type = delivery.properties.content_type().as_ref().map(|value| value.as_str());
                 match message::parse(&delivery.data, delivery.routing_key.as_str(), content_type, settings.max_message_bytes) {
@@ -247,13 +262,14 @@ async fn session(
             }
             _ = ack_tick.tick(), if barrier.is_none() && applied.count > 0 => {
                 // Everything applied so far is in the flush this starts.
-                let (covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
+                let (mut covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
+                covered.settled = unsettled.is_empty();
                 barrier = Some(Box::pin(async move { let result = engine.flush(false).await; (covered, result) }));
             }
             (covered, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
                 barrier = None;
                 match result {
-                    Ok(_) => acknowledge(context, covered).await?,
+                    Ok(_) => acknowledge(context, &channels, covered).await?,
                     // Not acknowledged: the broker stops delivering at the prefetch limit, which
                     // bounds memory until the store is back.
                     Err(error) => {
@@ -268,7 +284,10 @@ async fn session(
             _ = &mut standby_due, if standby_pending => {
                 standby_pending = false;
                 for partition in &standby {
-                    consumers.push(consume(&connection, settings, *partition).await?);
+                    let (channel, deliveries) = consume(&connection, settings, *partition).await?;
+                    channels.insert(*partition, channel);
+                    consumers.push(deliveries);
+                    unsettled.insert(*partition);
                 }
                 tracing::info!(partitions = ?standby, "standing by for other instances' partitions");
             }
@@ -281,6 +300,11 @@ async fn session(
                         FieldTable::default(),
                     ).await?;
                     context.metrics.bus_backlog.with_label_values(&[&partition.to_string()]).set(i64::from(declared.message_count()));
+                    if declared.message_count() > 0 {
+                        found_empty.remove(&partition);
+                    } else if !found_empty.insert(partition) {
+                        unsettled.remove(&partition);
+                    }
                 }
             }
         }
@@ -292,7 +316,10 @@ async fn consume(
     connection: &Connection,
     settings: &RabbitmqSettings,
     partition: u16,
-) -> lapin::Result<impl futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + use<>> {
+) -> lapin::Result<(
+    Channel,
+    impl futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + use<>,
+)> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions { global: false })
@@ -310,7 +337,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    Ok(consumer.map(move |delivery| (partition, delivery)))
+    Ok((channel, consumer.map(move |delivery| (partition, delivery))))
 }
 
 async fn apply(
@@ -333,13 +360,28 @@ async fn apply(
 
 /// Acknowledges what a completed flush made durable, then lets delivery guards forget what the
 /// acknowledgement before covered.
-async fn acknowledge(context: &Context, covered: Applied) -> Result<(), SessionError> {
-    for acker in covered.newest.values() {
+async fn acknowledge(
+    context: &Context,
+    channels: &BTreeMap<u16, Channel>,
+    covered: Applied,
+) -> Result<(), SessionError> {
+    for (partition, acker) in &covered.newest {
         acker.ack(BasicAckOptions { multiple: true }).await?;
+        // An acknowledgement has no reply; a synchronous call on the same channel does, and the
+        // broker handles a channel's frames in order. Only then may guards forget: an
+        // acknowledgement lost with a dying connection would otherwise bring the message back
+        // after its identity was forgotten.
+        if let Some(channel) = channels.get(partition) {
+            channel
+                .basic_qos(context.settings.prefetch, BasicQosOptions { global: false })
+                .await?;
+        }
     }
     context.metrics.bus_acks.inc_by(covered.count);
     context.metrics.bus_unacked.sub(covered.count as i64);
-    context.engine.forget_acknowledged().await?;
+    if covered.settled {
+        context.engine.forget_acknowledged().await?;
+    }
     Ok(())
 }
 

@@ -75,17 +75,8 @@ impl Publisher {
 
     /// Publishes the events, one message each, and waits for the broker to confirm all of them.
     pub async fn publish(&self, events: &[Event]) -> Result<(), PublishError> {
-        let bodies: Vec<(String, Vec<u8>)> = events
-            .iter()
-            .map(|event| (routing_key(event), event.to_json().into_bytes()))
-            .collect();
-        self.publish_raw(&bodies).await
-    }
-
-    /// Publishes prepared messages (routing key, body) and waits for every confirm.
-    pub async fn publish_raw(&self, messages: &[(String, Vec<u8>)]) -> Result<(), PublishError> {
         let channel = self.channel().await?;
-        let result = publish_on(&channel, &self.settings.exchange, messages).await;
+        let result = publish_on(&channel, &self.settings.exchange, events).await;
         if result.is_err() {
             // The next publish reconnects.
             self.channel.lock().await.take();
@@ -97,17 +88,17 @@ impl Publisher {
 async fn publish_on(
     channel: &Channel,
     exchange: &str,
-    messages: &[(String, Vec<u8>)],
+    events: &[Event],
 ) -> Result<(), PublishError> {
-    let mut confirms = Vec::with_capacity(messages.len());
-    for (routing_key, body) in messages {
+    let mut confirms = Vec::with_capacity(events.len());
+    for event in events {
         confirms.push(
             channel
                 .basic_publish(
                     exchange.into(),
-                    routing_key.as_str().into(),
+                    routing_key(event).as_str().into(),
                     BasicPublishOptions::default(),
-                    body,
+                    event.to_json().as_bytes(),
                     properties(),
                 )
                 .await?,

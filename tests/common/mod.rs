@@ -68,16 +68,27 @@ pub fn train_model(
     (model_out, model)
 }
 
+/// A port free on loopback now, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A model trained on a small data set of its own, in `dir/model`, for tests that compare
+/// state rather than scores.
+pub fn small_model(dir: &Path, session_timeout: i64) -> PathBuf {
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let (path, _) = synthetic_events(&model_dir, 300, 3, 99);
+    train_model(&model_dir, &path, session_timeout).0
+}
+
 /// Posts events as one batch to the HTTP collector and checks they were accepted.
 pub async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) {
-    let body = format!(
-        "[{}]",
-        events
-            .iter()
-            .map(Event::to_json)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let body = Event::json_array(events);
     let response = client
         .post(format!("{url}/v1/events"))
         .header("content-type", "application/json")
