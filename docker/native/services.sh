@@ -369,6 +369,8 @@ native_transport_port: $CQL_PORT
 
 # A 2-core machine shared with builds and tests.
 concurrent_compactors: 1
+# Tests create and drop a keyspace each: keep no snapshot of what they drop.
+auto_snapshot: false
 EOF
 
     cat >"$conf/logback.xml" <<EOF

@@ -29,6 +29,11 @@ impl DeliveryGuard {
         self.identities.push(identity);
     }
 
+    /// How many identities are remembered.
+    pub fn len(&self) -> usize {
+        self.identities.len()
+    }
+
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.identities.is_empty()
