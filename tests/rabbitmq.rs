@@ -31,26 +31,6 @@ fn offline(events: &[Event]) -> FeatureEngine {
     propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2
 }
 
-/// Waits until the service has acknowledged `count` messages.
-async fn wait_for_acks(service: &Service, count: u64, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let acked = service.metrics.bus_acks.get();
-        if acked >= count {
-            assert_eq!(
-                acked, count,
-                "acknowledged more messages than were published"
-            );
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "only {acked} of {count} messages acknowledged after {limit:?}"
-        );
-        actix::clock::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn a_replay_through_rabbitmq_equals_the_offline_features() {
     let connection = broker::connect().await;
@@ -63,7 +43,7 @@ async fn a_replay_through_rabbitmq_equals_the_offline_features() {
 
     let service = Service::start(&settings).await.expect("the service starts");
     broker::publish(&rabbitmq, &events).await;
-    wait_for_acks(&service, events.len() as u64, Duration::from_secs(300)).await;
+    broker::wait_for_acks(&service, events.len() as u64, Duration::from_secs(300)).await;
     assert_eq!(service.metrics.bus_redeliveries.get(), 0);
     common::assert_engine_matches(&service.engine, &offline(&events)).await;
     assert_eq!(broker::ready_messages(&connection, &rabbitmq).await, 0);
@@ -325,7 +305,7 @@ async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied
     }
     publish(good[corpus.len()].to_json().into_bytes(), "7".into(), None).await;
 
-    wait_for_acks(&service, good.len() as u64, Duration::from_secs(60)).await;
+    broker::wait_for_acks(&service, good.len() as u64, Duration::from_secs(60)).await;
     let user = service
         .engine
         .user(7)

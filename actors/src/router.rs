@@ -15,7 +15,7 @@ use crate::features::{
     FEATURE_COUNT, FeatureVector, ProductState, SessionState, USER_SIDE_COUNT, UserState,
 };
 use crate::shard::{
-    ApplyBatch, BatchApplied, FlushNow, GetSession, GetShardStats, GetUser, ShardActor,
+    ApplyBatch, BatchApplied, FlushNow, GetSession, GetShardStats, GetUser, Refused, ShardActor,
     ShardSettings, UserSideFeatures,
 };
 use crate::store::{Observer, StateStore, StoreError};
@@ -27,6 +27,15 @@ pub enum EngineError {
     Mailbox(#[from] MailboxError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Events the engine did not apply, and why. `events` is empty when they cannot be retried
+/// (an actor stopped); otherwise nothing of them was applied, and the rest of their batch was.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct IngestRefused {
+    pub error: EngineError,
+    pub events: Vec<Event>,
 }
 
 /// Totals over every shard and the catalog.
@@ -108,18 +117,24 @@ impl Engine {
     /// Applies a batch of events; resolves when every shard has applied its part. One message
     /// per shard per batch keeps cross-thread traffic low.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
-        self.ingest_deliveries(events, Vec::new()).await
+        self.ingest_deliveries(events, Vec::new())
+            .await
+            .map_err(|refused| refused.error)
     }
 
     /// Applies a batch of events from the bus; `redelivered[i]` tells whether event `i` may have
     /// been delivered before (missing entries are fresh). Redelivered events are applied only to
     /// the entities that do not remember them, so a crash between flush and acknowledgement
     /// never counts an event twice.
+    ///
+    /// When a shard cannot load the state its part needs, the other shards still apply theirs,
+    /// and the error carries the refused events: retried as redeliveries once the store
+    /// answers, they complete the batch exactly once.
     pub async fn ingest_deliveries(
         &self,
         events: Vec<Event>,
         redelivered: Vec<bool>,
-    ) -> Result<BatchApplied, EngineError> {
+    ) -> Result<BatchApplied, IngestRefused> {
         let count = self.shards.len();
         let any_redelivered = redelivered.iter().any(|flag| *flag);
         let mut parts: Vec<(Vec<Event>, Vec<bool>)> = (0..count)
@@ -145,12 +160,33 @@ impl Engine {
                 })
             });
         let mut total = BatchApplied::default();
+        let mut refused: Option<IngestRefused> = None;
         for result in join_all(sends).await {
-            let applied = result??;
-            total.applied += applied.applied;
-            total.duplicates += applied.duplicates;
+            match result {
+                Ok(Ok(applied)) => {
+                    total.applied += applied.applied;
+                    total.duplicates += applied.duplicates;
+                }
+                Ok(Err(Refused { error, events })) => {
+                    let refused = refused.get_or_insert_with(|| IngestRefused {
+                        error: EngineError::Store(error),
+                        events: Vec::new(),
+                    });
+                    refused.events.extend(events);
+                }
+                Err(error) => {
+                    // The events went down with a stopped actor: nothing to retry here.
+                    return Err(IngestRefused {
+                        error: error.into(),
+                        events: Vec::new(),
+                    });
+                }
+            }
         }
-        Ok(total)
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(total),
+        }
     }
 
     /// Feature vectors for scoring each product in a session, from current state.
@@ -397,6 +433,94 @@ mod tests {
                 }
             })
         }
+    }
+
+    /// A store whose user-side reads fail while `down` is set.
+    #[derive(Default)]
+    struct UserSideOutage {
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl StateStore for Arc<UserSideOutage> {
+        fn save(&self, _: StateBatch) -> StoreFuture<()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_user_side(
+            &self,
+            _: Vec<u64>,
+            _: Vec<SessionKey>,
+        ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+            let down = self.down.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if down {
+                    Err(StoreError::Unavailable("down".into()))
+                } else {
+                    Ok((Vec::new(), Vec::new()))
+                }
+            })
+        }
+
+        fn load_catalog(
+            &self,
+            _: Vec<u64>,
+            _: Vec<u64>,
+        ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+            Box::pin(async { Ok((Vec::new(), Vec::new())) })
+        }
+    }
+
+    #[actix::test]
+    async fn a_refused_part_of_a_batch_comes_back_and_its_retry_completes_the_batch_once() {
+        let settings = ShardSettings {
+            session_timeout: crate::engine::DEFAULT_SESSION_TIMEOUT,
+            user_idle: 3_600_000,
+            flush_interval: Duration::from_secs(60),
+            live_watermark: false,
+            guard_deliveries: true,
+        };
+        let store = Arc::new(UserSideOutage::default());
+        let engine = Engine::start(2, settings, Arc::new(store.clone()), Arc::new(NoObserver));
+        // Two users on different shards; the first is in memory before the store goes away.
+        let (known, unknown) = (
+            1,
+            (2..)
+                .find(|user| shard_of(*user, 2) != shard_of(1, 2))
+                .unwrap(),
+        );
+        engine.ingest(vec![view(known, 7)]).await.unwrap();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+
+        let mut second = view(known, 7);
+        second.time += 1;
+        let batch = vec![second, view(unknown, 7)];
+        let refused = engine
+            .ingest_deliveries(batch.clone(), vec![false, false])
+            .await
+            .expect_err("the unknown user cannot be loaded");
+        assert!(matches!(refused.error, EngineError::Store(_)));
+        assert_eq!(
+            refused.events,
+            vec![view(unknown, 7)],
+            "only the refused shard's part"
+        );
+        assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 2);
+
+        // Retried as redeliveries once the store answers: applied once, and a redelivery of the
+        // whole batch (a lost acknowledgement) changes nothing.
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        engine
+            .ingest_deliveries(refused.events, vec![true])
+            .await
+            .unwrap();
+        engine
+            .ingest_deliveries(batch, vec![true, true])
+            .await
+            .unwrap();
+        assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 3);
+        assert_eq!(engine.user(unknown).await.unwrap().unwrap().counts.views, 1);
+        assert_eq!(engine.user(known).await.unwrap().unwrap().counts.views, 2);
+        engine.stop().await.ok();
     }
 
     #[actix::test]

@@ -257,11 +257,20 @@ impl Actor for ShardActor {
 /// Events of one shard's users, in order. Fails, applying nothing, when the users or sessions
 /// it needs cannot be loaded: applying them on fresh state would overwrite the stored history.
 #[derive(Message)]
-#[rtype(result = "Result<BatchApplied, StoreError>")]
+#[rtype(result = "Result<BatchApplied, Refused>")]
 pub struct ApplyBatch {
     pub events: Vec<Event>,
     /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
     pub redelivered: Vec<bool>,
+}
+
+/// A batch a shard did not apply, none of it, because the store could not load the users or
+/// sessions it needs; the events come back so the caller can retry them.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused {
+    pub error: StoreError,
+    pub events: Vec<Event>,
 }
 
 /// What a batch did.
@@ -272,7 +281,7 @@ pub struct BatchApplied {
 }
 
 impl Handler<ApplyBatch> for ShardActor {
-    type Result = AtomicResponse<Self, Result<BatchApplied, StoreError>>;
+    type Result = AtomicResponse<Self, Result<BatchApplied, Refused>>;
 
     fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
         let (users, sessions) = self.missing(&message.events);
@@ -282,12 +291,15 @@ impl Handler<ApplyBatch> for ShardActor {
         }
         // Atomic: no later batch may run before this one's state is loaded and applied.
         AtomicResponse::new(Box::pin(self.store.load_user_side(users, sessions).into_actor(self).map(
-            move |loaded, actor, _| {
-                let (users, sessions) = loaded.inspect_err(|error| {
+            move |loaded, actor, _| match loaded {
+                Ok((users, sessions)) => {
+                    actor.rehydrate(users, sessions);
+                    Ok(actor.apply(message.events, message.redelivered))
+                }
+                Err(error) => {
                     tracing::warn!(shard = actor.index, %error, "rehydration failed; the batch is refused");
-                })?;
-                actor.rehydrate(users, sessions);
-                Ok(actor.apply(message.events, message.redelivered))
+                    Err(Refused { error, events: message.events })
+                }
             },
         )))
     }

@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// How long valid events wait for more before a partial batch is applied.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
+/// The first and the longest wait before a batch the engine refused is retried.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Why a consumer session ended.
 #[derive(Debug, thiserror::Error)]
@@ -200,12 +203,20 @@ async fn session(
     let mut unsettled: BTreeSet<u16> = preferred.iter().copied().collect();
     let mut found_empty: BTreeSet<u16> = BTreeSet::new();
     let mut barrier: Option<Barrier> = None;
+    // Events the engine refused because the store could not load their users or sessions.
+    // Deliveries wait until a retry applies them; the prefetch limit then stops the broker, which
+    // keeps memory bounded however long the store is away.
+    let mut refused: Option<Pending> = None;
+    let mut retry_due = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut retry_wait = RETRY_FIRST;
+    let mut retry_armed = false;
     let mut ack_tick = tokio::time::interval(Duration::from_millis(settings.ack_interval_ms));
     let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
 
     loop {
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => {
+                // Whatever the engine refuses now, the broker redelivers to the next consumer.
                 apply(context, &mut pending, &mut applied).await?;
                 if let Some(running) = barrier.take() {
                     let (covered, result) = running.await;
@@ -222,7 +233,7 @@ async fn session(
                 let _ = connection.close(200, "shutting down".into()).await;
                 return Ok(());
             }
-            delivery = consumers.next() => {
+            delivery = consumers.next(), if refused.is_none() => {
                 let (partition, delivery) = match delivery {
                     Some((partition, delivery)) => (partition, delivery?),
                     None => return Err(SessionError::Cancelled),
@@ -230,7 +241,12 @@ async fn session(
                 context.metrics.bus_deliveries.inc();
                 context.metrics.bus_unacked.inc();
                 if delivery.redelivered {
+                    // Redeliveries come first in a queue: until a fresh delivery follows, more
+                    // may come. A standby subscription taking over a dead instance's partition
+                    // starts this way, whatever its backlog reads said before.
                     context.metrics.bus_redeliveries.inc();
+                    unsettled.insert(partition);
+                    found_empty.remove(&partition);
                 } else {
                     unsettled.remove(&partition);
                 }
@@ -241,7 +257,7 @@ async fn session(
                         pending.redelivered.push(delivery.redelivered);
                         pending.ackers.push((partition, delivery.acker));
                         if pending.events.len() >= settings.batch_size {
-                            apply(context, &mut pending, &mut applied).await?;
+                            refused = apply(context, &mut pending, &mut applied).await?;
                         } else if !lingering {
                             linger.as_mut().reset(tokio::time::Instant::now() + BATCH_LINGER);
                             lingering = true;
@@ -256,9 +272,19 @@ async fn session(
                     }
                 }
             }
-            _ = &mut linger, if lingering => {
+            _ = &mut linger, if lingering && refused.is_none() => {
                 lingering = false;
-                apply(context, &mut pending, &mut applied).await?;
+                refused = apply(context, &mut pending, &mut applied).await?;
+            }
+            _ = &mut retry_due, if refused.is_some() => {
+                let mut batch = refused.take().expect("guarded");
+                retry_armed = false;
+                refused = apply(context, &mut batch, &mut applied).await?;
+                if refused.is_none() {
+                    tracing::info!("the store answers again; taking deliveries");
+                    retry_wait = RETRY_FIRST;
+                    context.ready.store(true, Ordering::Relaxed);
+                }
             }
             _ = ack_tick.tick(), if barrier.is_none() && applied.count > 0 => {
                 // Everything applied so far is in the flush this starts.
@@ -308,6 +334,22 @@ async fn session(
                 }
             }
         }
+        if let Some(batch) = &refused
+            && !retry_armed
+        {
+            retry_armed = true;
+            if retry_wait == RETRY_FIRST {
+                tracing::warn!(
+                    events = batch.events.len(),
+                    "the store could not load the state of a batch; deliveries wait until it answers"
+                );
+            }
+            context.ready.store(false, Ordering::Relaxed);
+            retry_due
+                .as_mut()
+                .reset(tokio::time::Instant::now() + retry_wait);
+            retry_wait = (retry_wait * 2).min(RETRY_MAX);
+        }
     }
 }
 
@@ -340,22 +382,35 @@ async fn consume(
     Ok((channel, consumer.map(move |delivery| (partition, delivery))))
 }
 
+/// Applies the pending batch. What the engine refused for want of the store comes back, to be
+/// retried as redeliveries: the entities that applied part of the batch skip it then. The
+/// batch's deliveries are acknowledged once all of it is applied.
 async fn apply(
     context: &Context,
     pending: &mut Pending,
     applied: &mut Applied,
-) -> Result<(), SessionError> {
+) -> Result<Option<Pending>, SessionError> {
     if pending.events.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let batch = std::mem::take(pending);
-    context
+    match context
         .engine
         .ingest_deliveries(batch.events, batch.redelivered)
-        .await?;
-    applied.count += batch.ackers.len() as u64;
-    applied.newest.extend(batch.ackers);
-    Ok(())
+        .await
+    {
+        Ok(_) => {
+            applied.count += batch.ackers.len() as u64;
+            applied.newest.extend(batch.ackers);
+            Ok(None)
+        }
+        Err(refused) if !refused.events.is_empty() => Ok(Some(Pending {
+            redelivered: vec![true; refused.events.len()],
+            events: refused.events,
+            ackers: batch.ackers,
+        })),
+        Err(refused) => Err(refused.error.into()),
+    }
 }
 
 /// Acknowledges what a completed flush made durable, then lets delivery guards forget what the

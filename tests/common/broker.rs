@@ -164,3 +164,27 @@ pub async fn wait_until_consumed(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until the service has acknowledged exactly `count` messages.
+pub async fn wait_for_acks(
+    service: &propensity::serve::Service,
+    count: u64,
+    limit: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let acked = service.metrics.bus_acks.get();
+        if acked >= count {
+            assert_eq!(
+                acked, count,
+                "acknowledged more messages than were published"
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {acked} of {count} messages acknowledged after {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -190,6 +190,79 @@ pub fn assert_stored_matches(
     }
 }
 
+/// Checks that a store returns exactly the offline replay's state for every user, session,
+/// product and category the replay knows, read back through the store's own loads.
+pub async fn assert_store_holds(
+    store: &dyn propensity_actors::store::StateStore,
+    offline: &propensity_actors::engine::FeatureEngine,
+) {
+    let users: Vec<u64> = offline.users.users.keys().copied().collect();
+    for chunk in users.chunks(500) {
+        let (loaded, _) = store
+            .load_user_side(chunk.to_vec(), Vec::new())
+            .await
+            .expect("users load");
+        assert_eq!(loaded.len(), chunk.len(), "stored users of a chunk");
+        for user in loaded {
+            assert_eq!(
+                Some(&user),
+                offline.users.users.get(&user.user_id),
+                "user {}",
+                user.user_id
+            );
+        }
+    }
+    let sessions: Vec<_> = offline.users.sessions.keys().copied().collect();
+    for chunk in sessions.chunks(500) {
+        let (_, loaded) = store
+            .load_user_side(Vec::new(), chunk.to_vec())
+            .await
+            .expect("sessions load");
+        assert_eq!(loaded.len(), chunk.len(), "stored sessions of a chunk");
+        for session in loaded {
+            let key =
+                propensity_actors::engine::SessionKey::new(session.user_id, &session.session_id);
+            assert_eq!(
+                Some(&session),
+                offline.users.sessions.get(&key),
+                "session {key:?}"
+            );
+        }
+    }
+    let products: Vec<u64> = offline.catalog.products.keys().copied().collect();
+    let categories: Vec<u64> = offline.catalog.categories.keys().copied().collect();
+    for chunk in products.chunks(500) {
+        let (loaded, _) = store
+            .load_catalog(chunk.to_vec(), Vec::new())
+            .await
+            .expect("products load");
+        assert_eq!(loaded.len(), chunk.len(), "stored products of a chunk");
+        for product in loaded {
+            assert_eq!(
+                Some(&product),
+                offline.catalog.products.get(&product.product_id),
+                "product {}",
+                product.product_id
+            );
+        }
+    }
+    for chunk in categories.chunks(500) {
+        let (_, loaded) = store
+            .load_catalog(Vec::new(), chunk.to_vec())
+            .await
+            .expect("categories load");
+        assert_eq!(loaded.len(), chunk.len(), "stored categories of a chunk");
+        for category in loaded {
+            assert_eq!(
+                Some(&category),
+                offline.catalog.categories.get(&category.category_id),
+                "category {}",
+                category.category_id
+            );
+        }
+    }
+}
+
 /// Where the Cassandra tests find their node (docker/native/services.sh up cassandra).
 pub const CASSANDRA_NODE: &str = "127.0.0.1:9042";
 

@@ -1,0 +1,56 @@
+//! The production path end to end: over 200,000 events published to a real RabbitMQ, consumed
+//! by the service with acknowledgements after durable flushes into a real Cassandra, must leave
+//! in Cassandra exactly the features of the offline replay, read back by a store opened afresh.
+//!
+//! Fails with the command to run when the broker or the CQL node is not reachable.
+
+mod common;
+
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use propensity::config::StoreKind;
+use propensity::serve::Service;
+use propensity_actors::event::Millis;
+
+use common::broker;
+
+/// Sessions never time out inside this replay, so the comparison covers every session.
+const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+
+#[actix_rt::test]
+async fn a_200k_replay_through_rabbitmq_into_cassandra_stores_the_offline_features() {
+    let connection = broker::connect().await;
+    let keyspace = common::TestKeyspace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let (_, events) = common::synthetic_events(dir.path(), 6600, 7, 17);
+    assert!(events.len() >= 200_000, "only {} events", events.len());
+    let (_, _, offline) =
+        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+
+    let mut settings = common::settings(dir.path(), &model);
+    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.shards = 2;
+    settings.store.kind = StoreKind::Scylla;
+    settings.store.scylla = keyspace.settings.clone();
+    broker::use_private_topology(&mut settings, "cassandra");
+    let rabbitmq = settings.bus.rabbitmq.clone();
+
+    let service = Service::start(&settings)
+        .await
+        .expect("the service starts on RabbitMQ and Cassandra");
+    broker::publish(&rabbitmq, &events).await;
+    broker::wait_for_acks(&service, events.len() as u64, Duration::from_secs(600)).await;
+    assert_eq!(service.metrics.bus_redeliveries.get(), 0);
+    assert_eq!(broker::ready_messages(&connection, &rabbitmq).await, 0);
+    common::assert_engine_matches(&service.engine, &offline).await;
+    service.stop().await.unwrap();
+
+    // Everything acknowledged is in Cassandra, as a new store reads it.
+    let store = propensity::store::open(&settings.store)
+        .await
+        .expect("the keyspace opens again");
+    common::assert_store_holds(store.as_ref(), &offline).await;
+    broker::delete_topology(&connection, &rabbitmq).await;
+}
