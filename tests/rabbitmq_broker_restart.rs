@@ -17,19 +17,6 @@ use common::broker;
 
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
 
-fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["-n", "rabbit@localhost"])
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (the README's test command installs RabbitMQ)");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[actix_rt::test]
 async fn a_broker_restart_mid_replay_loses_nothing() {
     let connection = broker::connect().await;
@@ -57,7 +44,7 @@ async fn a_broker_restart_mid_replay_loses_nothing() {
         service.metrics.bus_acks.get() < events.len() as u64,
         "the restart falls mid-replay"
     );
-    rabbitmqctl(&["stop_app"]);
+    broker::rabbitmqctl(&["stop_app"]);
     let started = Instant::now();
     while service.ready.load(Ordering::Relaxed) {
         assert!(
@@ -67,7 +54,7 @@ async fn a_broker_restart_mid_replay_loses_nothing() {
         actix::clock::sleep(Duration::from_millis(20)).await;
     }
     actix::clock::sleep(Duration::from_secs(1)).await;
-    rabbitmqctl(&["start_app"]);
+    broker::rabbitmqctl(&["start_app"]);
 
     // Messages applied but not acknowledged before the restart come again; they count once.
     let connection = broker::connect().await;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -22,63 +22,35 @@ const KILLS: usize = 6;
 /// Starts `propensity serve` as a child process with the test's settings.
 fn spawn_service(settings: &Settings, port: u16, log: &Path) -> Child {
     let rabbitmq = &settings.bus.rabbitmq;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_propensity"))
-        .args(["--config-dir"])
-        .arg(common::root().join("config"))
-        .args(["--env", "test", "serve"])
-        .env("PROPENSITY__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("PROPENSITY__MODEL__PATH", &settings.model.path)
-        .env(
-            "PROPENSITY__STORE__EMBEDDED_PATH",
-            &settings.store.embedded_path,
-        )
-        .env(
-            "PROPENSITY__ENGINE__SESSION_TIMEOUT_SECONDS",
+    let vars = [
+        ("HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ("MODEL__PATH", settings.model.path.display().to_string()),
+        (
+            "STORE__EMBEDDED_PATH",
+            settings.store.embedded_path.display().to_string(),
+        ),
+        (
+            "ENGINE__SESSION_TIMEOUT_SECONDS",
             settings.engine.session_timeout_seconds.to_string(),
-        )
-        .env("PROPENSITY__ENGINE__SHARDS", "2")
-        .env("PROPENSITY__BUS__KIND", "rabbitmq")
-        .env("PROPENSITY__BUS__RABBITMQ__URL", &rabbitmq.url)
-        .env("PROPENSITY__BUS__RABBITMQ__EXCHANGE", &rabbitmq.exchange)
-        .env(
-            "PROPENSITY__BUS__RABBITMQ__QUEUE_PREFIX",
-            &rabbitmq.queue_prefix,
-        )
-        .env(
-            "PROPENSITY__BUS__RABBITMQ__DEAD_LETTER_EXCHANGE",
-            &rabbitmq.dead_letter_exchange,
-        )
-        .env(
-            "PROPENSITY__BUS__RABBITMQ__DEAD_LETTER_QUEUE",
-            &rabbitmq.dead_letter_queue,
-        )
-        .env("PROPENSITY__BUS__RABBITMQ__ACK_INTERVAL_MS", "50")
-        .env("PROPENSITY__BUS__RABBITMQ__PREFETCH", "500")
-        .env("PROPENSITY__BUS__RABBITMQ__BATCH_SIZE", "200")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("propensity serve starts")
-}
-
-/// A metric's value from the child's /metrics, if it answers.
-async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
-    let text = client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        ),
+        ("ENGINE__SHARDS", "2".into()),
+        ("BUS__KIND", "rabbitmq".into()),
+        ("BUS__RABBITMQ__URL", rabbitmq.url.clone()),
+        ("BUS__RABBITMQ__EXCHANGE", rabbitmq.exchange.clone()),
+        ("BUS__RABBITMQ__QUEUE_PREFIX", rabbitmq.queue_prefix.clone()),
+        (
+            "BUS__RABBITMQ__DEAD_LETTER_EXCHANGE",
+            rabbitmq.dead_letter_exchange.clone(),
+        ),
+        (
+            "BUS__RABBITMQ__DEAD_LETTER_QUEUE",
+            rabbitmq.dead_letter_queue.clone(),
+        ),
+        ("BUS__RABBITMQ__ACK_INTERVAL_MS", "50".into()),
+        ("BUS__RABBITMQ__PREFETCH", "500".into()),
+        ("BUS__RABBITMQ__BATCH_SIZE", "200".into()),
+    ];
+    common::spawn_serve(&common::root().join("config"), "test", &vars, log)
 }
 
 #[actix_rt::test]
@@ -129,8 +101,8 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let started = Instant::now();
     loop {
         let ready = broker::ready_messages(&connection, &rabbitmq).await;
-        let unacked = metric(&client, port, "propensity_bus_unacked_messages").await;
-        let connected = metric(&client, port, "propensity_bus_connected").await;
+        let unacked = common::metric(&client, port, "propensity_bus_unacked_messages").await;
+        let connected = common::metric(&client, port, "propensity_bus_connected").await;
         if ready == 0 && unacked == Some(0.0) && connected == Some(1.0) {
             break;
         }

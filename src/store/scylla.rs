@@ -2,20 +2,20 @@
 //! schema/propensity.cql, written and read with the statements of schema/queries.cql, prepared
 //! once when the store opens.
 //!
-//! A save writes each entity as small single-partition UNLOGGED batches (a session's static row
-//! with its product rows; a user's row, then their products' partition; a product's row, then
-//! its sales partition), at most `max_concurrency` requests at a time, in two stages: users and
-//! categories first, sessions and products only once every write of the first stage succeeded.
-//! The actors rely on that order to apply a redelivered event only where it is missing
-//! ([`propensity_actors::features::DeliveryGuard`]). Every statement is idempotent: it writes
-//! values, not increments, under an explicit write timestamp, and a partition that holds several
+//! A save writes each entity (a session, a user, a product: each one partition, its own fields
+//! static and a row per product or hour; a category: one row) as one UNLOGGED single-partition
+//! batch, applied atomically, at most `max_concurrency` requests at a time, in two stages: users
+//! and categories first, sessions and products only once every write of the first stage
+//! succeeded. The actors rely on that order to apply a redelivered event only where it is
+//! missing ([`propensity_actors::features::DeliveryGuard`]). Every statement is idempotent: it
+//! writes values, not increments, under an explicit write timestamp, and a partition that holds several
 //! rows of one entity is replaced as a whole (a partition delete one microsecond older than the
 //! rows written with it), so a session that restarts under the same key leaves no old rows.
 //!
 //! The driver runs on a small runtime of its own, so its connections never wait behind the
 //! actor threads or a test's body, and the store works from any runtime or none.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -47,10 +47,6 @@ use crate::store::schema;
 
 /// The statements, each after a `-- name:` line, with a `{keyspace}` placeholder.
 pub const QUERIES_CQL: &str = include_str!("../../schema/queries.cql");
-
-/// Rows in one batch at most: a partition with more (a user with many products) is written in
-/// several batches, the first carrying the partition delete.
-const MAX_ROWS_PER_BATCH: usize = 500;
 
 /// The ScyllaDB store; cheap to clone.
 #[derive(Clone)]
@@ -186,16 +182,14 @@ struct Statements {
     insert_session: PreparedStatement,
     insert_session_product: PreparedStatement,
     select_session: PreparedStatement,
+    delete_user: PreparedStatement,
     insert_user: PreparedStatement,
-    select_user: PreparedStatement,
-    delete_user_products: PreparedStatement,
     insert_user_product: PreparedStatement,
-    select_user_products: PreparedStatement,
+    select_user: PreparedStatement,
+    delete_product: PreparedStatement,
     insert_product: PreparedStatement,
+    insert_product_hour: PreparedStatement,
     select_product: PreparedStatement,
-    delete_product_sales: PreparedStatement,
-    insert_product_sale: PreparedStatement,
-    select_product_sales: PreparedStatement,
     insert_category: PreparedStatement,
     select_category: PreparedStatement,
 }
@@ -272,16 +266,14 @@ impl Statements {
             insert_session: prepare("insert_session").await?,
             insert_session_product: prepare("insert_session_product").await?,
             select_session: prepare("select_session").await?,
+            delete_user: prepare("delete_user").await?,
             insert_user: prepare("insert_user").await?,
-            select_user: prepare("select_user").await?,
-            delete_user_products: prepare("delete_user_products").await?,
             insert_user_product: prepare("insert_user_product").await?,
-            select_user_products: prepare("select_user_products").await?,
+            select_user: prepare("select_user").await?,
+            delete_product: prepare("delete_product").await?,
             insert_product: prepare("insert_product").await?,
+            insert_product_hour: prepare("insert_product_hour").await?,
             select_product: prepare("select_product").await?,
-            delete_product_sales: prepare("delete_product_sales").await?,
-            insert_product_sale: prepare("insert_product_sale").await?,
-            select_product_sales: prepare("select_product_sales").await?,
             insert_category: prepare("insert_category").await?,
             select_category: prepare("select_category").await?,
         })
@@ -411,7 +403,7 @@ struct InsertUser {
 }
 
 #[derive(SerializeRow)]
-struct DeleteUserProducts {
+struct DeleteUser {
     deleted_at: i64,
     user_id: i64,
 }
@@ -420,12 +412,12 @@ struct DeleteUserProducts {
 struct InsertUserProduct {
     user_id: i64,
     product_id: i64,
-    events: i64,
-    views: i64,
-    carts: i64,
-    removes: i64,
-    purchases: i64,
-    last_event_at: i64,
+    product_events: i64,
+    product_views: i64,
+    product_carts: i64,
+    product_removes: i64,
+    product_purchases: i64,
+    product_last_event_at: i64,
     ttl: i32,
     written_at: i64,
 }
@@ -448,19 +440,19 @@ struct InsertProduct {
 }
 
 #[derive(SerializeRow)]
-struct DeleteProductSales {
+struct DeleteProduct {
     deleted_at: i64,
     product_id: i64,
 }
 
 #[derive(SerializeRow)]
-struct InsertProductSale {
+struct InsertProductHour {
     product_id: i64,
     hour: i64,
-    views: i64,
-    carts: i64,
-    purchases: i64,
-    revenue: f64,
+    hour_views: i64,
+    hour_carts: i64,
+    hour_purchases: i64,
+    hour_revenue: f64,
     ttl: i32,
     written_at: i64,
 }
@@ -502,57 +494,53 @@ struct SessionRow {
     last_view_at: Option<i64>,
 }
 
+/// A row of a user's partition: the static user fields, and one product (none when the user's
+/// partition holds no product row).
 #[derive(DeserializeRow)]
 struct UserRow {
     user_id: i64,
-    events: i64,
-    views: i64,
-    carts: i64,
-    removes: i64,
-    purchases: i64,
-    sessions: i64,
-    purchase_sessions: i64,
-    revenue: f64,
-    first_event_at: i64,
-    last_event_at: i64,
+    events: Option<i64>,
+    views: Option<i64>,
+    carts: Option<i64>,
+    removes: Option<i64>,
+    purchases: Option<i64>,
+    sessions: Option<i64>,
+    purchase_sessions: Option<i64>,
+    revenue: Option<f64>,
+    first_event_at: Option<i64>,
+    last_event_at: Option<i64>,
     last_purchase_at: Option<i64>,
     recent_identities: Option<Vec<i64>>,
     guard: Option<Vec<u8>>,
+    product_id: Option<i64>,
+    product_events: Option<i64>,
+    product_views: Option<i64>,
+    product_carts: Option<i64>,
+    product_removes: Option<i64>,
+    product_purchases: Option<i64>,
+    product_last_event_at: Option<i64>,
 }
 
-#[derive(DeserializeRow)]
-struct UserProductRow {
-    product_id: i64,
-    events: i64,
-    views: i64,
-    carts: i64,
-    removes: i64,
-    purchases: i64,
-    last_event_at: i64,
-}
-
+/// A row of a product's partition: the static product fields, and one hour of sales (none when
+/// the partition holds no hour row).
 #[derive(DeserializeRow)]
 struct ProductRow {
     product_id: i64,
-    category_id: i64,
-    price: f64,
-    events: i64,
-    views: i64,
-    carts: i64,
-    removes: i64,
-    purchases: i64,
-    revenue: f64,
-    last_event_at: i64,
+    category_id: Option<i64>,
+    price: Option<f64>,
+    events: Option<i64>,
+    views: Option<i64>,
+    carts: Option<i64>,
+    removes: Option<i64>,
+    purchases: Option<i64>,
+    revenue: Option<f64>,
+    last_event_at: Option<i64>,
     guard: Option<Vec<u8>>,
-}
-
-#[derive(DeserializeRow)]
-struct ProductSaleRow {
-    hour: i64,
-    views: i64,
-    carts: i64,
-    purchases: i64,
-    revenue: f64,
+    hour: Option<i64>,
+    hour_views: Option<i64>,
+    hour_carts: Option<i64>,
+    hour_purchases: Option<i64>,
+    hour_revenue: Option<f64>,
 }
 
 #[derive(DeserializeRow)]
@@ -606,20 +594,16 @@ enum Write {
 /// Lookups of one load, one request each.
 enum Lookup {
     User(u64),
-    UserProducts(u64),
     Session(SessionKey),
     Product(u64),
-    ProductSales(u64),
     Category(u64),
 }
 
 /// What a lookup found.
 enum Found {
     User(Option<UserState>),
-    UserProducts(u64, BTreeMap<u64, UserProduct>),
     Session(Option<SessionState>),
     Product(Option<ProductState>),
-    ProductSales(u64, Vec<HourBucket>),
     Category(Option<CategoryState>),
 }
 
@@ -679,33 +663,30 @@ impl Core {
         InFlight(&self.in_flight)
     }
 
-    /// Statements of one partition as batches of at most [`MAX_ROWS_PER_BATCH`] rows.
-    fn partition_batches(
+    /// Every statement of one entity's partition in one batch. A single-partition batch is
+    /// applied atomically, so a crash never leaves part of an entity written: its delivery
+    /// guard always matches its data.
+    fn partition_batch(
         &self,
         table: &'static str,
         rows: Vec<(&PreparedStatement, Values)>,
-    ) -> Vec<Write> {
-        let mut writes = Vec::new();
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let mut batch = Batch::new(BatchType::Unlogged);
-            let mut values = Vec::new();
-            for (statement, row) in rows.by_ref().take(MAX_ROWS_PER_BATCH) {
-                batch.append_statement(statement.clone());
-                values.push(row);
-            }
-            batch.set_execution_profile_handle(Some(self.write_profile.clone()));
-            batch.set_is_idempotent(true);
-            writes.push(Write::Batch {
-                table,
-                batch,
-                values,
-            });
+    ) -> Write {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::with_capacity(rows.len());
+        for (statement, row) in rows {
+            batch.append_statement(statement.clone());
+            values.push(row);
         }
-        writes
+        batch.set_execution_profile_handle(Some(self.write_profile.clone()));
+        batch.set_is_idempotent(true);
+        Write::Batch {
+            table,
+            batch,
+            values,
+        }
     }
 
-    fn session_writes(&self, session: &SessionState, written_at: i64) -> Vec<Write> {
+    fn session_write(&self, session: &SessionState, written_at: i64) -> Write {
         let statements = &self.statements;
         let key = SessionKey::new(session.user_id, &session.session_id);
         let (user_id, session_hash) = (to_bigint(key.user_id), to_bigint(key.session_hash));
@@ -782,48 +763,49 @@ impl Core {
                 }),
             ));
         }
-        self.partition_batches("sessions", rows)
+        self.partition_batch("sessions", rows)
     }
 
-    fn user_writes(&self, user: &UserState, written_at: i64) -> Vec<Write> {
+    fn user_write(&self, user: &UserState, written_at: i64) -> Write {
         let statements = &self.statements;
         let user_id = to_bigint(user.user_id);
         let ttl = ttl(self.settings.user_ttl_seconds);
         let [events, views, carts, removes, purchases] = counts_values(&user.counts);
-        let mut writes = vec![Write::Single {
-            table: "users",
-            statement: statements.insert_user.clone(),
-            values: Box::new(InsertUser {
-                user_id,
-                events,
-                views,
-                carts,
-                removes,
-                purchases,
-                sessions: i64::from(user.sessions),
-                purchase_sessions: i64::from(user.purchase_sessions),
-                revenue: user.revenue,
-                first_event_at: user.first_event_at,
-                last_event_at: user.last_event_at,
-                last_purchase_at: user.last_purchase_at,
-                recent_identities: user
-                    .recent_identities
-                    .iter()
-                    .copied()
-                    .map(to_bigint)
-                    .collect(),
-                guard: encode_guard(&user.guard),
-                ttl,
-                written_at,
-            }),
-        }];
-        let mut rows: Vec<(&PreparedStatement, Values)> = vec![(
-            &statements.delete_user_products,
-            Box::new(DeleteUserProducts {
-                deleted_at: written_at - 1,
-                user_id,
-            }),
-        )];
+        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
+            (
+                &statements.delete_user,
+                Box::new(DeleteUser {
+                    deleted_at: written_at - 1,
+                    user_id,
+                }),
+            ),
+            (
+                &statements.insert_user,
+                Box::new(InsertUser {
+                    user_id,
+                    events,
+                    views,
+                    carts,
+                    removes,
+                    purchases,
+                    sessions: i64::from(user.sessions),
+                    purchase_sessions: i64::from(user.purchase_sessions),
+                    revenue: user.revenue,
+                    first_event_at: user.first_event_at,
+                    last_event_at: user.last_event_at,
+                    last_purchase_at: user.last_purchase_at,
+                    recent_identities: user
+                        .recent_identities
+                        .iter()
+                        .copied()
+                        .map(to_bigint)
+                        .collect(),
+                    guard: encode_guard(&user.guard),
+                    ttl,
+                    written_at,
+                }),
+            ),
+        ];
         for (product_id, product) in &user.products {
             let [events, views, carts, removes, purchases] = counts_values(&product.counts);
             rows.push((
@@ -831,69 +813,68 @@ impl Core {
                 Box::new(InsertUserProduct {
                     user_id,
                     product_id: to_bigint(*product_id),
+                    product_events: events,
+                    product_views: views,
+                    product_carts: carts,
+                    product_removes: removes,
+                    product_purchases: purchases,
+                    product_last_event_at: product.last_event_at,
+                    ttl,
+                    written_at,
+                }),
+            ));
+        }
+        self.partition_batch("users", rows)
+    }
+
+    fn product_write(&self, product: &ProductState, written_at: i64) -> Write {
+        let statements = &self.statements;
+        let product_id = to_bigint(product.product_id);
+        let ttl = ttl(self.settings.product_ttl_seconds);
+        let [events, views, carts, removes, purchases] = counts_values(&product.counts);
+        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
+            (
+                &statements.delete_product,
+                Box::new(DeleteProduct {
+                    deleted_at: written_at - 1,
+                    product_id,
+                }),
+            ),
+            (
+                &statements.insert_product,
+                Box::new(InsertProduct {
+                    product_id,
+                    category_id: to_bigint(product.category_id),
+                    price: product.price,
                     events,
                     views,
                     carts,
                     removes,
                     purchases,
+                    revenue: product.revenue,
                     last_event_at: product.last_event_at,
+                    guard: encode_guard(&product.guard),
                     ttl,
                     written_at,
                 }),
-            ));
-        }
-        writes.extend(self.partition_batches("user_products", rows));
-        writes
-    }
-
-    fn product_writes(&self, product: &ProductState, written_at: i64) -> Vec<Write> {
-        let statements = &self.statements;
-        let product_id = to_bigint(product.product_id);
-        let ttl = ttl(self.settings.product_ttl_seconds);
-        let [events, views, carts, removes, purchases] = counts_values(&product.counts);
-        let mut writes = vec![Write::Single {
-            table: "products",
-            statement: statements.insert_product.clone(),
-            values: Box::new(InsertProduct {
-                product_id,
-                category_id: to_bigint(product.category_id),
-                price: product.price,
-                events,
-                views,
-                carts,
-                removes,
-                purchases,
-                revenue: product.revenue,
-                last_event_at: product.last_event_at,
-                guard: encode_guard(&product.guard),
-                ttl,
-                written_at,
-            }),
-        }];
-        let mut rows: Vec<(&PreparedStatement, Values)> = vec![(
-            &statements.delete_product_sales,
-            Box::new(DeleteProductSales {
-                deleted_at: written_at - 1,
-                product_id,
-            }),
-        )];
+            ),
+        ];
         for bucket in &product.hours {
             rows.push((
-                &statements.insert_product_sale,
-                Box::new(InsertProductSale {
+                &statements.insert_product_hour,
+                Box::new(InsertProductHour {
                     product_id,
                     hour: bucket.hour,
-                    views: i64::from(bucket.views),
-                    carts: i64::from(bucket.carts),
-                    purchases: i64::from(bucket.purchases),
-                    revenue: bucket.revenue,
+                    hour_views: i64::from(bucket.views),
+                    hour_carts: i64::from(bucket.carts),
+                    hour_purchases: i64::from(bucket.purchases),
+                    hour_revenue: bucket.revenue,
                     ttl,
                     written_at,
                 }),
             ));
         }
-        writes.extend(self.partition_batches("product_sales", rows));
-        writes
+        self.partition_batch("products", rows)
     }
 
     fn category_write(&self, category: &CategoryState, written_at: i64) -> Write {
@@ -957,7 +938,7 @@ impl Core {
         // products (see the module documentation).
         let mut first = Vec::new();
         for user in &batch.users {
-            first.extend(self.user_writes(user, written_at));
+            first.push(self.user_write(user, written_at));
         }
         for category in &batch.categories {
             first.push(self.category_write(category, written_at));
@@ -965,10 +946,10 @@ impl Core {
         self.write_all(first).await?;
         let mut second = Vec::new();
         for session in &batch.sessions {
-            second.extend(self.session_writes(session, written_at));
+            second.push(self.session_write(session, written_at));
         }
         for product in &batch.products {
-            second.extend(self.product_writes(product, written_at));
+            second.push(self.product_write(product, written_at));
         }
         self.write_all(second).await
     }
@@ -1005,38 +986,7 @@ impl Core {
                 let rows = self
                     .read(&statements.select_user, (to_bigint(user_id),), "users")
                     .await?;
-                let row = rows
-                    .maybe_first_row::<UserRow>()
-                    .map_err(|error| StoreError::Corrupt(format!("users: {error}")))?;
-                row.map(user_from_row).transpose().map(Found::User)
-            }
-            Lookup::UserProducts(user_id) => {
-                let rows = self
-                    .read(
-                        &statements.select_user_products,
-                        (to_bigint(user_id),),
-                        "user_products",
-                    )
-                    .await?;
-                let mut products = BTreeMap::new();
-                for row in rows
-                    .rows::<UserProductRow>()
-                    .map_err(|error| StoreError::Corrupt(format!("user_products: {error}")))?
-                {
-                    let row = row
-                        .map_err(|error| StoreError::Corrupt(format!("user_products: {error}")))?;
-                    products.insert(
-                        from_bigint(row.product_id),
-                        UserProduct {
-                            counts: counts(
-                                [row.events, row.views, row.carts, row.removes, row.purchases],
-                                "user_products",
-                            )?,
-                            last_event_at: row.last_event_at,
-                        },
-                    );
-                }
-                Ok(Found::UserProducts(user_id, products))
+                user_from_rows(&rows).map(Found::User)
             }
             Lookup::Session(key) => {
                 let rows = self
@@ -1056,35 +1006,7 @@ impl Core {
                         "products",
                     )
                     .await?;
-                let row = rows
-                    .maybe_first_row::<ProductRow>()
-                    .map_err(|error| StoreError::Corrupt(format!("products: {error}")))?;
-                row.map(product_from_row).transpose().map(Found::Product)
-            }
-            Lookup::ProductSales(product_id) => {
-                let rows = self
-                    .read(
-                        &statements.select_product_sales,
-                        (to_bigint(product_id),),
-                        "product_sales",
-                    )
-                    .await?;
-                let mut hours = Vec::new();
-                for row in rows
-                    .rows::<ProductSaleRow>()
-                    .map_err(|error| StoreError::Corrupt(format!("product_sales: {error}")))?
-                {
-                    let row = row
-                        .map_err(|error| StoreError::Corrupt(format!("product_sales: {error}")))?;
-                    hours.push(HourBucket {
-                        hour: row.hour,
-                        views: from_count(row.views, "product_sales.views")?,
-                        carts: from_count(row.carts, "product_sales.carts")?,
-                        purchases: from_count(row.purchases, "product_sales.purchases")?,
-                        revenue: row.revenue,
-                    });
-                }
-                Ok(Found::ProductSales(product_id, hours))
+                product_from_rows(&rows).map(Found::Product)
             }
             Lookup::Category(category_id) => {
                 let rows = self
@@ -1118,24 +1040,18 @@ impl Core {
     ) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
         let lookups = users
             .iter()
-            .flat_map(|user_id| [Lookup::User(*user_id), Lookup::UserProducts(*user_id)])
+            .copied()
+            .map(Lookup::User)
             .chain(sessions.into_iter().map(Lookup::Session))
             .collect();
         let mut loaded_users = Vec::new();
-        let mut user_products = HashMap::new();
         let mut loaded_sessions = Vec::new();
         for found in self.lookup_all(lookups).await? {
             match found {
                 Found::User(Some(user)) => loaded_users.push(user),
-                Found::UserProducts(user_id, products) => {
-                    user_products.insert(user_id, products);
-                }
                 Found::Session(Some(session)) => loaded_sessions.push(session),
                 _ => {}
             }
-        }
-        for user in &mut loaded_users {
-            user.products = user_products.remove(&user.user_id).unwrap_or_default();
         }
         Ok((loaded_users, loaded_sessions))
     }
@@ -1149,29 +1065,18 @@ impl Core {
         // that were not asked for follow.
         let lookups = products
             .iter()
-            .flat_map(|product_id| {
-                [
-                    Lookup::Product(*product_id),
-                    Lookup::ProductSales(*product_id),
-                ]
-            })
+            .copied()
+            .map(Lookup::Product)
             .chain(categories.iter().copied().map(Lookup::Category))
             .collect();
         let mut loaded_products = Vec::new();
-        let mut sales = HashMap::new();
         let mut loaded_categories = Vec::new();
         for found in self.lookup_all(lookups).await? {
             match found {
                 Found::Product(Some(product)) => loaded_products.push(product),
-                Found::ProductSales(product_id, hours) => {
-                    sales.insert(product_id, hours);
-                }
                 Found::Category(Some(category)) => loaded_categories.push(category),
                 _ => {}
             }
-        }
-        for product in &mut loaded_products {
-            product.hours = sales.remove(&product.product_id).unwrap_or_default();
         }
         let mut missing: Vec<u64> = loaded_products
             .iter()
@@ -1192,44 +1097,117 @@ impl Core {
     }
 }
 
-fn user_from_row(row: UserRow) -> Result<UserState, StoreError> {
-    Ok(UserState {
-        user_id: from_bigint(row.user_id),
-        counts: counts(
-            [row.events, row.views, row.carts, row.removes, row.purchases],
-            "users",
-        )?,
-        sessions: from_count(row.sessions, "users.sessions")?,
-        purchase_sessions: from_count(row.purchase_sessions, "users.purchase_sessions")?,
-        revenue: row.revenue,
-        first_event_at: row.first_event_at,
-        last_event_at: row.last_event_at,
-        last_purchase_at: row.last_purchase_at,
-        recent_identities: row
-            .recent_identities
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_bigint)
-            .collect(),
-        products: BTreeMap::new(),
-        guard: decode_guard(row.guard, "users")?,
-    })
+/// A user from the rows of their partition, `None` when it is empty.
+fn user_from_rows(rows: &QueryRowsResult) -> Result<Option<UserState>, StoreError> {
+    let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("users: {error}"));
+    let mut user: Option<UserState> = None;
+    for row in rows.rows::<UserRow>().map_err(|error| corrupt(&error))? {
+        let row = row.map_err(|error| corrupt(&error))?;
+        let user = match &mut user {
+            Some(user) => user,
+            None => user.insert(UserState {
+                user_id: from_bigint(row.user_id),
+                counts: counts(
+                    [
+                        required(row.events, "users.events")?,
+                        required(row.views, "users.views")?,
+                        required(row.carts, "users.carts")?,
+                        required(row.removes, "users.removes")?,
+                        required(row.purchases, "users.purchases")?,
+                    ],
+                    "users",
+                )?,
+                sessions: from_count(required(row.sessions, "users.sessions")?, "users.sessions")?,
+                purchase_sessions: from_count(
+                    required(row.purchase_sessions, "users.purchase_sessions")?,
+                    "users.purchase_sessions",
+                )?,
+                revenue: required(row.revenue, "users.revenue")?,
+                first_event_at: required(row.first_event_at, "users.first_event_at")?,
+                last_event_at: required(row.last_event_at, "users.last_event_at")?,
+                last_purchase_at: row.last_purchase_at,
+                recent_identities: row
+                    .recent_identities
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(from_bigint)
+                    .collect(),
+                products: BTreeMap::new(),
+                guard: decode_guard(row.guard, "users")?,
+            }),
+        };
+        let Some(product_id) = row.product_id else {
+            continue;
+        };
+        user.products.insert(
+            from_bigint(product_id),
+            UserProduct {
+                counts: counts(
+                    [
+                        required(row.product_events, "users.product_events")?,
+                        required(row.product_views, "users.product_views")?,
+                        required(row.product_carts, "users.product_carts")?,
+                        required(row.product_removes, "users.product_removes")?,
+                        required(row.product_purchases, "users.product_purchases")?,
+                    ],
+                    "users",
+                )?,
+                last_event_at: required(row.product_last_event_at, "users.product_last_event_at")?,
+            },
+        );
+    }
+    Ok(user)
 }
 
-fn product_from_row(row: ProductRow) -> Result<ProductState, StoreError> {
-    Ok(ProductState {
-        product_id: from_bigint(row.product_id),
-        category_id: from_bigint(row.category_id),
-        price: row.price,
-        counts: counts(
-            [row.events, row.views, row.carts, row.removes, row.purchases],
-            "products",
-        )?,
-        revenue: row.revenue,
-        last_event_at: row.last_event_at,
-        hours: Vec::new(),
-        guard: decode_guard(row.guard, "products")?,
-    })
+/// A product from the rows of its partition (hours in ascending order), `None` when it is empty.
+fn product_from_rows(rows: &QueryRowsResult) -> Result<Option<ProductState>, StoreError> {
+    let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("products: {error}"));
+    let mut product: Option<ProductState> = None;
+    for row in rows.rows::<ProductRow>().map_err(|error| corrupt(&error))? {
+        let row = row.map_err(|error| corrupt(&error))?;
+        let product = match &mut product {
+            Some(product) => product,
+            None => product.insert(ProductState {
+                product_id: from_bigint(row.product_id),
+                category_id: from_bigint(required(row.category_id, "products.category_id")?),
+                price: required(row.price, "products.price")?,
+                counts: counts(
+                    [
+                        required(row.events, "products.events")?,
+                        required(row.views, "products.views")?,
+                        required(row.carts, "products.carts")?,
+                        required(row.removes, "products.removes")?,
+                        required(row.purchases, "products.purchases")?,
+                    ],
+                    "products",
+                )?,
+                revenue: required(row.revenue, "products.revenue")?,
+                last_event_at: required(row.last_event_at, "products.last_event_at")?,
+                hours: Vec::new(),
+                guard: decode_guard(row.guard, "products")?,
+            }),
+        };
+        let Some(hour) = row.hour else {
+            continue;
+        };
+        product.hours.push(HourBucket {
+            hour,
+            views: from_count(
+                required(row.hour_views, "products.hour_views")?,
+                "products.hour_views",
+            )?,
+            carts: from_count(
+                required(row.hour_carts, "products.hour_carts")?,
+                "products.hour_carts",
+            )?,
+            purchases: from_count(
+                required(row.hour_purchases, "products.hour_purchases")?,
+                "products.hour_purchases",
+            )?,
+            revenue: required(row.hour_revenue, "products.hour_revenue")?,
+        });
+    }
+    Ok(product)
 }
 
 fn category_from_row(row: CategoryRow) -> Result<CategoryState, StoreError> {

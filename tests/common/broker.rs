@@ -188,3 +188,49 @@ pub async fn wait_for_acks(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Runs `rabbitmqctl` against the test broker's node; returns its output, or fails the test.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["-n", "rabbit@localhost"])
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (the README's test command installs RabbitMQ)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The tag of the active consumer of each of the topology's partition queues that has one.
+pub fn active_consumers(settings: &RabbitmqSettings) -> std::collections::BTreeMap<u16, String> {
+    let output = rabbitmqctl(&[
+        "list_consumers",
+        "--formatter",
+        "json",
+        "queue_name",
+        "consumer_tag",
+        "active",
+    ]);
+    let consumers: Vec<serde_json::Value> = serde_json::from_str(&output)
+        .unwrap_or_else(|error| panic!("rabbitmqctl list_consumers: {error}: {output}"));
+    let mut active = std::collections::BTreeMap::new();
+    for partition in 0..settings.partitions {
+        let queue = settings.queue(partition);
+        if let Some(consumer) = consumers
+            .iter()
+            .find(|consumer| consumer["queue_name"] == queue.as_str() && consumer["active"] == true)
+        {
+            active.insert(
+                partition,
+                consumer["consumer_tag"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    active
+}

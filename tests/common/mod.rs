@@ -196,6 +196,15 @@ pub async fn assert_store_holds(
     store: &dyn propensity_actors::store::StateStore,
     offline: &propensity_actors::engine::FeatureEngine,
 ) {
+    assert_store_holds_user_side(store, offline).await;
+    assert_store_holds_catalog(store, offline).await;
+}
+
+/// [`assert_store_holds`] for users and sessions only.
+pub async fn assert_store_holds_user_side(
+    store: &dyn propensity_actors::store::StateStore,
+    offline: &propensity_actors::engine::FeatureEngine,
+) {
     let users: Vec<u64> = offline.users.users.keys().copied().collect();
     for chunk in users.chunks(500) {
         let (loaded, _) = store
@@ -229,6 +238,13 @@ pub async fn assert_store_holds(
             );
         }
     }
+}
+
+/// [`assert_store_holds`] for products and categories only.
+pub async fn assert_store_holds_catalog(
+    store: &dyn propensity_actors::store::StateStore,
+    offline: &propensity_actors::engine::FeatureEngine,
+) {
     let products: Vec<u64> = offline.catalog.products.keys().copied().collect();
     let categories: Vec<u64> = offline.catalog.categories.keys().copied().collect();
     for chunk in products.chunks(500) {
@@ -349,4 +365,46 @@ impl Drop for TestKeyspace {
             );
         }
     }
+}
+
+/// Starts `propensity serve` as a child process: `--config-dir config_dir --env env`, each
+/// `(KEY, value)` of `vars` as the override `PROPENSITY__KEY`, stderr appended to `log`.
+pub fn spawn_serve(
+    config_dir: &Path,
+    env: &str,
+    vars: &[(&str, String)],
+    log: &Path,
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_propensity"))
+        .arg("--config-dir")
+        .arg(config_dir)
+        .args(["--env", env, "serve"])
+        .envs(
+            vars.iter()
+                .map(|(key, value)| (format!("PROPENSITY__{key}"), value)),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("propensity serve starts")
+}
+
+/// A metric's value from a service's /metrics on `port`, if it answers.
+pub async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
