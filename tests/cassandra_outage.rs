@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use propensity::config::StoreKind;
 use propensity::serve::Service;
 use propensity_actors::engine::SessionKey;
 use propensity_actors::event::Millis;
@@ -93,15 +92,11 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     let (_, _, offline) =
         propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
 
-    let mut settings = common::settings(dir.path(), &model);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
-    settings.engine.shards = 2;
-    settings.store.kind = StoreKind::Scylla;
-    settings.store.scylla = keyspace.settings.clone();
+    let mut settings =
+        common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "store-outage");
     // Failing requests give up quickly, as they would in production.
     settings.store.scylla.read_timeout_ms = 500;
     settings.store.scylla.write_timeout_ms = 1_000;
-    broker::use_private_topology(&mut settings, "store-outage");
     let rabbitmq = settings.bus.rabbitmq.clone();
     let window = i64::from(rabbitmq.partitions) * i64::from(rabbitmq.prefetch);
 
@@ -112,19 +107,7 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     let client = reqwest::Client::new();
     // Live traffic: the web tier keeps publishing through the outage, at a rate that spreads
     // the replay over about a minute.
-    let publishing = {
-        let (rabbitmq, events) = (rabbitmq.clone(), events.clone());
-        actix_rt::spawn(async move {
-            let publisher = propensity::ingest::Publisher::connect(&rabbitmq)
-                .await
-                .unwrap_or_else(|error| panic!("cannot publish to RabbitMQ: {error}"));
-            let mut tick = tokio::time::interval(Duration::from_millis(400));
-            for chunk in events.chunks(1000) {
-                tick.tick().await;
-                publisher.publish(chunk).await.expect("the broker confirms");
-            }
-        })
-    };
+    let publishing = broker::publish_paced(&rabbitmq, &events, 1000, Duration::from_millis(400));
 
     // Mid-replay: a tenth of the events acknowledged.
     let started = Instant::now();

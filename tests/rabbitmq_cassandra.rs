@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use propensity::config::StoreKind;
 use propensity::serve::Service;
 use propensity_actors::event::Millis;
 
@@ -29,12 +28,8 @@ async fn a_200k_replay_through_rabbitmq_into_cassandra_stores_the_offline_featur
     let (_, _, offline) =
         propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
 
-    let mut settings = common::settings(dir.path(), &model);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
-    settings.engine.shards = 2;
-    settings.store.kind = StoreKind::Scylla;
-    settings.store.scylla = keyspace.settings.clone();
-    broker::use_private_topology(&mut settings, "cassandra");
+    let settings =
+        common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "cassandra");
     let rabbitmq = settings.bus.rabbitmq.clone();
 
     let service = Service::start(&settings)

@@ -19,7 +19,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use propensity::config::{RabbitmqSettings, Settings, StoreKind};
+use propensity::config::{RabbitmqSettings, Settings};
 use propensity_actors::event::Millis;
 
 use common::broker;
@@ -114,10 +114,8 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     let (_, events) = common::synthetic_events(dir.path(), 3000, 7, 29);
     let (_, _, offline) =
         propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
-    let mut settings = common::settings(dir.path(), &model);
-    settings.store.kind = StoreKind::Scylla;
-    settings.store.scylla = keyspace.settings.clone();
-    broker::use_private_topology(&mut settings, "scale-out");
+    let settings =
+        common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "scale-out");
     let rabbitmq = settings.bus.rabbitmq.clone();
     assert_eq!(rabbitmq.partitions, 4);
     // The schema, once, before two instances start on it.
@@ -145,19 +143,7 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     }
 
     // The web tier publishes over about half a minute.
-    let publishing = {
-        let (rabbitmq, events) = (rabbitmq.clone(), events.clone());
-        actix_rt::spawn(async move {
-            let publisher = propensity::ingest::Publisher::connect(&rabbitmq)
-                .await
-                .unwrap_or_else(|error| panic!("cannot publish to RabbitMQ: {error}"));
-            let mut tick = tokio::time::interval(Duration::from_millis(300));
-            for chunk in events.chunks(1000) {
-                tick.tick().await;
-                publisher.publish(chunk).await.expect("the broker confirms");
-            }
-        })
-    };
+    let publishing = broker::publish_paced(&rabbitmq, &events, 1000, Duration::from_millis(300));
 
     // Both consume, each its own partitions.
     let split: std::collections::BTreeMap<u16, String> = (0..4)

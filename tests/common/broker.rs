@@ -234,3 +234,24 @@ pub fn active_consumers(settings: &RabbitmqSettings) -> std::collections::BTreeM
     }
     active
 }
+
+/// Publishes the events in the background, `chunk` at a time with confirms, one chunk every
+/// `period`: live traffic that goes on while the test does something else.
+pub fn publish_paced(
+    settings: &RabbitmqSettings,
+    events: &[Event],
+    chunk: usize,
+    period: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let (settings, events) = (settings.clone(), events.to_vec());
+    actix_rt::spawn(async move {
+        let publisher = Publisher::connect(&settings)
+            .await
+            .unwrap_or_else(|error| panic!("cannot publish to RabbitMQ: {error}"));
+        let mut tick = tokio::time::interval(period);
+        for chunk in events.chunks(chunk) {
+            tick.tick().await;
+            publisher.publish(chunk).await.expect("the broker confirms");
+        }
+    })
+}

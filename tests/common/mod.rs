@@ -279,6 +279,25 @@ pub async fn assert_store_holds_catalog(
     }
 }
 
+/// Settings for a service on the RabbitMQ bus (a topology of its own, named after `test`) and
+/// the keyspace's Cassandra store, with two shards and sessions that never time out in a replay
+/// of `session_timeout` milliseconds.
+pub fn bus_on_cassandra(
+    dir: &Path,
+    model: &Path,
+    keyspace: &TestKeyspace,
+    session_timeout: i64,
+    test: &str,
+) -> Settings {
+    let mut settings = settings(dir, model);
+    settings.engine.session_timeout_seconds = (session_timeout / 1000) as u64;
+    settings.engine.shards = 2;
+    settings.store.kind = propensity::config::StoreKind::Scylla;
+    settings.store.scylla = keyspace.settings.clone();
+    broker::use_private_topology(&mut settings, test);
+    settings
+}
+
 /// Where the Cassandra tests find their node (docker/native/services.sh up cassandra).
 pub const CASSANDRA_NODE: &str = "127.0.0.1:9042";
 
