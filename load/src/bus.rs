@@ -21,7 +21,7 @@ use propensity_actors::event::{Event, EventType};
 
 /// Publishing connections: each carries the users with `user_id % PUBLISH_LANES` equal to its
 /// index, so every user's events stay in order.
-const PUBLISH_LANES: u64 = 4;
+const PUBLISH_LANES: u64 = 8;
 /// Events per confirmed publish.
 const PUBLISH_BATCH: usize = 500;
 /// How often freshness probes are published and the store is polled for them.

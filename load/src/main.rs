@@ -607,6 +607,14 @@ fn memory_measure(result: &IngestResult, key: &str, name: String) -> report::Mea
     }
 }
 
+/// An open-loop run holds its rate when it achieves at least this share of it.
+const SUSTAINED_SHARE: f64 = 0.97;
+
+/// A rate rounded down to a hundred requests/s, at least 100.
+fn round_rate(rate: f64) -> u64 {
+    ((rate / 100.0).floor() as u64 * 100).max(100)
+}
+
 /// The command line that reproduces a report, for its header.
 fn bench_command(args: &BenchArgs) -> String {
     let mut command = String::from("cargo run --release -p propensity-load -- bench");
@@ -756,7 +764,9 @@ async fn run_bench(args: &BenchArgs) -> Result<()> {
             rate == 10_000,
         ));
     }
-    // The most the service answers back to back, then that rate on a fixed schedule.
+    // The most the service answers back to back, then that rate on a fixed schedule; a rate the
+    // open loop cannot hold (the load generator's own cost included) is lowered to 90% of what it
+    // achieved and tried again.
     let closed_loop_concurrency = 32;
     let throughput = closed_loop_in_own_thread(
         service.url(),
@@ -765,30 +775,58 @@ async fn run_bench(args: &BenchArgs) -> Result<()> {
         targets.clone(),
     )
     .await?;
-    let max_rate = ((throughput / 100.0).floor() as u64 * 100).max(100);
+    let mut max_rate = round_rate(throughput);
     println!(
-        "score closed loop: {throughput:.0} requests/s with {closed_loop_concurrency} clients; open loop at {max_rate}/s"
+        "score closed loop: {throughput:.0} requests/s with {closed_loop_concurrency} clients"
     );
-    let result = score_in_own_thread(
-        ScoreArgs {
-            url: service.url(),
-            rate: max_rate,
-            seconds: args.seconds,
-            concurrency: 256,
-            events: None,
-        },
-        targets.clone(),
-    )
-    .await?;
-    print_score(&result);
+    let mut tried = Vec::new();
+    let result = loop {
+        let result = score_in_own_thread(
+            ScoreArgs {
+                url: service.url(),
+                rate: max_rate,
+                seconds: args.seconds,
+                concurrency: 256,
+                events: None,
+            },
+            targets.clone(),
+        )
+        .await?;
+        print_score(&result);
+        tried.push((max_rate, result.achieved_rate));
+        if result.achieved_rate >= SUSTAINED_SHARE * max_rate as f64 || tried.len() == 3 {
+            break result;
+        }
+        max_rate = round_rate(result.achieved_rate * 0.9);
+    };
+    let sustained = result.achieved_rate >= SUSTAINED_SHARE * max_rate as f64;
+    let attempts = tried
+        .iter()
+        .map(|(rate, achieved)| format!("{rate}/s achieved {achieved:.0}/s"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut measure = score_measure(
         &result,
         "score_max_rate".into(),
         format!(
-            "/v1/score at the maximum rate, {max_rate}/s ({throughput:.0}/s answered in a {} s closed loop of {closed_loop_concurrency} clients)",
+            "/v1/score at the maximum {}rate, {max_rate}/s ({throughput:.0}/s answered in a {} s closed loop of {closed_loop_concurrency} clients; open loop tried at {attempts})",
+            if sustained {
+                "sustained "
+            } else {
+                "(not sustained) "
+            },
             args.seconds.min(5)
         ),
         false,
+    );
+    measure.details["closed_loop_per_second"] = serde_json::json!(throughput);
+    measure.details["closed_loop_clients"] = serde_json::json!(closed_loop_concurrency);
+    measure.details["sustained"] = serde_json::json!(sustained);
+    measure.details["open_loop_attempts"] = serde_json::json!(
+        tried
+            .iter()
+            .map(|(rate, achieved)| serde_json::json!({"requested_per_second": rate, "achieved_per_second": achieved}))
+            .collect::<Vec<_>>()
     );
     measure.goal_text = "none (reported)".into();
     measure.details["closed_loop_per_second"] = serde_json::json!(throughput);
@@ -906,24 +944,40 @@ async fn bench_bus(
     let mut freshness_settings = settings.clone();
     freshness_settings.store.embedded_path = args.work_dir.join("state-freshness.redb");
     let _ = std::fs::remove_file(&freshness_settings.store.embedded_path);
+    let mut runs = vec![freshness_settings.clone()];
+    // With Cassandra too, the embedded run tells the store's share of the delay.
     if let Some(node) = &args.scylla {
-        freshness_settings = bus::with_scylla(&freshness_settings, node);
+        runs.push(bus::with_scylla(&freshness_settings, node));
     }
-    let freshness =
-        bus::freshness(&freshness_settings, freshness_events, args.freshness_rate).await;
-    if args.scylla.is_some() {
-        bus::drop_keyspace(&freshness_settings);
+    for run_settings in runs {
+        let freshness =
+            bus::freshness(&run_settings, freshness_events.clone(), args.freshness_rate).await;
+        if run_settings.store.kind == propensity::config::StoreKind::Scylla {
+            bus::drop_keyspace(&run_settings);
+        }
+        measures.push(freshness_measure(&freshness?, args, settings));
     }
-    let freshness = freshness?;
+    Ok(measures)
+}
+
+fn freshness_measure(
+    freshness: &bus::Freshness,
+    args: &BenchArgs,
+    settings: &Settings,
+) -> report::Measure {
     println!(
-        "freshness: p50 {:.0} ms, p99 {:.0} ms over {} probes ({:.0} events/s published)",
-        freshness.p50_ms, freshness.p99_ms, freshness.probes, freshness.publish_rate
+        "freshness ({} store): p50 {:.0} ms, p99 {:.0} ms over {} probes ({:.0} events/s published)",
+        freshness.store,
+        freshness.p50_ms,
+        freshness.p99_ms,
+        freshness.probes,
+        freshness.publish_rate
     );
-    measures.push(report::Measure {
-        key: "freshness".into(),
+    report::Measure {
+        key: format!("freshness_{}", freshness.store),
         name: format!(
-            "freshness: publish to visible in the {} store, at {:.0} events/s published",
-            freshness.store, freshness.publish_rate
+            "freshness: publish to visible in the {} store, {:.0} events/s requested, {:.0} events/s published",
+            freshness.store, args.freshness_rate, freshness.publish_rate
         ),
         value: freshness.p99_ms,
         unit: "ms (p99)",
@@ -947,8 +1001,7 @@ async fn bench_bus(
             "requested_events_per_second": args.freshness_rate,
             "published_events_per_second": freshness.publish_rate,
         }),
-    });
-    Ok(measures)
+    }
 }
 
 fn chrono_like_now() -> String {

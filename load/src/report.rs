@@ -158,7 +158,16 @@ impl Report {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("failed to create {}", parent.display()))?;
         }
-        std::fs::write(markdown, self.markdown())
+        // The micro-benchmarks' section is written by hand from `cargo bench`: keep it.
+        let kept = std::fs::read_to_string(markdown)
+            .ok()
+            .and_then(|old| kept_section(&old).map(str::to_owned));
+        let mut text = self.markdown();
+        if let Some(kept) = kept {
+            text.push('\n');
+            text.push_str(&kept);
+        }
+        std::fs::write(markdown, text)
             .with_context(|| format!("failed to write {}", markdown.display()))?;
         let json_path = Self::json_path(markdown);
         let json = serde_json::to_string_pretty(&self.json())?;
@@ -166,6 +175,15 @@ impl Report {
             .with_context(|| format!("failed to write {}", json_path.display()))?;
         Ok(())
     }
+}
+
+/// The heading of the section a new report keeps from the old one.
+pub const KEPT_HEADING: &str = "## Micro-benchmarks";
+
+/// The kept section of an old report, from its heading to the end.
+fn kept_section(old: &str) -> Option<&str> {
+    old.find(&format!("\n{KEPT_HEADING}"))
+        .map(|start| &old[start + 1..])
 }
 
 fn cores() -> usize {
@@ -196,6 +214,29 @@ mod tests {
         assert_eq!(measure(10.0, Goal::at_most(10.0)).met(), Some(true));
         assert_eq!(measure(10.1, Goal::at_most(10.0)).met(), Some(false));
         assert_eq!(measure(10.1, None).met(), None);
+    }
+
+    #[test]
+    fn the_micro_benchmarks_section_survives_a_new_report() {
+        let directory = std::env::temp_dir().join(format!("report-{}", std::process::id()));
+        let path = directory.join("benchmarks.md");
+        let report = |value| Report {
+            command: "bench".into(),
+            measured_at: "now".into(),
+            measures: vec![measure(value, None)],
+            notes: Vec::new(),
+        };
+        report(1.0).write(&path).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n## Micro-benchmarks\n\nparse: 1 µs\n");
+        std::fs::write(&path, text).unwrap();
+        report(2.0).write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("| 2 events/s |"));
+        assert!(!text.contains("| 1 events/s |"));
+        assert!(text.ends_with("\n\n## Micro-benchmarks\n\nparse: 1 µs\n"));
+        assert_eq!(text.matches(KEPT_HEADING).count(), 1);
+        std::fs::remove_dir_all(directory).unwrap();
     }
 
     #[test]
