@@ -63,7 +63,7 @@ struct BenchArgs {
     #[arg(long, value_name = "AMQP_URL")]
     rabbitmq: Option<String>,
     /// Events drained through the bus, by PerfTest and by the service.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 200_000)]
     bus_events: usize,
     /// Events/s published during the freshness run.
     #[arg(long, default_value_t = 10_000.0)]
@@ -623,7 +623,7 @@ fn bench_command(args: &BenchArgs) -> String {
         ("--users", args.users, 20_000),
         ("--days", u64::from(args.days), 7),
         ("--seconds", args.seconds, 10),
-        ("--bus-events", args.bus_events as u64, 100_000),
+        ("--bus-events", args.bus_events as u64, 200_000),
         ("--freshness-rate", args.freshness_rate as u64, 10_000),
     ] {
         if value != default {
