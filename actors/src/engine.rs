@@ -444,7 +444,7 @@ mod tests {
         side.advance_watermark(31 * 60 * 1000);
         let expired = side.expire_sessions(false);
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].session_id, "a");
+        assert_eq!(&*expired[0].session_id, "a");
         assert_eq!(side.sessions.len(), 1);
         assert_eq!(side.dirty_sessions.len(), 2);
     }

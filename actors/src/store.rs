@@ -147,7 +147,7 @@ mod tests {
             newer
                 .sessions
                 .iter()
-                .find(|session| session.session_id == "a")
+                .find(|session| &*session.session_id == "a")
                 .unwrap()
                 .started_at,
             50
@@ -156,7 +156,7 @@ mod tests {
             newer
                 .sessions
                 .iter()
-                .any(|session| session.session_id == "b")
+                .any(|session| &*session.session_id == "b")
         );
     }
 }
