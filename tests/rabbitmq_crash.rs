@@ -78,10 +78,16 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         );
         let before = broker::ready_messages(&connection, &rabbitmq).await;
         let mut child = spawn_service(&settings, common::free_port(), &log);
-        // Let it consume for a while, then kill it wherever it is.
+        // Let it consume for a random while, but no more than a share of the replay that
+        // leaves room for every kill however fast it consumes, then kill it wherever it is.
         let lifetime = Duration::from_millis(rng.gen_range(700..2200));
-        actix::clock::sleep(lifetime).await;
-        let ready = broker::ready_messages(&connection, &rabbitmq).await;
+        let share = total / (KILLS as u64 + 2);
+        let born = Instant::now();
+        let mut ready = before;
+        while born.elapsed() < lifetime && before.saturating_sub(ready) < share {
+            actix::clock::sleep(Duration::from_millis(20)).await;
+            ready = broker::ready_messages(&connection, &rabbitmq).await;
+        }
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         assert!(
