@@ -524,23 +524,9 @@ pub async fn delete_topology(settings: &RabbitmqSettings) {
     let _ = connection.close(200, "bye".into()).await;
 }
 
-/// Drops this run's keyspace, on a thread and runtime of its own.
+/// Drops this run's keyspace; a failure is reported, not fatal.
 pub fn drop_keyspace(settings: &Settings) {
-    let scylla = settings.store.scylla.clone();
-    let dropped = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let session = propensity::store::scylla::connect(&scylla).await?;
-            session
-                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", scylla.keyspace), ())
-                .await?;
-            anyhow::Ok(())
-        })
-    })
-    .join();
-    if let Ok(Err(error)) = dropped {
+    if let Err(error) = propensity::store::schema::drop_keyspace(&settings.store.scylla) {
         eprintln!(
             "could not drop keyspace {}: {error:#}",
             settings.store.scylla.keyspace

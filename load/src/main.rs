@@ -420,12 +420,13 @@ async fn score_load(
     })
 }
 
-/// Runs the load generator on its own thread and runtime, so it does not share the service's
-/// actor thread.
-async fn score_in_own_thread(
-    args: ScoreArgs,
-    targets: Arc<Vec<(u64, String, u64)>>,
-) -> Result<ScoreResult> {
+/// Runs a load generator on a thread and runtime of its own, so it does not share the
+/// service's actor thread.
+async fn in_own_thread<T, F>(load: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let result = tokio::runtime::Builder::new_multi_thread()
@@ -433,10 +434,18 @@ async fn score_in_own_thread(
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(score_load(&args, targets)));
+            .and_then(|runtime| runtime.block_on(load()));
         let _ = sender.send(result);
     });
     receiver.await.context("the load thread died")?
+}
+
+/// [`score_load`] on a thread of its own.
+async fn score_in_own_thread(
+    args: ScoreArgs,
+    targets: Arc<Vec<(u64, String, u64)>>,
+) -> Result<ScoreResult> {
+    in_own_thread(move || async move { score_load(&args, targets).await }).await
 }
 
 fn targets_from(events: &[Event]) -> Vec<(u64, String, u64)> {
@@ -517,26 +526,14 @@ async fn score_closed_loop(
     Ok(answered as f64 / started.elapsed().as_secs_f64())
 }
 
-/// [`score_closed_loop`] on a thread and runtime of its own, like [`score_in_own_thread`].
+/// [`score_closed_loop`] on a thread of its own.
 async fn closed_loop_in_own_thread(
     url: String,
     concurrency: usize,
     seconds: u64,
     targets: Arc<Vec<(u64, String, u64)>>,
 ) -> Result<f64> {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| {
-                runtime.block_on(score_closed_loop(url, concurrency, seconds, targets))
-            });
-        let _ = sender.send(result);
-    });
-    receiver.await.context("the load thread died")?
+    in_own_thread(move || score_closed_loop(url, concurrency, seconds, targets)).await
 }
 
 fn score_measure(

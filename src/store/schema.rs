@@ -320,6 +320,29 @@ async fn cluster_datacenters(session: &Session) -> Result<Vec<String>> {
     Ok(datacenters)
 }
 
+/// Drops the keyspace of `settings` if it exists, for tests and benchmark runs that made one of
+/// their own. Blocks: it runs on a thread and runtime of its own, so it may be called from inside
+/// another runtime (a `Drop` in an async test, say).
+pub fn drop_keyspace(settings: &ScyllaSettings) -> Result<()> {
+    let keyspace = settings.keyspace.clone();
+    let settings = settings.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let session = crate::store::scylla::connect(&settings).await?;
+            session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace), ())
+                .await
+                .with_context(|| format!("failed to drop keyspace {}", settings.keyspace))?;
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread dropping keyspace {keyspace} panicked"))?
+}
+
 /// Creates or upgrades the keyspace and tables; returns one line per thing it looked at, saying
 /// what it did.
 pub async fn apply(session: &Session, settings: &ScyllaSettings) -> Result<Vec<String>> {

@@ -361,23 +361,7 @@ impl TestKeyspace {
 
 impl Drop for TestKeyspace {
     fn drop(&mut self) {
-        let settings = self.settings.clone();
-        // A thread of its own: this may run inside a test's runtime, which must not block.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let session = propensity::store::scylla::connect(&settings).await?;
-                session
-                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace), ())
-                    .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        if let Ok(Err(error)) = dropped {
+        if let Err(error) = propensity::store::schema::drop_keyspace(&self.settings) {
             eprintln!(
                 "could not drop keyspace {}: {error:#}",
                 self.settings.keyspace
