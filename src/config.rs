@@ -44,6 +44,7 @@ pub struct EngineSettings {
     pub user_idle_seconds: u64,
     pub flush_interval_ms: u64,
     pub live_watermark: bool,
+    pub shared_catalog_ttl_ms: u64,
 }
 
 impl EngineSettings {
@@ -61,17 +62,27 @@ impl EngineSettings {
         self.session_timeout_seconds as i64 * 1000
     }
 
-    /// The shard settings these imply; `guard_deliveries` when a bus may redeliver.
+    /// The shard settings these imply. `bus_partitions`: the partitions of a bus that
+    /// redelivers and that instances may share (RabbitMQ); `None` when this instance sees every
+    /// event once.
     pub fn shard_settings(
         &self,
-        guard_deliveries: bool,
+        bus_partitions: Option<u16>,
     ) -> propensity_actors::shard::ShardSettings {
+        use propensity_actors::catalog::Sources;
         propensity_actors::shard::ShardSettings {
             session_timeout: self.session_timeout_millis(),
             user_idle: self.user_idle_seconds as i64 * 1000,
             flush_interval: Duration::from_millis(self.flush_interval_ms),
             live_watermark: self.live_watermark,
-            guard_deliveries,
+            guard_deliveries: bus_partitions.is_some(),
+            sources: match bus_partitions {
+                None => Sources::Single,
+                Some(partitions) => Sources::Shared {
+                    partitions,
+                    remote_ttl: Duration::from_millis(self.shared_catalog_ttl_ms),
+                },
+            },
         }
     }
 }

@@ -14,8 +14,9 @@
 //! `a ~ N(0, 0.2²)`, which its purchase counters reveal over time, shifted by one constant per
 //! catalogue so that the popularity-weighted mean of `a − 2.5·ln(price / median)` is zero (a few
 //! popular products take much of the traffic; without this, abandonment would swing by several
-//! points from seed to seed). Category medians are computed with the feature engine's own
-//! [`CategoryState`], so the model's price ratio is the `price_to_category_median` feature.
+//! points from seed to seed). Category medians use the feature engine's price buckets
+//! ([`PriceHistogram`]), each product weighted by its share of the category's views, so the
+//! model's price ratio is the `price_to_category_median` feature.
 //!
 //! **Users.** Each user has a latent propensity `u ~ N(0, 0.25²)`, a price sensitivity
 //! `s = 2.5·exp(0.15·N(0,1))`, a browsing breadth `β ~ U(0.55, 0.85)`, three preferred categories
@@ -93,7 +94,7 @@ use anyhow::{Context, Result, ensure};
 use chrono::{DateTime, TimeZone, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use propensity_actors::event::{CSV_HEADER, Event, EventType, Millis, format_time};
-use propensity_actors::features::CategoryState;
+use propensity_actors::features::product::PriceHistogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -608,16 +609,16 @@ impl Catalogue {
             }
             let mut members: Vec<u32> = (first as u32..products.len() as u32).collect();
             shuffle(&mut members, rng);
-            // The median as the feature engine computes it (a histogram of product prices), so
-            // that the model's price ratio and the `price_to_category_median` feature agree once
-            // the category's products have all been seen.
-            let mut category_state = CategoryState::new(id);
-            for &index in &members {
-                category_state.add_product(products[index as usize].price);
+            // The median as the feature engine computes it (a histogram of viewed prices), so
+            // that the model's price ratio and the `price_to_category_median` feature agree
+            // once the category has been browsed a while: each product weighs as much as its
+            // share of the category's views.
+            let cumulative = zipf_cumulative(members.len(), PRODUCT_ZIPF);
+            let mut viewed = PriceHistogram::default();
+            for (&index, weight) in members.iter().zip(weights(&cumulative)) {
+                viewed.add(products[index as usize].price, weight);
             }
-            let median_price = category_state
-                .median_price()
-                .expect("a category has products");
+            let median_price = viewed.median().expect("a category has products");
             for &index in &members {
                 let product = &mut products[index as usize];
                 product.log_price_ratio = (product.price / median_price).ln();
@@ -625,7 +626,7 @@ impl Catalogue {
             categories.push(Category {
                 id,
                 code,
-                cumulative: zipf_cumulative(members.len(), PRODUCT_ZIPF),
+                cumulative,
                 products: members,
             });
         }

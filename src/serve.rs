@@ -52,9 +52,10 @@ impl Service {
             .set(settings.alerting.abandonment_ratio_threshold);
         let engine = Engine::start(
             settings.engine.shard_count(),
-            settings
-                .engine
-                .shard_settings(settings.bus.kind == BusKind::Rabbitmq),
+            settings.engine.shard_settings(
+                (settings.bus.kind == BusKind::Rabbitmq)
+                    .then_some(settings.bus.rabbitmq.partitions),
+            ),
             store.clone(),
             metrics.clone(),
         );

@@ -2,12 +2,11 @@
 //! keyspace. Each consumes its own partitions (the broker's consumer list shows who is active
 //! where) while the web tier publishes; then one is killed with SIGKILL, and the other's standby
 //! subscriptions take over its partitions, rehydrate its users from Cassandra and finish the
-//! replay. Every user and session stored must then equal the offline replay's: nothing lost,
-//! nothing counted twice across the handover.
-//!
-//! Product and category aggregates are not compared: each instance aggregates the products of
-//! the events it consumed, and with two instances writing the same product to a shared store the
-//! last writer wins (a known limitation, see the README's scale-out notes).
+//! replay. Every user, session, product and category stored must then equal the offline replay's:
+//! nothing lost, nothing counted twice across the handover. Products and categories are stored
+//! as one part per partition, each written by the partition's consumer only; their sums are
+//! compared. A third instance started at the end, consuming nothing, must serve the busiest
+//! products' counts from the other instances' parts in the store.
 //!
 //! Needs RabbitMQ and Cassandra as the README's test command starts them; fails with the command
 //! to run when either is missing.
@@ -217,6 +216,50 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // An instance that consumes nothing (the survivor holds every partition) answers for the
+    // busiest products from the parts in the store, as the survivor does from memory.
+    let port_c = common::free_port();
+    let mut late = spawn_instance(&config_dir, 1, port_c, &log);
+    let started = Instant::now();
+    while !is_ready(&client, port_c).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the late instance is not ready; log: {}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut busiest: Vec<_> = offline.catalog.products.values().collect();
+    busiest.sort_by_key(|product| std::cmp::Reverse(product.counts.events));
+    for product in busiest.iter().take(5) {
+        let want = serde_json::to_value(product.counts).unwrap();
+        for (port, who) in [(port_a, "the survivor"), (port_c, "the late instance")] {
+            let answer: serde_json::Value = client
+                .get(format!(
+                    "http://127.0.0.1:{port}/v1/products/{}",
+                    product.product_id
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                answer["counts"], want,
+                "product {} from {who}: {answer}",
+                product.product_id
+            );
+        }
+    }
+    assert_eq!(
+        common::metric(&client, port_c, "propensity_bus_acks_total").await,
+        Some(0.0),
+        "the late instance consumed nothing"
+    );
+    late.kill().expect("SIGKILL");
+    late.wait().unwrap();
+
     let redeliveries = common::metric(&client, port_a, "propensity_bus_redeliveries_total").await;
     println!(
         "takeover of the dead instance's partitions after {} ms; the survivor saw {redeliveries:?} redeliveries",
@@ -239,6 +282,6 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     let store = propensity::store::open(&settings.store)
         .await
         .expect("the keyspace opens again");
-    common::assert_store_holds_user_side(store.as_ref(), &offline).await;
+    common::assert_store_holds(store.as_ref(), &offline).await;
     broker::delete_topology(&connection, &rabbitmq).await;
 }

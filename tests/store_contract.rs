@@ -40,7 +40,8 @@ impl World {
                 user_side.apply(event, false),
                 propensity_actors::engine::Applied::Changed { .. }
             ) {
-                catalog.apply(event, false);
+                // Parts of three sources, as three bus partitions would write them.
+                catalog.apply(event, false, (event.user_id % 3) as u16);
             }
         }
         let mut batch = StateBatch {
@@ -66,11 +67,14 @@ impl World {
     }
 
     fn product_ids(&self) -> Vec<u64> {
-        self.batch
+        let mut ids: Vec<u64> = self
+            .batch
             .products
             .iter()
             .map(|product| product.product_id)
-            .collect()
+            .collect();
+        ids.dedup();
+        ids
     }
 }
 
@@ -88,10 +92,12 @@ fn sort(batch: &mut StateBatch) {
         .sessions
         .sort_by_key(|session| SessionKey::new(session.user_id, &session.session_id));
     batch.users.sort_by_key(|user| user.user_id);
-    batch.products.sort_by_key(|product| product.product_id);
+    batch
+        .products
+        .sort_by_key(|product| (product.product_id, product.source));
     batch
         .categories
-        .sort_by_key(|category| category.category_id);
+        .sort_by_key(|category| (category.category_id, category.source));
 }
 
 /// Exactly equal: the same bytes, every float bit and the delivery guards included (state
@@ -160,7 +166,7 @@ fn edge_states() -> StateBatch {
     ];
     for event in &events {
         user_side.apply(event, false);
-        catalog.apply(event, false);
+        catalog.apply(event, false, 0);
     }
     let mut batch = StateBatch {
         sessions: user_side.sessions.into_values().collect(),
@@ -280,21 +286,21 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
     let (mut user_side, mut catalog) = guarded_engine();
     for event in &first_events {
         user_side.apply(event, false);
-        catalog.apply(event, false);
+        catalog.apply(event, false, 0);
     }
     let key = SessionKey::new(user_id, "s");
     let snapshot = |user_side: &UserSide, catalog: &Catalog| StateBatch {
         sessions: vec![user_side.sessions[&key].clone()],
         users: vec![user_side.users[&user_id].clone()],
-        products: vec![catalog.products[&11].clone()],
-        categories: vec![catalog.categories[&catalog.products[&11].category_id].clone()],
+        products: vec![catalog.products[&(11, 0)].clone()],
+        categories: vec![catalog.categories[&(catalog.products[&(11, 0)].category_id, 0)].clone()],
     };
     store.save(snapshot(&user_side, &catalog)).await.unwrap();
 
     // Much later, the same session string starts a new session touching one other product.
     let later = event(TIMEOUT * 3, EventType::Purchase, user_id, "s", 11);
     user_side.apply(&later, false);
-    catalog.apply(&later, false);
+    catalog.apply(&later, false, 0);
     let newer = snapshot(&user_side, &catalog);
     assert_eq!(newer.sessions[0].products.len(), 1);
     store.save(newer.clone()).await.unwrap();
@@ -328,7 +334,7 @@ async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
         })
         .collect();
     for event in &events {
-        catalog.apply(event, false);
+        catalog.apply(event, false, 0);
     }
     let mut batch = StateBatch {
         products: catalog.products.into_values().collect(),
@@ -551,9 +557,9 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
             .unwrap();
     }
     let (mut user_side, mut catalog) = guarded_engine();
-    let first = event(1_000, EventType::Cart, 9_400_000, "s", 9_400_001);
+    let first = event(1_000, EventType::View, 9_400_000, "s", 9_400_001);
     user_side.apply(&first, false);
-    catalog.apply(&first, false);
+    catalog.apply(&first, false, 0);
     let user_batch = StateBatch {
         users: user_side.users.values().cloned().collect(),
         sessions: user_side.sessions.values().cloned().collect(),
@@ -666,7 +672,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     for statement in [
         format!("DROP TABLE {}.categories", keyspace.name()),
         format!(
-            "CREATE TABLE {}.categories (category_id bigint PRIMARY KEY, products bigint, price_buckets text, guard blob)",
+            "CREATE TABLE {}.categories (category_id bigint, source int, views bigint, price_buckets text, guard blob, PRIMARY KEY ((category_id), source))",
             keyspace.name()
         ),
     ] {
@@ -699,6 +705,27 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
         .to_string();
     assert!(
         error.contains("users: key column product_id is missing"),
+        "{error}"
+    );
+
+    // A products table of the layout before parts (one partition per product, hours as rows,
+    // written by whichever instance flushed last): refused, naming the key it lacks.
+    for statement in [
+        format!("DROP TABLE {}.users", keyspace.name()),
+        format!("DROP TABLE {}.products", keyspace.name()),
+        format!(
+            "CREATE TABLE {}.products (product_id bigint, hour bigint, events bigint STATIC, PRIMARY KEY ((product_id), hour))",
+            keyspace.name()
+        ),
+    ] {
+        session.query_unpaged(statement, ()).await.unwrap();
+    }
+    let error = propensity::store::schema::apply(&session, settings)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("products: key column source is missing"),
         "{error}"
     );
 }

@@ -36,6 +36,8 @@ pub enum EngineError {
 pub struct IngestRefused {
     pub error: EngineError,
     pub events: Vec<Event>,
+    /// The bus partition of each refused event, when the batch had them.
+    pub sources: Vec<u16>,
 }
 
 /// Totals over every shard and the catalog.
@@ -71,6 +73,7 @@ impl Engine {
     ) -> Engine {
         let flush_interval = settings.flush_interval;
         let guard_deliveries = settings.guard_deliveries;
+        let sources = settings.sources;
         let catalog_store = store.clone();
         let catalog_observer = observer.clone();
         let mut arbiters = vec![Arbiter::new()];
@@ -80,6 +83,7 @@ impl Engine {
                 catalog_observer,
                 flush_interval,
                 guard_deliveries,
+                sources,
             )
         });
         let shards = (0..shards.max(1))
@@ -117,15 +121,16 @@ impl Engine {
     /// Applies a batch of events; resolves when every shard has applied its part. One message
     /// per shard per batch keeps cross-thread traffic low.
     pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
-        self.ingest_deliveries(events, Vec::new())
+        self.ingest_deliveries(events, Vec::new(), Vec::new())
             .await
             .map_err(|refused| refused.error)
     }
 
     /// Applies a batch of events from the bus; `redelivered[i]` tells whether event `i` may have
-    /// been delivered before (missing entries are fresh). Redelivered events are applied only to
-    /// the entities that do not remember them, so a crash between flush and acknowledgement
-    /// never counts an event twice.
+    /// been delivered before (missing entries are fresh), and `sources[i]` which bus partition
+    /// it came from (empty: one source). Redelivered events are applied only to the entities
+    /// that do not remember them, so a crash between flush and acknowledgement never counts an
+    /// event twice.
     ///
     /// When a shard cannot load the state its part needs, the other shards still apply theirs,
     /// and the error carries the refused events: retried as redeliveries once the store
@@ -134,31 +139,34 @@ impl Engine {
         &self,
         events: Vec<Event>,
         redelivered: Vec<bool>,
+        sources: Vec<u16>,
     ) -> Result<BatchApplied, IngestRefused> {
         let count = self.shards.len();
         let any_redelivered = redelivered.iter().any(|flag| *flag);
-        let mut parts: Vec<(Vec<Event>, Vec<bool>)> = (0..count)
-            .map(|_| (Vec::with_capacity(events.len() / count + 1), Vec::new()))
+        let mut parts: Vec<ApplyBatch> = (0..count)
+            .map(|_| ApplyBatch {
+                events: Vec::with_capacity(events.len() / count + 1),
+                redelivered: Vec::new(),
+                sources: Vec::new(),
+            })
             .collect();
         for (index, event) in events.into_iter().enumerate() {
             let part = &mut parts[shard_of(event.user_id, count)];
             if any_redelivered {
-                part.1.resize(part.0.len(), false);
-                part.1
+                part.redelivered.resize(part.events.len(), false);
+                part.redelivered
                     .push(redelivered.get(index).copied().unwrap_or(false));
             }
-            part.0.push(event);
+            if let Some(source) = sources.get(index) {
+                part.sources.push(*source);
+            }
+            part.events.push(event);
         }
         let sends = parts
             .into_iter()
             .enumerate()
-            .filter(|(_, part)| !part.0.is_empty())
-            .map(|(index, (events, redelivered))| {
-                self.shards[index].send(ApplyBatch {
-                    events,
-                    redelivered,
-                })
-            });
+            .filter(|(_, part)| !part.events.is_empty())
+            .map(|(index, part)| self.shards[index].send(part));
         let mut total = BatchApplied::default();
         let mut refused: Option<IngestRefused> = None;
         for result in join_all(sends).await {
@@ -167,18 +175,25 @@ impl Engine {
                     total.applied += applied.applied;
                     total.duplicates += applied.duplicates;
                 }
-                Ok(Err(Refused { error, events })) => {
+                Ok(Err(Refused {
+                    error,
+                    events,
+                    sources,
+                })) => {
                     let refused = refused.get_or_insert_with(|| IngestRefused {
                         error: EngineError::Store(error),
                         events: Vec::new(),
+                        sources: Vec::new(),
                     });
                     refused.events.extend(events);
+                    refused.sources.extend(sources);
                 }
                 Err(error) => {
                     // The events went down with a stopped actor: nothing to retry here.
                     return Err(IngestRefused {
                         error: error.into(),
                         events: Vec::new(),
+                        sources: Vec::new(),
                     });
                 }
             }
@@ -280,6 +295,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops every entity in memory, flushed or not; each rehydrates from the store on next use.
+    /// For an instance that lost its bus connection: another may own its partitions now, and
+    /// the bus redelivers what this one had not acknowledged. Stale state kept in memory would
+    /// later overwrite that instance's writes.
+    pub async fn drop_all(&self) -> Result<(), EngineError> {
+        for shard in self.shards.iter() {
+            shard.send(crate::shard::DropAll).await?;
+        }
+        self.catalog.send(crate::shard::DropAll).await?;
+        Ok(())
+    }
+
     /// Flushes, then stops every actor and waits for their threads, releasing the store.
     pub async fn stop(&self) -> Result<(), EngineError> {
         let flushed = self.flush(false).await;
@@ -359,6 +386,7 @@ mod tests {
             flush_interval: Duration::from_secs(60),
             live_watermark: false,
             guard_deliveries: false,
+            sources: crate::catalog::Sources::Single,
         };
         let engine = Engine::start(2, settings, Arc::new(DownStore), Arc::new(NoObserver));
         assert!(matches!(engine.user(5).await, Err(EngineError::Store(_))));
@@ -478,6 +506,7 @@ mod tests {
             flush_interval: Duration::from_secs(60),
             live_watermark: false,
             guard_deliveries: true,
+            sources: crate::catalog::Sources::Single,
         };
         let store = Arc::new(UserSideOutage::default());
         let engine = Engine::start(2, settings, Arc::new(store.clone()), Arc::new(NoObserver));
@@ -495,7 +524,7 @@ mod tests {
         second.time += 1;
         let batch = vec![second, view(unknown, 7)];
         let refused = engine
-            .ingest_deliveries(batch.clone(), vec![false, false])
+            .ingest_deliveries(batch.clone(), vec![false, false], Vec::new())
             .await
             .expect_err("the unknown user cannot be loaded");
         assert!(matches!(refused.error, EngineError::Store(_)));
@@ -510,11 +539,11 @@ mod tests {
         // whole batch (a lost acknowledgement) changes nothing.
         store.down.store(false, std::sync::atomic::Ordering::SeqCst);
         engine
-            .ingest_deliveries(refused.events, vec![true])
+            .ingest_deliveries(refused.events, vec![true], Vec::new())
             .await
             .unwrap();
         engine
-            .ingest_deliveries(batch, vec![true, true])
+            .ingest_deliveries(batch, vec![true, true], Vec::new())
             .await
             .unwrap();
         assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 3);
@@ -531,6 +560,7 @@ mod tests {
             flush_interval: Duration::from_secs(60),
             live_watermark: false,
             guard_deliveries: true,
+            sources: crate::catalog::Sources::Single,
         };
         let store = Arc::new(CatalogOutage::default());
         store
@@ -560,5 +590,170 @@ mod tests {
         let stored = store.products.lock().unwrap().clone();
         assert_eq!(stored.last().map(|product| product.counts.views), Some(2));
         engine.stop().await.ok();
+    }
+
+    /// A store two engines share, holding the latest save of every entity and part.
+    #[derive(Default)]
+    struct SharedStore {
+        users: std::sync::Mutex<std::collections::HashMap<u64, UserState>>,
+        sessions: std::sync::Mutex<std::collections::HashMap<SessionKey, SessionState>>,
+        products: std::sync::Mutex<std::collections::BTreeMap<(u64, u16), ProductState>>,
+        categories: std::sync::Mutex<std::collections::BTreeMap<(u64, u16), CategoryState>>,
+    }
+
+    impl StateStore for Arc<SharedStore> {
+        fn save(&self, batch: StateBatch) -> StoreFuture<()> {
+            for user in batch.users {
+                self.users.lock().unwrap().insert(user.user_id, user);
+            }
+            for session in batch.sessions {
+                let key = SessionKey::new(session.user_id, &session.session_id);
+                self.sessions.lock().unwrap().insert(key, session);
+            }
+            for product in batch.products {
+                let key = (product.product_id, product.source);
+                self.products.lock().unwrap().insert(key, product);
+            }
+            for category in batch.categories {
+                let key = (category.category_id, category.source);
+                self.categories.lock().unwrap().insert(key, category);
+            }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_user_side(
+            &self,
+            users: Vec<u64>,
+            sessions: Vec<SessionKey>,
+        ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+            let stored = self.users.lock().unwrap();
+            let users = users
+                .iter()
+                .filter_map(|id| stored.get(id).cloned())
+                .collect();
+            let stored = self.sessions.lock().unwrap();
+            let sessions = sessions
+                .iter()
+                .filter_map(|key| stored.get(key).cloned())
+                .collect();
+            Box::pin(async move { Ok((users, sessions)) })
+        }
+
+        fn load_catalog(
+            &self,
+            products: Vec<u64>,
+            categories: Vec<u64>,
+        ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+            let stored = self.products.lock().unwrap();
+            let products: Vec<ProductState> = stored
+                .values()
+                .filter(|part| products.contains(&part.product_id))
+                .cloned()
+                .collect();
+            let stored = self.categories.lock().unwrap();
+            let categories = stored
+                .values()
+                .filter(|part| {
+                    categories.contains(&part.category_id)
+                        || products
+                            .iter()
+                            .any(|product| product.category_id == part.category_id)
+                })
+                .cloned()
+                .collect();
+            Box::pin(async move { Ok((products, categories)) })
+        }
+    }
+
+    #[actix::test]
+    async fn instances_sharing_partitions_count_a_product_once_from_its_parts() {
+        let settings = ShardSettings {
+            session_timeout: crate::engine::DEFAULT_SESSION_TIMEOUT,
+            user_idle: 3_600_000,
+            flush_interval: Duration::from_secs(60),
+            live_watermark: false,
+            guard_deliveries: true,
+            sources: crate::catalog::Sources::Shared {
+                partitions: 2,
+                remote_ttl: Duration::from_millis(20),
+            },
+        };
+        let store = Arc::new(SharedStore::default());
+        let start = || {
+            Engine::start(
+                1,
+                settings.clone(),
+                Arc::new(store.clone()),
+                Arc::new(NoObserver),
+            )
+        };
+        let (a, b) = (start(), start());
+        let views = |user_id: u64, count: usize| {
+            vec![view(user_id, 7); count]
+                .into_iter()
+                .enumerate()
+                .map(|(index, mut event)| {
+                    event.time += index as i64;
+                    event
+                })
+                .collect::<Vec<_>>()
+        };
+        // Instance a consumes partition 0, instance b partition 1.
+        let (first, second) = (views(1, 3), views(2, 2));
+        a.ingest_deliveries(first.clone(), Vec::new(), vec![0; 3])
+            .await
+            .unwrap();
+        b.ingest_deliveries(second.clone(), Vec::new(), vec![1; 2])
+            .await
+            .unwrap();
+        a.flush(false).await.unwrap();
+        b.flush(false).await.unwrap();
+        let views_seen = |engine: Engine| async move {
+            engine
+                .product(7)
+                .await
+                .unwrap()
+                .map_or(0, |product| product.counts.views)
+        };
+        assert_eq!(views_seen(a.clone()).await, 5, "a: its part and b's");
+        assert_eq!(views_seen(b.clone()).await, 5, "b: its part and a's");
+        assert_eq!(store.products.lock().unwrap().len(), 2, "one part each");
+
+        // A redelivery of what a already applied counts nowhere; b's new events reach a once
+        // its copy of b's part is older than the time to live.
+        a.ingest_deliveries(first.clone(), vec![true; 3], vec![0; 3])
+            .await
+            .unwrap();
+        let mut more = views(2, 4);
+        more.drain(..2);
+        b.ingest_deliveries(more, Vec::new(), vec![1; 2])
+            .await
+            .unwrap();
+        b.flush(false).await.unwrap();
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = views_seen(a.clone()).await;
+            if seen == 7 {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, 7, "a sees b's later events");
+
+        // After a lost connection a drops its state, and b takes partition 0 over from the store.
+        a.drop_all().await.unwrap();
+        let late = views(1, 5).split_off(3);
+        b.ingest_deliveries(late, Vec::new(), vec![0; 2])
+            .await
+            .unwrap();
+        b.flush(false).await.unwrap();
+        assert_eq!(views_seen(b.clone()).await, 9, "b: both parts, continued");
+        let part = store.products.lock().unwrap()[&(7, 0)].clone();
+        assert_eq!(
+            part.counts.views, 5,
+            "partition 0's part continued from the store"
+        );
+        a.stop().await.ok();
+        b.stop().await.ok();
     }
 }

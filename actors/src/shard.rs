@@ -25,6 +25,8 @@ pub struct ShardSettings {
     pub live_watermark: bool,
     /// Keep delivery guards, for a bus that redelivers what it did not see acknowledged.
     pub guard_deliveries: bool,
+    /// Whether instances share the bus's partitions, and so the catalog's state.
+    pub sources: crate::catalog::Sources,
 }
 
 /// One partition of users.
@@ -107,9 +109,15 @@ impl ShardActor {
         }
     }
 
-    fn apply(&mut self, events: Vec<Event>, redelivered: Vec<bool>) -> BatchApplied {
+    fn apply(
+        &mut self,
+        events: Vec<Event>,
+        redelivered: Vec<bool>,
+        sources: Vec<u16>,
+    ) -> BatchApplied {
         let mut accepted = Vec::with_capacity(events.len());
         let mut accepted_redelivered = Vec::new();
+        let mut accepted_sources = Vec::new();
         let mut duplicates = 0;
         for (index, event) in events.into_iter().enumerate() {
             let again = redelivered.get(index).copied().unwrap_or(false);
@@ -123,6 +131,9 @@ impl ShardActor {
                         accepted_redelivered.resize(accepted.len(), false);
                         accepted_redelivered.push(true);
                     }
+                    if let Some(source) = sources.get(index) {
+                        accepted_sources.push(*source);
+                    }
                     accepted.push(event);
                 }
             }
@@ -134,6 +145,7 @@ impl ShardActor {
             self.catalog.do_send(CatalogBatch {
                 events: accepted,
                 redelivered: accepted_redelivered,
+                sources: accepted_sources,
             });
         }
         BatchApplied {
@@ -262,6 +274,9 @@ pub struct ApplyBatch {
     pub events: Vec<Event>,
     /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
     pub redelivered: Vec<bool>,
+    /// The bus partition of each event, by index, or empty: one source (see
+    /// [`crate::catalog::Sources`]).
+    pub sources: Vec<u16>,
 }
 
 /// A batch a shard did not apply, none of it, because the store could not load the users or
@@ -271,6 +286,7 @@ pub struct ApplyBatch {
 pub struct Refused {
     pub error: StoreError,
     pub events: Vec<Event>,
+    pub sources: Vec<u16>,
 }
 
 /// What a batch did.
@@ -286,7 +302,7 @@ impl Handler<ApplyBatch> for ShardActor {
     fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
         let (users, sessions) = self.missing(&message.events);
         if users.is_empty() && sessions.is_empty() {
-            let applied = self.apply(message.events, message.redelivered);
+            let applied = self.apply(message.events, message.redelivered, message.sources);
             return AtomicResponse::new(Box::pin(fut::ready(Ok(applied))));
         }
         // Atomic: no later batch may run before this one's state is loaded and applied.
@@ -294,11 +310,11 @@ impl Handler<ApplyBatch> for ShardActor {
             move |loaded, actor, _| match loaded {
                 Ok((users, sessions)) => {
                     actor.rehydrate(users, sessions);
-                    Ok(actor.apply(message.events, message.redelivered))
+                    Ok(actor.apply(message.events, message.redelivered, message.sources))
                 }
                 Err(error) => {
                     tracing::warn!(shard = actor.index, %error, "rehydration failed; the batch is refused");
-                    Err(Refused { error, events: message.events })
+                    Err(Refused { error, events: message.events, sources: message.sources })
                 }
             },
         )))
@@ -456,6 +472,23 @@ impl Handler<ForgetAcknowledged> for ShardActor {
 
     fn handle(&mut self, _: ForgetAcknowledged, _: &mut Self::Context) {
         self.state.forget_acknowledged();
+    }
+}
+
+/// Drops everything in memory, flushed or not, to rehydrate from the store on next use: an
+/// instance that lost its bus connection may no longer own its partitions, and whatever it had
+/// not flushed the bus redelivers to whichever instance does.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DropAll;
+
+impl Handler<DropAll> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
+        self.state.drop_all();
+        self.closed_unflushed.clear();
+        self.failed_batch = None;
     }
 }
 

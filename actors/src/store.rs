@@ -66,10 +66,10 @@ impl StateBatch {
         });
         keep_missing(&mut self.users, older.users, |user| user.user_id);
         keep_missing(&mut self.products, older.products, |product| {
-            product.product_id
+            (product.product_id, product.source)
         });
         keep_missing(&mut self.categories, older.categories, |category| {
-            category.category_id
+            (category.category_id, category.source)
         });
     }
 }
@@ -91,8 +91,8 @@ pub trait StateStore: Send + Sync + 'static {
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
     ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
-    /// Loads the products and categories that exist among those asked for, plus the categories
-    /// of the loaded products.
+    /// Loads every stored part (one per source) of the products and categories asked for, plus
+    /// every part of the categories of the loaded products.
     fn load_catalog(
         &self,
         products: Vec<u64>,
@@ -129,7 +129,7 @@ mod tests {
         let older = StateBatch {
             users: vec![UserState::new(1, 10), UserState::new(2, 10)],
             sessions: vec![SessionState::new(1, "a", 10), SessionState::new(1, "b", 10)],
-            categories: vec![CategoryState::new(3)],
+            categories: vec![CategoryState::new(3, 0)],
             ..StateBatch::default()
         };
         newer.absorb_older(older);

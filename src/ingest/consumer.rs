@@ -109,6 +109,11 @@ async fn run(context: Context, mut stopped: watch::Receiver<bool>) {
             Err(error) => {
                 if connected {
                     backoff = Duration::from_millis(100).min(max_backoff);
+                    // Another instance may take these partitions over now; state kept from
+                    // them would be stale when they come back, and would overwrite its writes.
+                    if let Err(error) = context.engine.drop_all().await {
+                        tracing::warn!(%error, "could not drop the engine's state");
+                    }
                 }
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ consumer disconnected");
             }
@@ -126,6 +131,8 @@ async fn run(context: Context, mut stopped: watch::Receiver<bool>) {
 struct Pending {
     events: Vec<Event>,
     redelivered: Vec<bool>,
+    /// The partition of each event: the catalog keeps counts per partition.
+    sources: Vec<u16>,
     ackers: Vec<(u16, Acker)>,
 }
 
@@ -255,6 +262,7 @@ async fn session(
                     Ok(event) => {
                         pending.events.push(event);
                         pending.redelivered.push(delivery.redelivered);
+                        pending.sources.push(partition);
                         pending.ackers.push((partition, delivery.acker));
                         if pending.events.len() >= settings.batch_size {
                             refused = apply(context, &mut pending, &mut applied).await?;
@@ -396,7 +404,7 @@ async fn apply(
     let batch = std::mem::take(pending);
     match context
         .engine
-        .ingest_deliveries(batch.events, batch.redelivered)
+        .ingest_deliveries(batch.events, batch.redelivered, batch.sources)
         .await
     {
         Ok(_) => {
@@ -407,6 +415,7 @@ async fn apply(
         Err(refused) if !refused.events.is_empty() => Ok(Some(Pending {
             redelivered: vec![true; refused.events.len()],
             events: refused.events,
+            sources: refused.sources,
             ackers: batch.ackers,
         })),
         Err(refused) => Err(refused.error.into()),

@@ -14,8 +14,10 @@ use serde::de::DeserializeOwned;
 
 const SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions");
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
-const PRODUCTS: TableDefinition<u64, &[u8]> = TableDefinition::new("products");
-const CATEGORIES: TableDefinition<u64, &[u8]> = TableDefinition::new("categories");
+/// A product's part per source (bus partition): (product_id, source).
+const PRODUCTS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("product_parts");
+/// A category's part per source: (category_id, source).
+const CATEGORIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("category_parts");
 
 /// A redb-backed store; cheap to clone.
 #[derive(Clone)]
@@ -77,13 +79,19 @@ impl EmbeddedStore {
             let mut products = transaction.open_table(PRODUCTS).map_err(unavailable)?;
             for product in &batch.products {
                 products
-                    .insert(product.product_id, encode(product).as_slice())
+                    .insert(
+                        (product.product_id, product.source),
+                        encode(product).as_slice(),
+                    )
                     .map_err(unavailable)?;
             }
             let mut categories = transaction.open_table(CATEGORIES).map_err(unavailable)?;
             for category in &batch.categories {
                 categories
-                    .insert(category.category_id, encode(category).as_slice())
+                    .insert(
+                        (category.category_id, category.source),
+                        encode(category).as_slice(),
+                    )
                     .map_err(unavailable)?;
             }
         }
@@ -125,8 +133,11 @@ impl EmbeddedStore {
         let products_table = transaction.open_table(PRODUCTS).map_err(unavailable)?;
         let mut products: Vec<ProductState> = Vec::new();
         for product_id in product_ids {
-            if let Some(bytes) = products_table.get(product_id).map_err(unavailable)? {
-                products.push(decode(bytes.value())?);
+            for row in products_table
+                .range((*product_id, 0)..=(*product_id, u16::MAX))
+                .map_err(unavailable)?
+            {
+                products.push(decode(row.map_err(unavailable)?.1.value())?);
             }
         }
         // The categories of loaded products come along: a product's features need its category.
@@ -137,14 +148,17 @@ impl EmbeddedStore {
         let categories_table = transaction.open_table(CATEGORIES).map_err(unavailable)?;
         let mut categories = Vec::new();
         for category_id in &category_ids {
-            if let Some(bytes) = categories_table.get(category_id).map_err(unavailable)? {
-                categories.push(decode(bytes.value())?);
+            for row in categories_table
+                .range((*category_id, 0)..=(*category_id, u16::MAX))
+                .map_err(unavailable)?
+            {
+                categories.push(decode(row.map_err(unavailable)?.1.value())?);
             }
         }
         Ok((products, categories))
     }
 
-    /// Every stored session, user and product, for tests and inspection.
+    /// Every stored session, user, product part and category part, for tests and inspection.
     pub fn dump(&self) -> Result<StateBatch, StoreError> {
         use redb::ReadableTable;
         let transaction = self.database.begin_read().map_err(unavailable)?;
@@ -261,16 +275,18 @@ mod tests {
         session.apply(&event());
         let mut user = UserState::new(7, 1_000);
         user.apply(&event(), 9, false);
-        let mut product = ProductState::new(&event());
+        let mut product = ProductState::new(&event(), 0);
         product.apply(&event());
-        let mut category = CategoryState::new(6);
-        category.add_product(3.5);
+        let mut other_part = ProductState::new(&event(), 3);
+        other_part.apply(&event());
+        let mut category = CategoryState::new(6, 0);
+        category.add_view(3.5);
         {
             let store = EmbeddedStore::open(&path).unwrap();
             let batch = StateBatch {
                 sessions: vec![session.clone()],
                 users: vec![user.clone()],
-                products: vec![product.clone()],
+                products: vec![product.clone(), other_part.clone()],
                 categories: vec![category.clone()],
             };
             store.save(batch).await.unwrap();
@@ -286,7 +302,7 @@ mod tests {
         assert_eq!(users, vec![user]);
         assert_eq!(sessions, vec![session]);
         let (products, categories) = store.load_catalog(vec![5, 4], Vec::new()).await.unwrap();
-        assert_eq!(products, vec![product]);
+        assert_eq!(products, vec![product, other_part]);
         assert_eq!(categories, vec![category]);
     }
 }

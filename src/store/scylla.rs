@@ -2,11 +2,11 @@
 //! schema/propensity.cql, written and read with the statements of schema/queries.cql, prepared
 //! once when the store opens.
 //!
-//! A save writes each entity (a session, a user, a product: each one partition, its own fields
-//! static and a row per product or hour; a category: one row) as one UNLOGGED single-partition
-//! batch, applied atomically, at most `max_concurrency` requests at a time, in two stages: users
-//! and categories first, sessions and products only once every write of the first stage
-//! succeeded. The actors rely on that order to apply a redelivered event only where it is
+//! A save writes each entity (a session or a user: one partition, its own fields static and a
+//! row per product, as one UNLOGGED single-partition batch, applied atomically; a product's or
+//! a category's part: one row) at most `max_concurrency` requests at a time, in two stages:
+//! users and categories first, sessions and products only once every write of the first stage
+//! succeeded. The user side relies on that order to apply a redelivered event only where it is
 //! missing ([`propensity_actors::features::DeliveryGuard`]). Every statement is idempotent: it
 //! writes values, not increments, under an explicit write timestamp, and a partition that holds several
 //! rows of one entity is replaced as a whole (a partition delete one microsecond older than the
@@ -186,9 +186,7 @@ struct Statements {
     insert_user: PreparedStatement,
     insert_user_product: PreparedStatement,
     select_user: PreparedStatement,
-    delete_product: PreparedStatement,
     insert_product: PreparedStatement,
-    insert_product_hour: PreparedStatement,
     select_product: PreparedStatement,
     insert_category: PreparedStatement,
     select_category: PreparedStatement,
@@ -270,9 +268,7 @@ impl Statements {
             insert_user: prepare("insert_user").await?,
             insert_user_product: prepare("insert_user_product").await?,
             select_user: prepare("select_user").await?,
-            delete_product: prepare("delete_product").await?,
             insert_product: prepare("insert_product").await?,
-            insert_product_hour: prepare("insert_product_hour").await?,
             select_product: prepare("select_product").await?,
             insert_category: prepare("insert_category").await?,
             select_category: prepare("select_category").await?,
@@ -425,6 +421,7 @@ struct InsertUserProduct {
 #[derive(SerializeRow)]
 struct InsertProduct {
     product_id: i64,
+    source: i32,
     category_id: i64,
     price: f64,
     events: i64,
@@ -434,25 +431,12 @@ struct InsertProduct {
     purchases: i64,
     revenue: f64,
     last_event_at: i64,
+    hours: Vec<i64>,
+    hour_views: Vec<i64>,
+    hour_carts: Vec<i64>,
+    hour_purchases: Vec<i64>,
+    hour_revenue: Vec<f64>,
     guard: Vec<u8>,
-    ttl: i32,
-    written_at: i64,
-}
-
-#[derive(SerializeRow)]
-struct DeleteProduct {
-    deleted_at: i64,
-    product_id: i64,
-}
-
-#[derive(SerializeRow)]
-struct InsertProductHour {
-    product_id: i64,
-    hour: i64,
-    hour_views: i64,
-    hour_carts: i64,
-    hour_purchases: i64,
-    hour_revenue: f64,
     ttl: i32,
     written_at: i64,
 }
@@ -460,7 +444,8 @@ struct InsertProductHour {
 #[derive(SerializeRow)]
 struct InsertCategory {
     category_id: i64,
-    products: i64,
+    source: i32,
+    views: i64,
     price_buckets: Vec<i64>,
     guard: Vec<u8>,
     ttl: i32,
@@ -521,32 +506,34 @@ struct UserRow {
     product_last_event_at: Option<i64>,
 }
 
-/// A row of a product's partition: the static product fields, and one hour of sales (none when
-/// the partition holds no hour row).
+/// A product's part: one row of its partition.
 #[derive(DeserializeRow)]
 struct ProductRow {
     product_id: i64,
-    category_id: Option<i64>,
-    price: Option<f64>,
-    events: Option<i64>,
-    views: Option<i64>,
-    carts: Option<i64>,
-    removes: Option<i64>,
-    purchases: Option<i64>,
-    revenue: Option<f64>,
-    last_event_at: Option<i64>,
+    source: i32,
+    category_id: i64,
+    price: f64,
+    events: i64,
+    views: i64,
+    carts: i64,
+    removes: i64,
+    purchases: i64,
+    revenue: f64,
+    last_event_at: i64,
+    hours: Option<Vec<i64>>,
+    hour_views: Option<Vec<i64>>,
+    hour_carts: Option<Vec<i64>>,
+    hour_purchases: Option<Vec<i64>>,
+    hour_revenue: Option<Vec<f64>>,
     guard: Option<Vec<u8>>,
-    hour: Option<i64>,
-    hour_views: Option<i64>,
-    hour_carts: Option<i64>,
-    hour_purchases: Option<i64>,
-    hour_revenue: Option<f64>,
 }
 
+/// A category's part: one row of its partition.
 #[derive(DeserializeRow)]
 struct CategoryRow {
     category_id: i64,
-    products: i64,
+    source: i32,
+    views: i64,
     price_buckets: Option<Vec<i64>>,
     guard: Option<Vec<u8>>,
 }
@@ -603,8 +590,8 @@ enum Lookup {
 enum Found {
     User(Option<UserState>),
     Session(Option<SessionState>),
-    Product(Option<ProductState>),
-    Category(Option<CategoryState>),
+    Products(Vec<ProductState>),
+    Categories(Vec<CategoryState>),
 }
 
 /// Counts a request in flight while alive.
@@ -828,53 +815,36 @@ impl Core {
     }
 
     fn product_write(&self, product: &ProductState, written_at: i64) -> Write {
-        let statements = &self.statements;
-        let product_id = to_bigint(product.product_id);
-        let ttl = ttl(self.settings.product_ttl_seconds);
         let [events, views, carts, removes, purchases] = counts_values(&product.counts);
-        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
-            (
-                &statements.delete_product,
-                Box::new(DeleteProduct {
-                    deleted_at: written_at - 1,
-                    product_id,
-                }),
-            ),
-            (
-                &statements.insert_product,
-                Box::new(InsertProduct {
-                    product_id,
-                    category_id: to_bigint(product.category_id),
-                    price: product.price,
-                    events,
-                    views,
-                    carts,
-                    removes,
-                    purchases,
-                    revenue: product.revenue,
-                    last_event_at: product.last_event_at,
-                    guard: encode_guard(&product.guard),
-                    ttl,
-                    written_at,
-                }),
-            ),
-        ];
-        for bucket in &product.hours {
-            rows.push((
-                &statements.insert_product_hour,
-                Box::new(InsertProductHour {
-                    product_id,
-                    hour: bucket.hour,
-                    hour_views: i64::from(bucket.views),
-                    hour_carts: i64::from(bucket.carts),
-                    hour_purchases: i64::from(bucket.purchases),
-                    hour_revenue: bucket.revenue,
-                    ttl,
-                    written_at,
-                }),
-            ));
+        let hours = &product.hours;
+        Write::Single {
+            table: "products",
+            statement: self.statements.insert_product.clone(),
+            values: Box::new(InsertProduct {
+                product_id: to_bigint(product.product_id),
+                source: i32::from(product.source),
+                category_id: to_bigint(product.category_id),
+                price: product.price,
+                events,
+                views,
+                carts,
+                removes,
+                purchases,
+                revenue: product.revenue,
+                last_event_at: product.last_event_at,
+                hours: hours.iter().map(|bucket| bucket.hour).collect(),
+                hour_views: hours.iter().map(|bucket| i64::from(bucket.views)).collect(),
+                hour_carts: hours.iter().map(|bucket| i64::from(bucket.carts)).collect(),
+                hour_purchases: hours
+                    .iter()
+                    .map(|bucket| i64::from(bucket.purchases))
+                    .collect(),
+                hour_revenue: hours.iter().map(|bucket| bucket.revenue).collect(),
+                guard: encode_guard(&product.guard),
+                ttl: ttl(self.settings.product_ttl_seconds),
+                written_at,
+            }),
         }
-        self.partition_batch("products", rows)
     }
 
     fn category_write(&self, category: &CategoryState, written_at: i64) -> Write {
@@ -883,7 +853,8 @@ impl Core {
             statement: self.statements.insert_category.clone(),
             values: Box::new(InsertCategory {
                 category_id: to_bigint(category.category_id),
-                products: i64::from(category.products),
+                source: i32::from(category.source),
+                views: i64::from(category.views),
                 price_buckets: category
                     .price_buckets
                     .iter()
@@ -1006,7 +977,7 @@ impl Core {
                         "products",
                     )
                     .await?;
-                product_from_rows(&rows).map(Found::Product)
+                product_parts(&rows).map(Found::Products)
             }
             Lookup::Category(category_id) => {
                 let rows = self
@@ -1016,10 +987,7 @@ impl Core {
                         "categories",
                     )
                     .await?;
-                let row = rows
-                    .maybe_first_row::<CategoryRow>()
-                    .map_err(|error| StoreError::Corrupt(format!("categories: {error}")))?;
-                row.map(category_from_row).transpose().map(Found::Category)
+                category_parts(&rows).map(Found::Categories)
             }
         }
     }
@@ -1073,8 +1041,8 @@ impl Core {
         let mut loaded_categories = Vec::new();
         for found in self.lookup_all(lookups).await? {
             match found {
-                Found::Product(Some(product)) => loaded_products.push(product),
-                Found::Category(Some(category)) => loaded_categories.push(category),
+                Found::Products(parts) => loaded_products.extend(parts),
+                Found::Categories(parts) => loaded_categories.extend(parts),
                 _ => {}
             }
         }
@@ -1089,8 +1057,8 @@ impl Core {
             .lookup_all(missing.into_iter().map(Lookup::Category).collect())
             .await?
         {
-            if let Found::Category(Some(category)) = found {
-                loaded_categories.push(category);
+            if let Found::Categories(parts) = found {
+                loaded_categories.extend(parts);
             }
         }
         Ok((loaded_products, loaded_categories))
@@ -1159,69 +1127,85 @@ fn user_from_rows(rows: &QueryRowsResult) -> Result<Option<UserState>, StoreErro
     Ok(user)
 }
 
-/// A product from the rows of its partition (hours in ascending order), `None` when it is empty.
-fn product_from_rows(rows: &QueryRowsResult) -> Result<Option<ProductState>, StoreError> {
+/// Every part of a product: the rows of its partition.
+fn product_parts(rows: &QueryRowsResult) -> Result<Vec<ProductState>, StoreError> {
     let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("products: {error}"));
-    let mut product: Option<ProductState> = None;
+    let mut parts = Vec::new();
     for row in rows.rows::<ProductRow>().map_err(|error| corrupt(&error))? {
         let row = row.map_err(|error| corrupt(&error))?;
-        let product = match &mut product {
-            Some(product) => product,
-            None => product.insert(ProductState {
-                product_id: from_bigint(row.product_id),
-                category_id: from_bigint(required(row.category_id, "products.category_id")?),
-                price: required(row.price, "products.price")?,
-                counts: counts(
-                    [
-                        required(row.events, "products.events")?,
-                        required(row.views, "products.views")?,
-                        required(row.carts, "products.carts")?,
-                        required(row.removes, "products.removes")?,
-                        required(row.purchases, "products.purchases")?,
-                    ],
-                    "products",
-                )?,
-                revenue: required(row.revenue, "products.revenue")?,
-                last_event_at: required(row.last_event_at, "products.last_event_at")?,
-                hours: Vec::new(),
-                guard: decode_guard(row.guard, "products")?,
-            }),
+        let list = |values: Option<Vec<i64>>, column: &str| -> Result<Vec<u32>, StoreError> {
+            values
+                .unwrap_or_default()
+                .into_iter()
+                .map(|value| from_count(value, column))
+                .collect()
         };
-        let Some(hour) = row.hour else {
-            continue;
-        };
-        product.hours.push(HourBucket {
-            hour,
-            views: from_count(
-                required(row.hour_views, "products.hour_views")?,
-                "products.hour_views",
+        let hours = row.hours.unwrap_or_default();
+        let views = list(row.hour_views, "products.hour_views")?;
+        let carts = list(row.hour_carts, "products.hour_carts")?;
+        let purchases = list(row.hour_purchases, "products.hour_purchases")?;
+        let revenue = row.hour_revenue.unwrap_or_default();
+        if [views.len(), carts.len(), purchases.len(), revenue.len()]
+            .iter()
+            .any(|length| *length != hours.len())
+        {
+            return Err(corrupt(&format_args!(
+                "product {} source {}: the hourly lists differ in length",
+                row.product_id, row.source
+            )));
+        }
+        parts.push(ProductState {
+            product_id: from_bigint(row.product_id),
+            source: u16::try_from(row.source)
+                .map_err(|_| corrupt(&format_args!("source {} is out of range", row.source)))?,
+            category_id: from_bigint(row.category_id),
+            price: row.price,
+            counts: counts(
+                [row.events, row.views, row.carts, row.removes, row.purchases],
+                "products",
             )?,
-            carts: from_count(
-                required(row.hour_carts, "products.hour_carts")?,
-                "products.hour_carts",
-            )?,
-            purchases: from_count(
-                required(row.hour_purchases, "products.hour_purchases")?,
-                "products.hour_purchases",
-            )?,
-            revenue: required(row.hour_revenue, "products.hour_revenue")?,
+            revenue: row.revenue,
+            last_event_at: row.last_event_at,
+            hours: (0..hours.len())
+                .map(|index| HourBucket {
+                    hour: hours[index],
+                    views: views[index],
+                    carts: carts[index],
+                    purchases: purchases[index],
+                    revenue: revenue[index],
+                })
+                .collect(),
+            guard: decode_guard(row.guard, "products")?,
         });
     }
-    Ok(product)
+    Ok(parts)
 }
 
-fn category_from_row(row: CategoryRow) -> Result<CategoryState, StoreError> {
-    Ok(CategoryState {
-        category_id: from_bigint(row.category_id),
-        products: from_count(row.products, "categories.products")?,
-        price_buckets: row
-            .price_buckets
-            .unwrap_or_default()
-            .into_iter()
-            .map(|count| from_count(count, "categories.price_buckets"))
-            .collect::<Result<_, _>>()?,
-        guard: decode_guard(row.guard, "categories")?,
-    })
+/// Every part of a category: the rows of its partition.
+fn category_parts(rows: &QueryRowsResult) -> Result<Vec<CategoryState>, StoreError> {
+    let corrupt =
+        |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("categories: {error}"));
+    let mut parts = Vec::new();
+    for row in rows
+        .rows::<CategoryRow>()
+        .map_err(|error| corrupt(&error))?
+    {
+        let row = row.map_err(|error| corrupt(&error))?;
+        parts.push(CategoryState {
+            category_id: from_bigint(row.category_id),
+            source: u16::try_from(row.source)
+                .map_err(|_| corrupt(&format_args!("source {} is out of range", row.source)))?,
+            views: from_count(row.views, "categories.views")?,
+            price_buckets: row
+                .price_buckets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|count| from_count(count, "categories.price_buckets"))
+                .collect::<Result<_, _>>()?,
+            guard: decode_guard(row.guard, "categories")?,
+        });
+    }
+    Ok(parts)
 }
 
 /// A session from its partition's rows: the static columns on every row, one row per product
@@ -1316,7 +1300,7 @@ mod tests {
     #[test]
     fn every_statement_is_named_and_in_the_keyspace() {
         let queries = queries("ks");
-        assert_eq!(queries.len(), 14, "{:?}", queries.keys());
+        assert_eq!(queries.len(), 12, "{:?}", queries.keys());
         for (name, statement) in &queries {
             assert!(statement.contains(" ks."), "{name}: {statement}");
             assert!(!statement.contains("--"), "{name}: {statement}");

@@ -4,6 +4,7 @@
 
 pub mod broker;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use propensity::config::Settings;
@@ -120,11 +121,103 @@ pub async fn assert_engine_matches(
             "session {key:?}"
         );
     }
-    for (product_id, product) in &offline.catalog.products {
+    for ((product_id, _), product) in &offline.catalog.products {
+        let online = engine.product(*product_id).await.unwrap();
+        assert_same_product(online.as_ref(), product, "in the engine");
+    }
+}
+
+/// Checks that a whole product (merged from its parts) equals the offline replay's, up to the
+/// rounding of revenue summed in another order.
+pub fn assert_same_product(
+    actual: Option<&propensity_actors::features::ProductState>,
+    expected: &propensity_actors::features::ProductState,
+    context: &str,
+) {
+    use propensity_actors::features::product::HourBucket;
+    let product_id = expected.product_id;
+    let actual = actual.unwrap_or_else(|| panic!("product {product_id} {context}: missing"));
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+    assert!(
+        close(actual.revenue, expected.revenue)
+            && actual.hours.len() == expected.hours.len()
+            && actual
+                .hours
+                .iter()
+                .zip(&expected.hours)
+                .all(|(a, b)| close(a.revenue, b.revenue)),
+        "product {product_id} {context}: revenue {actual:?} against {expected:?}"
+    );
+    let without_revenue = |product: &propensity_actors::features::ProductState| {
+        propensity_actors::features::ProductState {
+            source: 0,
+            revenue: 0.0,
+            hours: product
+                .hours
+                .iter()
+                .map(|bucket| HourBucket {
+                    revenue: 0.0,
+                    ..*bucket
+                })
+                .collect(),
+            ..product.clone()
+        }
+    };
+    assert_eq!(
+        without_revenue(actual),
+        without_revenue(expected),
+        "product {product_id} {context}"
+    );
+}
+
+/// Whole products and categories from their parts, by id.
+pub fn merge_parts(
+    products: &[propensity_actors::features::ProductState],
+    categories: &[propensity_actors::features::CategoryState],
+) -> (
+    BTreeMap<u64, propensity_actors::features::ProductState>,
+    BTreeMap<u64, propensity_actors::features::CategoryState>,
+) {
+    use propensity_actors::features::{CategoryState, ProductState};
+    let mut product_parts: BTreeMap<u64, Vec<&ProductState>> = BTreeMap::new();
+    for part in products {
+        product_parts.entry(part.product_id).or_default().push(part);
+    }
+    let mut category_parts: BTreeMap<u64, Vec<&CategoryState>> = BTreeMap::new();
+    for part in categories {
+        category_parts
+            .entry(part.category_id)
+            .or_default()
+            .push(part);
+    }
+    (
+        product_parts
+            .into_iter()
+            .map(|(id, parts)| (id, ProductState::merged(parts).expect("a part")))
+            .collect(),
+        category_parts
+            .into_iter()
+            .map(|(id, parts)| (id, CategoryState::merged(parts).expect("a part")))
+            .collect(),
+    )
+}
+
+/// Checks whole categories against the offline replay's.
+fn assert_same_categories(
+    whole: &BTreeMap<u64, propensity_actors::features::CategoryState>,
+    offline: &propensity_actors::engine::FeatureEngine,
+    context: &str,
+) {
+    for (category_id, category) in whole {
+        let expected = offline
+            .catalog
+            .categories
+            .get(&(*category_id, 0))
+            .unwrap_or_else(|| panic!("category {category_id} {context}: not in the replay"));
         assert_eq!(
-            engine.product(*product_id).await.unwrap().as_ref(),
-            Some(product),
-            "product {product_id}"
+            (category.views, &category.price_buckets),
+            (expected.views, &expected.price_buckets),
+            "category {category_id} {context}"
         );
     }
 }
@@ -162,32 +255,21 @@ pub fn assert_stored_matches(
             "session {key:?}"
         );
     }
+    let (products, categories) = merge_parts(&stored.products, &stored.categories);
     assert_eq!(
-        stored.products.len(),
+        products.len(),
         offline.catalog.products.len(),
         "stored products"
     );
-    for product in &stored.products {
-        assert_eq!(
-            Some(product),
-            offline.catalog.products.get(&product.product_id),
-            "product {}",
-            product.product_id
-        );
+    for ((product_id, _), product) in &offline.catalog.products {
+        assert_same_product(products.get(product_id), product, "in the store");
     }
     assert_eq!(
-        stored.categories.len(),
+        categories.len(),
         offline.catalog.categories.len(),
         "stored categories"
     );
-    for category in &stored.categories {
-        assert_eq!(
-            Some(category),
-            offline.catalog.categories.get(&category.category_id),
-            "category {}",
-            category.category_id
-        );
-    }
+    assert_same_categories(&categories, offline, "in the store");
 }
 
 /// Checks that a store returns exactly the offline replay's state for every user, session,
@@ -245,20 +327,20 @@ pub async fn assert_store_holds_catalog(
     store: &dyn propensity_actors::store::StateStore,
     offline: &propensity_actors::engine::FeatureEngine,
 ) {
-    let products: Vec<u64> = offline.catalog.products.keys().copied().collect();
-    let categories: Vec<u64> = offline.catalog.categories.keys().copied().collect();
+    let products: Vec<u64> = offline.catalog.products.keys().map(|key| key.0).collect();
+    let categories: Vec<u64> = offline.catalog.categories.keys().map(|key| key.0).collect();
     for chunk in products.chunks(500) {
         let (loaded, _) = store
             .load_catalog(chunk.to_vec(), Vec::new())
             .await
             .expect("products load");
-        assert_eq!(loaded.len(), chunk.len(), "stored products of a chunk");
-        for product in loaded {
-            assert_eq!(
-                Some(&product),
-                offline.catalog.products.get(&product.product_id),
-                "product {}",
-                product.product_id
+        let (whole, _) = merge_parts(&loaded, &[]);
+        assert_eq!(whole.len(), chunk.len(), "stored products of a chunk");
+        for product_id in chunk {
+            assert_same_product(
+                whole.get(product_id),
+                &offline.catalog.products[&(*product_id, 0)],
+                "in the store",
             );
         }
     }
@@ -267,15 +349,9 @@ pub async fn assert_store_holds_catalog(
             .load_catalog(Vec::new(), chunk.to_vec())
             .await
             .expect("categories load");
-        assert_eq!(loaded.len(), chunk.len(), "stored categories of a chunk");
-        for category in loaded {
-            assert_eq!(
-                Some(&category),
-                offline.catalog.categories.get(&category.category_id),
-                "category {}",
-                category.category_id
-            );
-        }
+        let (_, whole) = merge_parts(&[], &loaded);
+        assert_eq!(whole.len(), chunk.len(), "stored categories of a chunk");
+        assert_same_categories(&whole, offline, "in the store");
     }
 }
 

@@ -25,6 +25,15 @@ impl Counts {
             EventType::Purchase => self.purchases += 1,
         }
     }
+
+    /// Adds another entity's counts.
+    pub fn add(&mut self, other: &Counts) {
+        self.events += other.events;
+        self.views += other.views;
+        self.carts += other.carts;
+        self.removes += other.removes;
+        self.purchases += other.purchases;
+    }
 }
 
 /// `numerator / denominator`, or 0 when there is nothing to divide by.

@@ -240,11 +240,15 @@ pub const FEATURES: [FeatureDefinition; FEATURE_COUNT] = [
         Entity::Product,
         "product purchases divided by product views",
     ),
-    feature("price", Entity::Product, "the product's latest price"),
+    feature(
+        "price",
+        Entity::Product,
+        "the product's price in its latest event",
+    ),
     feature(
         "price_to_category_median",
         Entity::Product,
-        "the product's price divided by the median product price of its category, 1 if unknown",
+        "the product's price divided by the median price viewed in its category (each view counts), 1 if unknown",
     ),
 ];
 

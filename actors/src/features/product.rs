@@ -1,5 +1,12 @@
 //! Product and category state: popularity counters, recent sales in hourly buckets, and a
 //! category price histogram that gives each product its price relative to the category median.
+//!
+//! On the bus, each user partition keeps its own part of every product and category it sees
+//! (`source` is the partition): one instance owns a partition at a time, so every stored part has
+//! one writer, and a product's features come from the sum of its parts ([`ProductState::merged`],
+//! [`CategoryState::merged`]). Every field merges exactly: counters and hourly buckets add up,
+//! the latest price is the one of the latest event (ties: the higher price) whatever the order
+//! the parts saw their events in. Offline and on the HTTP bus there is one part, source 0.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +33,16 @@ pub struct HourBucket {
     pub revenue: f64,
 }
 
-/// One product's popularity and sales.
+/// One product's popularity and sales, or the part of them one source saw.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProductState {
     pub product_id: u64,
+    /// The user partition whose events this part counts; 0 offline and on the HTTP bus.
+    #[serde(default)]
+    pub source: u16,
+    /// The category of the latest event.
     pub category_id: u64,
-    /// The latest price seen.
+    /// The price of the latest event; of simultaneous events, the highest.
     pub price: f64,
     pub counts: Counts,
     pub revenue: f64,
@@ -53,10 +64,11 @@ pub struct WindowTotals {
 }
 
 impl ProductState {
-    /// A product first seen in `event`; apply the event next.
-    pub fn new(event: &Event) -> Self {
+    /// A product first seen in `event` from `source`; apply the event next.
+    pub fn new(event: &Event, source: u16) -> Self {
         ProductState {
             product_id: event.product_id,
+            source,
             category_id: event.category_id,
             price: event.price,
             counts: Counts::default(),
@@ -70,7 +82,11 @@ impl ProductState {
     /// Applies one event about this product.
     pub fn apply(&mut self, event: &Event) {
         self.counts.record(event.event_type);
-        self.price = event.price;
+        // Order-independent, so that parts merge to what one state would hold.
+        if (event.time, event.price) > (self.last_event_at, self.price) {
+            self.price = event.price;
+            self.category_id = event.category_id;
+        }
         self.last_event_at = self.last_event_at.max(event.time);
         if event.event_type == EventType::Purchase {
             self.revenue += event.price;
@@ -112,6 +128,48 @@ impl ProductState {
         self.hours.drain(..stale);
     }
 
+    /// The whole product from its parts (at least one): what one state fed every part's events
+    /// would hold, up to the rounding of summed revenue. Delivery guards stay behind.
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a ProductState>) -> Option<ProductState> {
+        let mut parts = parts.into_iter();
+        let first = parts.next()?;
+        let mut whole = ProductState {
+            guard: DeliveryGuard::default(),
+            ..first.clone()
+        };
+        for part in parts {
+            whole.counts.add(&part.counts);
+            whole.revenue += part.revenue;
+            if (part.last_event_at, part.price) > (whole.last_event_at, whole.price) {
+                whole.price = part.price;
+                whole.category_id = part.category_id;
+            }
+            whole.last_event_at = whole.last_event_at.max(part.last_event_at);
+            for bucket in &part.hours {
+                match whole
+                    .hours
+                    .binary_search_by_key(&bucket.hour, |mine| mine.hour)
+                {
+                    Ok(index) => {
+                        let mine = &mut whole.hours[index];
+                        mine.views += bucket.views;
+                        mine.carts += bucket.carts;
+                        mine.purchases += bucket.purchases;
+                        mine.revenue += bucket.revenue;
+                    }
+                    Err(at) => whole.hours.insert(at, *bucket),
+                }
+            }
+        }
+        if let Some(newest) = whole.hours.last().map(|bucket| bucket.hour) {
+            let stale = whole
+                .hours
+                .partition_point(|bucket| bucket.hour <= newest - SALES_HOURS as i64);
+            whole.hours.drain(..stale);
+        }
+        Some(whole)
+    }
+
     /// Activity in the `hours` hours up to and including the hour of `now`.
     pub fn window(&self, now: Millis, hours: i64) -> WindowTotals {
         let current = now.div_euclid(HOUR);
@@ -128,11 +186,15 @@ impl ProductState {
     }
 }
 
-/// The price distribution of a category's products, for its median price.
+/// The prices shoppers view in a category (each view counts once), for its median price; or the
+/// part of them one source saw.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CategoryState {
     pub category_id: u64,
-    pub products: u32,
+    /// The user partition whose events this part counts; 0 offline and on the HTTP bus.
+    #[serde(default)]
+    pub source: u16,
+    pub views: u32,
     pub price_buckets: Vec<u32>,
     /// Events applied recently, for idempotent redelivery; not a feature.
     #[serde(default)]
@@ -140,41 +202,103 @@ pub struct CategoryState {
 }
 
 impl CategoryState {
-    /// An empty category.
-    pub fn new(category_id: u64) -> Self {
+    /// An empty category, or an empty part of one.
+    pub fn new(category_id: u64, source: u16) -> Self {
         CategoryState {
             category_id,
-            products: 0,
+            source,
+            views: 0,
             price_buckets: vec![0; PRICE_BUCKETS],
             guard: DeliveryGuard::default(),
         }
     }
 
-    /// Adds a product's first seen price. Each product counts once, so popular products do not
-    /// drag the median.
-    pub fn add_product(&mut self, price: f64) {
-        self.products += 1;
+    /// Counts the price of a view.
+    pub fn add_view(&mut self, price: f64) {
+        self.views += 1;
         self.price_buckets[price_bucket(price)] += 1;
     }
 
-    /// The median product price, to the resolution of the histogram (about 13%).
-    pub fn median_price(&self) -> Option<f64> {
-        if self.products == 0 {
-            return None;
-        }
-        let middle = self.products.div_ceil(2);
-        let mut seen = 0;
-        for (index, count) in self.price_buckets.iter().enumerate() {
-            seen += count;
-            if seen >= middle {
-                // Geometric middle of the bucket, back in price units.
-                let low = (index as f64 / PRICE_BUCKETS_PER_E).exp() - 1.0;
-                let high = ((index + 1) as f64 / PRICE_BUCKETS_PER_E).exp() - 1.0;
-                return Some(((low + 1.0) * (high + 1.0)).sqrt() - 1.0);
+    /// The whole category from its parts (at least one). Delivery guards stay behind.
+    pub fn merged<'a>(parts: impl IntoIterator<Item = &'a CategoryState>) -> Option<CategoryState> {
+        let mut parts = parts.into_iter();
+        let first = parts.next()?;
+        let mut whole = CategoryState {
+            guard: DeliveryGuard::default(),
+            ..first.clone()
+        };
+        for part in parts {
+            whole.views += part.views;
+            for (mine, theirs) in whole.price_buckets.iter_mut().zip(&part.price_buckets) {
+                *mine += theirs;
             }
         }
-        None
+        Some(whole)
     }
+
+    /// The median viewed price, to the resolution of the histogram (about 13%).
+    pub fn median_price(&self) -> Option<f64> {
+        median(self.views, &self.price_buckets)
+    }
+}
+
+/// Weighted prices in the category's log-spaced buckets, for a median: what the synthetic
+/// generator uses to give each product a price relative to its category as the feature engine
+/// will see it, weighting each product by how often it is viewed.
+#[derive(Clone, Debug)]
+pub struct PriceHistogram {
+    total: f64,
+    buckets: Vec<f64>,
+}
+
+impl Default for PriceHistogram {
+    fn default() -> Self {
+        PriceHistogram {
+            total: 0.0,
+            buckets: vec![0.0; PRICE_BUCKETS],
+        }
+    }
+}
+
+impl PriceHistogram {
+    /// Adds `price` with `weight`.
+    pub fn add(&mut self, price: f64, weight: f64) {
+        self.total += weight;
+        self.buckets[price_bucket(price)] += weight;
+    }
+
+    /// The weighted median price, to the histogram's resolution.
+    pub fn median(&self) -> Option<f64> {
+        (self.total > 0.0)
+            .then(|| bucket_median(self.total, self.buckets.iter().copied()))
+            .flatten()
+    }
+}
+
+fn median(count: u32, buckets: &[u32]) -> Option<f64> {
+    (count > 0)
+        .then(|| {
+            bucket_median(
+                f64::from(count),
+                buckets.iter().map(|count| f64::from(*count)),
+            )
+        })
+        .flatten()
+}
+
+/// The geometric middle of the bucket holding the middle of `total`, back in price units.
+fn bucket_median(total: f64, buckets: impl Iterator<Item = f64>) -> Option<f64> {
+    let middle = total / 2.0;
+    let mut seen = 0.0;
+    for (index, weight) in buckets.enumerate() {
+        seen += weight;
+        if seen >= middle && weight > 0.0 {
+            let low = (index as f64 / PRICE_BUCKETS_PER_E).exp() - 1.0;
+            let high = ((index + 1) as f64 / PRICE_BUCKETS_PER_E).exp() - 1.0;
+            return Some(((low + 1.0) * (high + 1.0)).sqrt() - 1.0);
+        }
+    }
+    None
 }
 
 fn price_bucket(price: f64) -> usize {
@@ -204,7 +328,7 @@ mod tests {
     #[test]
     fn counts_and_windows() {
         let first = event(0, EventType::View, 10.0);
-        let mut product = ProductState::new(&first);
+        let mut product = ProductState::new(&first, 0);
         product.apply(&first);
         product.apply(&event(HOUR * 2, EventType::Cart, 10.0));
         product.apply(&event(HOUR * 2 + 5, EventType::Purchase, 11.0));
@@ -223,7 +347,7 @@ mod tests {
     #[test]
     fn old_buckets_are_dropped_and_late_events_still_count() {
         let first = event(0, EventType::View, 1.0);
-        let mut product = ProductState::new(&first);
+        let mut product = ProductState::new(&first, 0);
         product.apply(&first);
         product.apply(&event(HOUR * 30, EventType::View, 1.0));
         assert_eq!(product.hours.len(), 1);
@@ -235,12 +359,85 @@ mod tests {
 
     #[test]
     fn median_is_within_histogram_resolution() {
-        let mut category = CategoryState::new(2);
+        let mut category = CategoryState::new(2, 0);
         assert_eq!(category.median_price(), None);
         for price in [5.0, 10.0, 100.0, 120.0, 1000.0] {
-            category.add_product(price);
+            category.add_view(price);
         }
         let median = category.median_price().unwrap();
         assert!((median - 100.0).abs() / 100.0 < 0.14, "{median}");
+    }
+
+    #[test]
+    fn parts_merge_to_what_one_state_holds_whatever_the_interleaving() {
+        // A small deterministic generator: users spread over three sources, prices and times
+        // that collide, events out of order and far apart.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        let types = [
+            EventType::View,
+            EventType::View,
+            EventType::Cart,
+            EventType::RemoveFromCart,
+            EventType::Purchase,
+        ];
+        let events: Vec<Event> = (0..2_000)
+            .map(|_| Event {
+                user_id: next(30),
+                category_id: 2 + next(2),
+                ..event(
+                    next(60) as Millis * HOUR + next(3) as Millis,
+                    types[next(5) as usize],
+                    [9.99, 10.0, 12.5][next(3) as usize],
+                )
+            })
+            .collect();
+        let mut whole = ProductState::new(&events[0], 0);
+        let mut whole_category = CategoryState::new(2, 0);
+        let mut parts: Vec<ProductState> = (0..3)
+            .map(|source| ProductState::new(&events[0], source))
+            .collect();
+        let mut category_parts: Vec<CategoryState> =
+            (0..3).map(|source| CategoryState::new(2, source)).collect();
+        for event in &events {
+            let source = (event.user_id % 3) as usize;
+            whole.apply(event);
+            parts[source].apply(event);
+            if event.event_type == EventType::View {
+                whole_category.add_view(event.price);
+                category_parts[source].add_view(event.price);
+            }
+        }
+        let merged = ProductState::merged(&parts).unwrap();
+        assert!((merged.revenue - whole.revenue).abs() < 1e-6);
+        for (mine, theirs) in merged.hours.iter().zip(&whole.hours) {
+            assert!((mine.revenue - theirs.revenue).abs() < 1e-6);
+        }
+        let rounded = |product: &ProductState| ProductState {
+            revenue: 0.0,
+            hours: product
+                .hours
+                .iter()
+                .map(|bucket| HourBucket {
+                    revenue: 0.0,
+                    ..*bucket
+                })
+                .collect(),
+            source: 0,
+            ..product.clone()
+        };
+        assert_eq!(rounded(&merged), rounded(&whole));
+        assert!(merged.hours.len() > 1 && merged.counts.purchases > 0);
+        let category = CategoryState::merged(&category_parts).unwrap();
+        assert_eq!(
+            (category.views, &category.price_buckets),
+            (whole_category.views, &whole_category.price_buckets)
+        );
+        assert_eq!(category.median_price(), whole_category.median_price());
     }
 }
