@@ -669,19 +669,32 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     assert_eq!(users, vec![user]);
 
     // A type CQL cannot change is refused, naming the column.
-    for statement in [
-        format!("DROP TABLE {}.categories", keyspace.name()),
-        format!(
-            "CREATE TABLE {}.categories (category_id bigint, source int, views bigint, price_buckets text, guard blob, PRIMARY KEY ((category_id), source))",
-            keyspace.name()
-        ),
-    ] {
-        session.query_unpaged(statement, ()).await.unwrap();
-    }
-    let error = propensity::store::schema::apply(&session, settings)
-        .await
-        .unwrap_err()
-        .to_string();
+    let refusal = |table: &'static str, create: &'static str| {
+        let (session, keyspace) = (&session, keyspace.name().to_owned());
+        async move {
+            for statement in [
+                format!("DROP TABLE {keyspace}.{table}"),
+                format!("CREATE TABLE {keyspace}.{table} {create}"),
+            ] {
+                session.query_unpaged(statement, ()).await.unwrap();
+            }
+            let error = propensity::store::schema::apply(session, settings)
+                .await
+                .unwrap_err()
+                .to_string();
+            // Back to the schema's layout, so the next case meets only its own table.
+            session
+                .query_unpaged(format!("DROP TABLE {keyspace}.{table}"), ())
+                .await
+                .unwrap();
+            error
+        }
+    };
+    let error = refusal(
+        "categories",
+        "(category_id bigint, source int, views bigint, price_buckets text, guard blob, PRIMARY KEY ((category_id), source))",
+    )
+    .await;
     assert!(
         error.contains("categories: column price_buckets is a regular text in the database"),
         "{error}"
@@ -689,20 +702,11 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
 
     // A users table of the earlier layout, one row per user with the product history elsewhere,
     // cannot become a partition with a row per product in place: refused, naming the key.
-    for statement in [
-        format!("DROP TABLE {}.categories", keyspace.name()),
-        format!("DROP TABLE {}.users", keyspace.name()),
-        format!(
-            "CREATE TABLE {}.users (user_id bigint PRIMARY KEY, events bigint, guard blob)",
-            keyspace.name()
-        ),
-    ] {
-        session.query_unpaged(statement, ()).await.unwrap();
-    }
-    let error = propensity::store::schema::apply(&session, settings)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = refusal(
+        "users",
+        "(user_id bigint PRIMARY KEY, events bigint, guard blob)",
+    )
+    .await;
     assert!(
         error.contains("users: key column product_id is missing"),
         "{error}"
@@ -710,20 +714,11 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
 
     // A products table of the layout before parts (one partition per product, hours as rows,
     // written by whichever instance flushed last): refused, naming the key it lacks.
-    for statement in [
-        format!("DROP TABLE {}.users", keyspace.name()),
-        format!("DROP TABLE {}.products", keyspace.name()),
-        format!(
-            "CREATE TABLE {}.products (product_id bigint, hour bigint, events bigint STATIC, PRIMARY KEY ((product_id), hour))",
-            keyspace.name()
-        ),
-    ] {
-        session.query_unpaged(statement, ()).await.unwrap();
-    }
-    let error = propensity::store::schema::apply(&session, settings)
-        .await
-        .unwrap_err()
-        .to_string();
+    let error = refusal(
+        "products",
+        "(product_id bigint, hour bigint, events bigint STATIC, PRIMARY KEY ((product_id), hour))",
+    )
+    .await;
     assert!(
         error.contains("products: key column source is missing"),
         "{error}"

@@ -255,45 +255,37 @@ impl CatalogActor {
     /// Puts loaded parts in memory: those of local sources where memory has none (memory is
     /// newer), and all of them as the remote view of their products and categories.
     fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
+        let shared = matches!(self.sources, Sources::Shared { .. });
         let now = Instant::now();
         let mut remote_products: HashMap<u64, Vec<ProductState>> = HashMap::new();
         for product in products {
-            if self
-                .local
-                .get(usize::from(product.source))
-                .copied()
-                .unwrap_or(false)
-            {
+            if self.is_local(product.source) {
                 self.state
                     .products
                     .entry((product.product_id, product.source))
                     .or_insert_with(|| product.clone());
             }
-            remote_products
-                .entry(product.product_id)
-                .or_default()
-                .push(product);
+            if shared {
+                remote_products
+                    .entry(product.product_id)
+                    .or_default()
+                    .push(product);
+            }
         }
         let mut remote_categories: HashMap<u64, Vec<CategoryState>> = HashMap::new();
         for category in categories {
-            if self
-                .local
-                .get(usize::from(category.source))
-                .copied()
-                .unwrap_or(false)
-            {
+            if self.is_local(category.source) {
                 self.state
                     .categories
                     .entry((category.category_id, category.source))
                     .or_insert_with(|| category.clone());
             }
-            remote_categories
-                .entry(category.category_id)
-                .or_default()
-                .push(category);
-        }
-        if matches!(self.sources, Sources::Single) {
-            return;
+            if shared {
+                remote_categories
+                    .entry(category.category_id)
+                    .or_default()
+                    .push(category);
+            }
         }
         for (product_id, parts) in remote_products {
             self.remote_products.insert(
@@ -313,6 +305,14 @@ impl CatalogActor {
                 },
             );
         }
+    }
+
+    /// Whether this instance writes the parts of `source`.
+    fn is_local(&self, source: u16) -> bool {
+        self.local
+            .get(usize::from(source))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Records that the store holds no part of these products (yet), so they are not read
@@ -336,12 +336,7 @@ impl CatalogActor {
     /// (and local ones memory has none of, stored before this instance took the source) as
     /// last read from the store.
     fn whole(&self, product_id: u64) -> (Option<ProductState>, Option<CategoryState>) {
-        let in_memory = |source: u16| {
-            self.local
-                .get(usize::from(source))
-                .copied()
-                .unwrap_or(false)
-        };
+        let in_memory = |source: u16| self.is_local(source);
         let product = ProductState::merged(
             self.local_sources()
                 .filter_map(|source| self.state.products.get(&(product_id, source)))
