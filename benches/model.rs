@@ -4,15 +4,15 @@
 //!
 //! The model is trained here on a small synthetic stream (the `generate` model, 2,000 shoppers over
 //! 7 days, about 100k events), and the feature vectors are that stream's scoring points, read from the same
-//! `FeatureEngine` training uses. `cargo bench -p propensity --bench model`.
+//! `ReplayEngine` training uses. `cargo bench -p propensity --bench model`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use propensity::model::Model;
-use propensity_actors::engine::{FeatureEngine, SessionKey};
 use propensity_actors::event::CsvEvents;
+use propensity_actors::{ReplayEngine, SessionKey};
 
 const SESSION_TIMEOUT: i64 = 30 * 60 * 1000;
 
@@ -33,7 +33,7 @@ fn trained() -> (Model, Vec<Vec<f64>>) {
     };
     let (_, model) = propensity::train::run(&request).unwrap();
     let file = std::fs::File::open(&events_path).unwrap();
-    let mut engine = FeatureEngine::new(SESSION_TIMEOUT);
+    let mut engine = ReplayEngine::new(SESSION_TIMEOUT);
     let mut vectors = Vec::new();
     for event in CsvEvents::new(std::io::BufReader::new(file)) {
         let event = event.unwrap();

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use propensity_actors::engine::SessionKey;
 use propensity_actors::event::{Event, Millis, format_time};
 use propensity_actors::features::Outcome;
+use propensity_actors::features::SessionKey;
 
 use crate::config::Settings;
 use crate::replay::{Inventory, ordered_events};

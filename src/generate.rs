@@ -1281,9 +1281,9 @@ fn shuffle<V>(values: &mut [V], rng: &mut ChaCha8Rng) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_actors::engine::DEFAULT_SESSION_TIMEOUT;
-    use propensity_actors::engine::FeatureEngine;
+    use propensity_actors::ReplayEngine;
     use propensity_actors::event::CsvEvents;
+    use propensity_actors::replay::DEFAULT_SESSION_TIMEOUT;
     use std::collections::{HashMap, HashSet};
 
     struct Run {
@@ -1467,7 +1467,7 @@ mod tests {
             last_seen.insert(&event.user_session, event.time);
         }
         // The feature engine sees exactly our sessions: none split by its timeout, no duplicates.
-        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        let mut engine = ReplayEngine::new(DEFAULT_SESSION_TIMEOUT);
         for event in &events {
             let applied = engine.apply(event);
             assert_eq!(

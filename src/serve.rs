@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::Actor;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, Result};
-use propensity_actors::router::Engine;
+use propensity_actors::engine::Engine;
 use propensity_actors::store::StateStore;
 
 use crate::config::{BusKind, Settings};

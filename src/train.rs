@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
-use propensity_actors::engine::{Applied, FeatureEngine, SessionKey};
 use propensity_actors::event::{Event, EventType, Millis, format_time};
+use propensity_actors::features::SessionKey;
 use propensity_actors::features::{FEATURE_COUNT, Outcome, SessionState, feature_names};
+use propensity_actors::{Applied, ReplayEngine};
 use serde::Serialize;
 
 use crate::model::{self, Dataset, Metrics, Model, TrainOptions};
@@ -127,8 +128,8 @@ pub fn replay<I: Iterator<Item = Event>>(
     events: I,
     session_timeout: Millis,
     progress: &ProgressBar,
-) -> (ScoringRows, ReplayStats, FeatureEngine) {
-    let mut engine = FeatureEngine::new(session_timeout);
+) -> (ScoringRows, ReplayStats, ReplayEngine) {
+    let mut engine = ReplayEngine::new(session_timeout);
     let mut rows = ScoringRows::default();
     // Every event is at most one row: reserving up front spares the copies of a growing matrix.
     let (expected_events, _) = events.size_hint();
@@ -152,7 +153,7 @@ pub fn replay<I: Iterator<Item = Event>>(
                 }
             }
         }
-        for session in engine.users.expire_sessions(false) {
+        for session in engine.users.expire_sessions() {
             end_session(session, &mut stats, &mut labeler);
         }
         if event.event_type == EventType::Purchase {
@@ -514,8 +515,8 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_actors::engine::DEFAULT_SESSION_TIMEOUT;
     use propensity_actors::features::FEATURES;
+    use propensity_actors::replay::DEFAULT_SESSION_TIMEOUT;
 
     fn event(seconds: i64, event_type: EventType, product_id: u64, session: &str) -> Event {
         Event {

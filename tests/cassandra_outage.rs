@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use propensity::serve::Service;
-use propensity_actors::engine::SessionKey;
+use propensity_actors::SessionKey;
 use propensity_actors::event::Millis;
 
 use common::broker;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use indicatif::ProgressBar;
 use propensity::config::StoreKind;
 use propensity::serve::Service;
-use propensity_actors::engine::SessionKey;
+use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, Millis};
 
 /// Sessions never time out inside this replay, so both paths hold every session at the end.

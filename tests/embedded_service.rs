@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use indicatif::ProgressBar;
 use propensity::serve::Service;
-use propensity_actors::engine::SessionKey;
+use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::SessionState;
 

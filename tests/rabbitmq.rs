@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use propensity::config::Settings;
 use propensity::serve::Service;
-use propensity_actors::engine::FeatureEngine;
+use propensity_actors::ReplayEngine;
 use propensity_actors::event::{Event, Millis};
 
 use common::broker;
@@ -27,7 +27,7 @@ fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
     settings
 }
 
-fn offline(events: &[Event]) -> FeatureEngine {
+fn offline(events: &[Event]) -> ReplayEngine {
     propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2
 }
 

@@ -39,7 +39,7 @@ fn trains_on_the_real_samples_with_their_quirks() {
         export_features: Some(dir.path().join("features.csv")),
         report_dir: None,
         truth: None,
-        session_timeout: propensity_actors::engine::DEFAULT_SESSION_TIMEOUT,
+        session_timeout: propensity_actors::replay::DEFAULT_SESSION_TIMEOUT,
         options: propensity::model::TrainOptions {
             min_samples_leaf: 5,
             ..Default::default()

@@ -7,13 +7,16 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use propensity::store::{EmbeddedStore, ScyllaStore};
-use propensity_actors::engine::{Catalog, SessionKey, UserSide};
+use propensity_actors::delivery::{DeliveryGuard, Stored};
 use propensity_actors::event::{Event, EventType, Millis};
-use propensity_actors::features::{SessionState, UserState};
+use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
 use propensity_actors::store::{StateBatch, StateStore, StoreError};
+use propensity_actors::{Applied, ReplayEngine, SessionKey};
 use serde::Serialize;
 
 const TIMEOUT: Millis = 30 * 60 * 1000;
@@ -24,46 +27,39 @@ struct World {
 }
 
 impl World {
-    /// Replays `users` shoppers over `days` through the engine with delivery tracking on, and
-    /// marks two acknowledgements on the way so guards hold both older and newer identities.
+    /// Replays `users` shoppers over `days` with delivery guards recorded, and marks two
+    /// acknowledgements on the way so guards hold both older and newer identities.
     fn replay(users: u64, days: u32, seed: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let (_, events) = common::synthetic_events(dir.path(), users, days, seed);
-        let (mut user_side, mut catalog) = guarded_engine();
+        let mut guarded = Guarded::default();
         let third = events.len() / 3;
         for (index, event) in events.iter().enumerate() {
             if index == third || index == 2 * third {
-                user_side.forget_acknowledged();
-                catalog.forget_acknowledged();
+                guarded.forget_acknowledged();
             }
-            if matches!(
-                user_side.apply(event, false),
-                propensity_actors::engine::Applied::Changed { .. }
-            ) {
-                // Parts of three sources, as three bus partitions would write them.
-                catalog.apply(event, false, (event.user_id % 3) as u16);
-            }
+            // Parts of three sources, as three bus partitions would write them.
+            guarded.apply(event, (event.user_id % 3) as u16);
         }
-        let mut batch = StateBatch {
-            sessions: user_side.sessions.into_values().collect(),
-            users: user_side.users.into_values().collect(),
-            products: catalog.products.into_values().collect(),
-            categories: catalog.categories.into_values().collect(),
-        };
-        sort(&mut batch);
-        World { batch }
+        World {
+            batch: guarded.batch(),
+        }
     }
 
     fn session_keys(&self) -> Vec<SessionKey> {
         self.batch
             .sessions
             .iter()
-            .map(|session| SessionKey::new(session.user_id, &session.session_id))
+            .map(|session| session.state.key())
             .collect()
     }
 
     fn user_ids(&self) -> Vec<u64> {
-        self.batch.users.iter().map(|user| user.user_id).collect()
+        self.batch
+            .users
+            .iter()
+            .map(|user| user.state.user_id)
+            .collect()
     }
 
     fn product_ids(&self) -> Vec<u64> {
@@ -71,33 +67,115 @@ impl World {
             .batch
             .products
             .iter()
-            .map(|product| product.product_id)
+            .map(|product| product.state.product_id)
             .collect();
         ids.dedup();
         ids
     }
 }
 
-/// The online engine's two halves, recording delivery guards as a redelivering bus needs.
-fn guarded_engine() -> (UserSide, Catalog) {
-    let mut user_side = UserSide::new(TIMEOUT, true);
-    user_side.guard_deliveries = true;
-    let mut catalog = Catalog::new(true);
-    catalog.guard_deliveries = true;
-    (user_side, catalog)
+/// States as the online actors hold them: the feature state machines fed through history
+/// replay's engine, and beside each entity the delivery guard a redelivering bus makes it keep.
+#[derive(Default)]
+struct Guarded {
+    engine: Option<ReplayEngine>,
+    user_guards: HashMap<u64, DeliveryGuard>,
+    session_guards: HashMap<SessionKey, DeliveryGuard>,
+    products: HashMap<(u64, u16), Stored<ProductState>>,
+    categories: HashMap<(u64, u16), Stored<CategoryState>>,
+}
+
+impl Guarded {
+    fn engine(&mut self) -> &mut ReplayEngine {
+        self.engine
+            .get_or_insert_with(|| ReplayEngine::new(TIMEOUT))
+    }
+
+    /// Applies an event from the bus partition `source`.
+    fn apply(&mut self, event: &Event, source: u16) {
+        if !matches!(self.engine().users.apply(event), Applied::Changed { .. }) {
+            return;
+        }
+        let identity = event.identity();
+        self.user_guards
+            .entry(event.user_id)
+            .or_default()
+            .record(identity);
+        self.session_guards
+            .entry(SessionKey::of(event))
+            .or_default()
+            .record(identity);
+        if event.event_type.is_view() {
+            let category = self
+                .categories
+                .entry((event.category_id, source))
+                .or_insert_with(|| Stored::new(CategoryState::new(event.category_id, source)));
+            category.state.add_view(event.price);
+            category.guard.record(identity);
+        }
+        let product = self
+            .products
+            .entry((event.product_id, source))
+            .or_insert_with(|| Stored::new(ProductState::new(event, source)));
+        product.state.apply(event);
+        product.guard.record(identity);
+    }
+
+    fn forget_acknowledged(&mut self) {
+        let guards = self
+            .user_guards
+            .values_mut()
+            .chain(self.session_guards.values_mut())
+            .chain(self.products.values_mut().map(|part| &mut part.guard))
+            .chain(self.categories.values_mut().map(|part| &mut part.guard));
+        for guard in guards {
+            guard.forget_acknowledged();
+        }
+    }
+
+    fn user(&mut self, user_id: u64) -> Stored<UserState> {
+        Stored {
+            state: self.engine().users.users[&user_id].clone(),
+            guard: self.user_guards.get(&user_id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn session(&mut self, key: SessionKey) -> Stored<SessionState> {
+        Stored {
+            state: self.engine().users.sessions[&key].clone(),
+            guard: self.session_guards.get(&key).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Every state, sorted.
+    fn batch(&mut self) -> StateBatch {
+        let users: Vec<u64> = self.engine().users.users.keys().copied().collect();
+        let sessions: Vec<SessionKey> = self.engine().users.sessions.keys().copied().collect();
+        let mut batch = StateBatch {
+            users: users.into_iter().map(|id| self.user(id)).collect(),
+            sessions: sessions.into_iter().map(|key| self.session(key)).collect(),
+            products: self.products.values().cloned().collect(),
+            categories: self.categories.values().cloned().collect(),
+        };
+        sort(&mut batch);
+        batch
+    }
+}
+
+/// Saves a copy of the batch.
+async fn save(store: &dyn StateStore, batch: &StateBatch) -> Result<(), StoreError> {
+    store.save(Arc::new(batch.clone())).await
 }
 
 fn sort(batch: &mut StateBatch) {
-    batch
-        .sessions
-        .sort_by_key(|session| SessionKey::new(session.user_id, &session.session_id));
-    batch.users.sort_by_key(|user| user.user_id);
+    batch.sessions.sort_by_key(|session| session.state.key());
+    batch.users.sort_by_key(|user| user.state.user_id);
     batch
         .products
-        .sort_by_key(|product| (product.product_id, product.source));
+        .sort_by_key(|product| (product.state.product_id, product.state.source));
     batch
         .categories
-        .sort_by_key(|category| (category.category_id, category.source));
+        .sort_by_key(|category| (category.state.category_id, category.state.source));
 }
 
 /// Exactly equal: the same bytes, every float bit and the delivery guards included (state
@@ -158,25 +236,19 @@ fn event(
 /// touched no product, products never viewed (no last view), a user who never bought.
 fn edge_states() -> StateBatch {
     let user_id = u64::MAX;
-    let (mut user_side, mut catalog) = guarded_engine();
+    let mut guarded = Guarded::default();
     let events = [
         event(1_000, EventType::Cart, user_id, "séance ✓", 1 << 63),
         event(2_000, EventType::Cart, user_id, "séance ✓", 5),
         event(3_000, EventType::RemoveFromCart, user_id, "séance ✓", 5),
     ];
     for event in &events {
-        user_side.apply(event, false);
-        catalog.apply(event, false, 0);
+        guarded.apply(event, 0);
     }
-    let mut batch = StateBatch {
-        sessions: user_side.sessions.into_values().collect(),
-        users: user_side.users.into_values().collect(),
-        products: catalog.products.into_values().collect(),
-        categories: catalog.categories.into_values().collect(),
-    };
+    let mut batch = guarded.batch();
     batch
         .sessions
-        .push(SessionState::new(42, "an empty session", -5));
+        .push(Stored::new(SessionState::new(42, "an empty session", -5)));
     sort(&mut batch);
     batch
 }
@@ -201,17 +273,12 @@ async fn saved_state_loads_back_exactly(store: &dyn StateStore) {
         "guards hold identities"
     );
     assert!(
-        world
-            .batch
-            .sessions
-            .iter()
-            .any(|session| session.products.len() > 2 && session.counts.purchases > 0),
+        world.batch.sessions.iter().any(|session| {
+            session.state.products.len() > 2 && session.state.counts.purchases > 0
+        }),
         "some sessions bought among several products"
     );
-    store
-        .save(world.batch.clone())
-        .await
-        .expect("the save works");
+    save(store, &world.batch).await.expect("the save works");
     let loaded = load_everything(store, &world).await;
     assert_same(&loaded.users, &world.batch.users, "users");
     assert_same(&loaded.sessions, &world.batch.sessions, "sessions");
@@ -221,17 +288,20 @@ async fn saved_state_loads_back_exactly(store: &dyn StateStore) {
     let edges = World {
         batch: edge_states(),
     };
-    assert!(edges.batch.sessions.iter().any(|s| s.products.is_empty()));
+    assert!(
+        edges
+            .batch
+            .sessions
+            .iter()
+            .any(|s| s.state.products.is_empty())
+    );
     assert!(
         edges.batch.sessions[0..]
             .iter()
-            .flat_map(|s| &s.products)
+            .flat_map(|s| &s.state.products)
             .all(|p| p.last_view_at.is_none())
     );
-    store
-        .save(edges.batch.clone())
-        .await
-        .expect("the save works");
+    save(store, &edges.batch).await.expect("the save works");
     let loaded = load_everything(store, &edges).await;
     assert_same(&loaded.users, &edges.batch.users, "edge users");
     assert_same(&loaded.sessions, &edges.batch.sessions, "edge sessions");
@@ -259,14 +329,12 @@ async fn missing_entities_load_as_nothing(store: &dyn StateStore) {
         .unwrap();
     assert!(products.is_empty() && categories.is_empty());
 
-    let known = UserState::new(9_000_005, 10);
-    store
-        .save(StateBatch {
-            users: vec![known.clone()],
-            ..StateBatch::default()
-        })
-        .await
-        .unwrap();
+    let known = Stored::new(UserState::new(9_000_005, 10));
+    let batch = StateBatch {
+        users: vec![known.clone()],
+        ..StateBatch::default()
+    };
+    save(store, &batch).await.unwrap();
     let (users, _) = store
         .load_user_side(vec![9_000_006, 9_000_005, 9_000_007], Vec::new())
         .await
@@ -283,27 +351,29 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
         event(2_000, EventType::Cart, user_id, "s", 12),
         event(3_000, EventType::View, user_id, "s", 13),
     ];
-    let (mut user_side, mut catalog) = guarded_engine();
+    let mut guarded = Guarded::default();
     for event in &first_events {
-        user_side.apply(event, false);
-        catalog.apply(event, false, 0);
+        guarded.apply(event, 0);
     }
     let key = SessionKey::new(user_id, "s");
-    let snapshot = |user_side: &UserSide, catalog: &Catalog| StateBatch {
-        sessions: vec![user_side.sessions[&key].clone()],
-        users: vec![user_side.users[&user_id].clone()],
-        products: vec![catalog.products[&(11, 0)].clone()],
-        categories: vec![catalog.categories[&(catalog.products[&(11, 0)].category_id, 0)].clone()],
+    let snapshot = |guarded: &mut Guarded| {
+        let product = guarded.products[&(11, 0)].clone();
+        let category = guarded.categories[&(product.state.category_id, 0)].clone();
+        StateBatch {
+            sessions: vec![guarded.session(key)],
+            users: vec![guarded.user(user_id)],
+            products: vec![product],
+            categories: vec![category],
+        }
     };
-    store.save(snapshot(&user_side, &catalog)).await.unwrap();
+    save(store, &snapshot(&mut guarded)).await.unwrap();
 
     // Much later, the same session string starts a new session touching one other product.
     let later = event(TIMEOUT * 3, EventType::Purchase, user_id, "s", 11);
-    user_side.apply(&later, false);
-    catalog.apply(&later, false, 0);
-    let newer = snapshot(&user_side, &catalog);
-    assert_eq!(newer.sessions[0].products.len(), 1);
-    store.save(newer.clone()).await.unwrap();
+    guarded.apply(&later, 0);
+    let newer = snapshot(&mut guarded);
+    assert_eq!(newer.sessions[0].state.products.len(), 1);
+    save(store, &newer).await.unwrap();
 
     let (users, sessions) = store
         .load_user_side(vec![user_id], vec![key])
@@ -314,12 +384,12 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
     let (products, categories) = store.load_catalog(vec![11], Vec::new()).await.unwrap();
     assert_same(&products, &newer.products, "the newer product");
     assert_same(&categories, &newer.categories, "the newer category");
-    assert_eq!(products[0].counts.purchases, 1);
+    assert_eq!(products[0].state.counts.purchases, 1);
 }
 
 /// Loading products brings their categories, and asked-for categories come on their own.
 async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
-    let (_, mut catalog) = guarded_engine();
+    let mut guarded = Guarded::default();
     let events: Vec<Event> = (0..6)
         .map(|index| {
             let mut event = event(
@@ -334,22 +404,21 @@ async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
         })
         .collect();
     for event in &events {
-        catalog.apply(event, false, 0);
+        guarded.apply(event, 0);
     }
-    let mut batch = StateBatch {
-        products: catalog.products.into_values().collect(),
-        categories: catalog.categories.into_values().collect(),
-        ..StateBatch::default()
+    let batch = StateBatch {
+        users: Vec::new(),
+        sessions: Vec::new(),
+        ..guarded.batch()
     };
-    sort(&mut batch);
-    store.save(batch.clone()).await.unwrap();
+    save(store, &batch).await.unwrap();
 
     let (products, mut categories) = store
         .load_catalog(vec![9_200_100, 9_200_102], Vec::new())
         .await
         .unwrap();
     assert_eq!(products.len(), 2);
-    categories.sort_by_key(|category| category.category_id);
+    categories.sort_by_key(|category| category.state.category_id);
     assert_same(
         &categories,
         &batch.categories[..1],
@@ -361,7 +430,7 @@ async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
         .await
         .unwrap();
     assert_eq!(products.len(), 1);
-    categories.sort_by_key(|category| category.category_id);
+    categories.sort_by_key(|category| category.state.category_id);
     assert_same(
         &categories,
         &batch.categories,
@@ -378,26 +447,23 @@ async fn a_large_batch_round_trips(store: &dyn StateStore) -> f64 {
         .batch
         .users
         .iter()
-        .map(|u| 1 + u.products.len())
+        .map(|u| 1 + u.state.products.len())
         .sum::<usize>()
         + world
             .batch
             .sessions
             .iter()
-            .map(|s| 1 + s.products.len())
+            .map(|s| 1 + s.state.products.len())
             .sum::<usize>()
         + world
             .batch
             .products
             .iter()
-            .map(|p| 1 + p.hours.len())
+            .map(|p| 1 + p.state.hours.len())
             .sum::<usize>()
         + world.batch.categories.len();
     let started = Instant::now();
-    store
-        .save(world.batch.clone())
-        .await
-        .expect("the save works");
+    save(store, &world.batch).await.expect("the save works");
     let seconds = started.elapsed().as_secs_f64();
     let rate = rows as f64 / seconds;
     eprintln!(
@@ -440,7 +506,11 @@ async fn the_embedded_store_honours_the_contract() {
     honours_the_contract(&store).await;
     // The embedded store has no TTLs: a session with a purchase stays as long as one without.
     let sessions = store.dump().unwrap().sessions;
-    assert!(sessions.iter().any(|session| session.counts.purchases > 0));
+    assert!(
+        sessions
+            .iter()
+            .any(|session| session.state.counts.purchases > 0)
+    );
 }
 
 #[tokio::test]
@@ -494,23 +564,20 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         "the default"
     );
     let store = ScyllaStore::open(settings).await.expect("the store opens");
-    let (mut user_side, _) = guarded_engine();
+    let mut guarded = Guarded::default();
     for event in [
         event(1_000, EventType::Cart, 9_300_000, "browsing", 1),
         event(1_000, EventType::View, 9_300_001, "buying", 1),
         event(2_000, EventType::Cart, 9_300_001, "buying", 2),
         event(3_000, EventType::Purchase, 9_300_001, "buying", 2),
     ] {
-        user_side.apply(&event, false);
+        guarded.apply(&event, 0);
     }
-    let sessions: Vec<SessionState> = user_side.sessions.values().cloned().collect();
-    store
-        .save(StateBatch {
-            sessions,
-            ..StateBatch::default()
-        })
-        .await
-        .unwrap();
+    let batch = StateBatch {
+        sessions: guarded.batch().sessions,
+        ..StateBatch::default()
+    };
+    save(&store, &batch).await.unwrap();
     let session = propensity::store::scylla::connect(settings).await.unwrap();
     for (key, expected, rows) in [
         (
@@ -556,26 +623,26 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
             .await
             .unwrap();
     }
-    let (mut user_side, mut catalog) = guarded_engine();
+    let mut guarded = Guarded::default();
     let first = event(1_000, EventType::View, 9_400_000, "s", 9_400_001);
-    user_side.apply(&first, false);
-    catalog.apply(&first, false, 0);
+    guarded.apply(&first, 0);
+    let everything = guarded.batch();
     let user_batch = StateBatch {
-        users: user_side.users.values().cloned().collect(),
-        sessions: user_side.sessions.values().cloned().collect(),
+        users: everything.users.clone(),
+        sessions: everything.sessions.clone(),
         ..StateBatch::default()
     };
-    let error = store.save(user_batch).await.unwrap_err();
+    let error = save(&store, &user_batch).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::Unavailable(message) if message.contains("writing users")),
         "{error}"
     );
     let catalog_batch = StateBatch {
-        products: catalog.products.values().cloned().collect(),
-        categories: catalog.categories.values().cloned().collect(),
+        products: everything.products,
+        categories: everything.categories,
         ..StateBatch::default()
     };
-    let error = store.save(catalog_batch).await.unwrap_err();
+    let error = save(&store, &catalog_batch).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::Unavailable(message) if message.contains("writing categories")),
         "{error}"
@@ -654,14 +721,12 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     );
     // The store works on the upgraded keyspace.
     let store = ScyllaStore::open(settings).await.expect("the store opens");
-    let user = UserState::new(9_500_000, 1);
-    store
-        .save(StateBatch {
-            users: vec![user.clone()],
-            ..StateBatch::default()
-        })
-        .await
-        .unwrap();
+    let user = Stored::new(UserState::new(9_500_000, 1));
+    let batch = StateBatch {
+        users: vec![user.clone()],
+        ..StateBatch::default()
+    };
+    save(&store, &batch).await.unwrap();
     let (users, _) = store
         .load_user_side(vec![9_500_000], Vec::new())
         .await

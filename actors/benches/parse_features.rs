@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the domain's hot loops: parsing an event (a REES46 CSV line, a JSON bus
-//! message) and applying events to the feature state machines (`FeatureEngine`, the very
+//! message) and applying events to the feature state machines (`ReplayEngine`, the very
 //! `UserSide` and `Catalog` that offline training replays and the shard and catalog actors wrap),
 //! then reading a feature vector.
 //!
@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use propensity_actors::engine::{FeatureEngine, SessionKey};
 use propensity_actors::event::{CSV_HEADER, CsvEvents, Event, EventType, parse_record};
+use propensity_actors::{ReplayEngine, SessionKey};
 
 const SESSION_TIMEOUT: i64 = 30 * 60 * 1000;
 
@@ -99,7 +99,7 @@ fn features(c: &mut Criterion) {
     group.throughput(Throughput::Elements(events.len() as u64));
     group.bench_function("apply_10000_events", |b| {
         b.iter_batched(
-            || FeatureEngine::new(SESSION_TIMEOUT),
+            || ReplayEngine::new(SESSION_TIMEOUT),
             |mut engine| {
                 for event in &events {
                     black_box(engine.apply(event));
@@ -109,7 +109,7 @@ fn features(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    let mut engine = FeatureEngine::new(SESSION_TIMEOUT);
+    let mut engine = ReplayEngine::new(SESSION_TIMEOUT);
     for event in &events {
         engine.apply(event);
     }

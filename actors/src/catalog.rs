@@ -1,6 +1,9 @@
-//! `CatalogActor`: owns product and category state for the whole service. Shards send it the
-//! events they accepted in batches, so its updates are cheap and it is never on a per-event
-//! cross-thread path.
+//! `CatalogActor`: one partition of the products (by product id), on the arbiter of one shard.
+//! Shards send every partition the events they accepted, one message per batch; each partition
+//! applies the events of its own products, and every view to its category. Categories are small
+//! and every product's features need its category's median price, so each partition keeps every
+//! category in memory and scores its products without asking another; only the category's home
+//! partition (by category id) writes it.
 //!
 //! On a bus whose partitions several instances share, the catalog keeps a part of each product
 //! and category per partition it consumes (see [`crate::features::product`]), and writes only
@@ -13,10 +16,75 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use crate::engine::Catalog;
+use crate::delivery::{Delivery, DeliveryGuard, Stored};
 use crate::event::Event;
 use crate::features::{self, CategoryState, ProductState};
+use crate::messages::{DropAll, ForgetAcknowledged};
 use crate::store::{Observer, StateBatch, StateStore, StoreError};
+use crate::write_behind::{SaveDone, WriteBehind};
+
+/// A product's or category's part: its id and the source (bus partition) whose events it counts.
+pub type PartKey = (u64, u16);
+
+/// The catalog partition a product or category belongs to. The id is mixed first: shop ids are
+/// often sequential.
+pub fn partition_of(id: u64, partitions: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % partitions.max(1) as u64) as usize
+}
+
+/// Product and category parts in memory, with what changed since the last flush and what
+/// delivery guards remember.
+#[derive(Default)]
+struct Parts {
+    products: HashMap<PartKey, Stored<ProductState>>,
+    categories: HashMap<PartKey, Stored<CategoryState>>,
+    dirty_products: HashSet<PartKey>,
+    dirty_categories: HashSet<PartKey>,
+    guarded_products: HashSet<PartKey>,
+    guarded_categories: HashSet<PartKey>,
+}
+
+impl Parts {
+    /// The bus acknowledged everything applied so far: delivery guards forget what the
+    /// acknowledgement before this one covered.
+    fn forget_acknowledged(&mut self) {
+        forget_acknowledged(&mut self.guarded_products, &mut self.products);
+        forget_acknowledged(&mut self.guarded_categories, &mut self.categories);
+    }
+}
+
+/// Lets the guards of the parts in `guarded` forget what the acknowledgement before the last
+/// covered, and keeps in `guarded` only those that still remember something.
+fn forget_acknowledged<T>(guarded: &mut HashSet<PartKey>, parts: &mut HashMap<PartKey, Stored<T>>) {
+    guarded.retain(|key| {
+        parts.get_mut(key).is_some_and(|part| {
+            part.guard.forget_acknowledged();
+            !part.guard.is_empty()
+        })
+    });
+}
+
+/// Applies a delivery to a part unless its guard remembers it; records it when guarding.
+/// Returns whether the part changed.
+fn apply_part<T>(
+    part: &mut Stored<T>,
+    identity: Option<u64>,
+    redelivered: bool,
+    guard_deliveries: bool,
+    apply: impl FnOnce(&mut T),
+) -> bool {
+    let remembered = |guard: &DeliveryGuard| {
+        redelivered && identity.is_some_and(|identity| guard.contains(identity))
+    };
+    if remembered(&part.guard) {
+        return false;
+    }
+    apply(&mut part.state);
+    if let Some(identity) = identity.filter(|_| guard_deliveries) {
+        part.guard.record(identity);
+    }
+    true
+}
 
 /// Which sources (user partitions) the catalog keeps parts for.
 #[derive(Clone, Copy, Debug)]
@@ -37,9 +105,12 @@ struct Remote<T> {
     parts: Vec<T>,
 }
 
-/// Products and categories.
+/// One partition of the products, and every category.
 pub struct CatalogActor {
-    state: Catalog,
+    partition: usize,
+    partitions: usize,
+    state: Parts,
+    guard_deliveries: bool,
     sources: Sources,
     /// Sources whose parts this instance writes, by index.
     local: Vec<bool>,
@@ -48,11 +119,8 @@ pub struct CatalogActor {
     /// Products whose remote parts are being read again.
     refreshing: HashSet<u64>,
     store: Arc<dyn StateStore>,
-    observer: Arc<dyn Observer>,
     flush_interval: Duration,
-    flushing: bool,
-    failed_batch: Option<StateBatch>,
-    last_flush_error: Option<StoreError>,
+    write_behind: WriteBehind,
     /// Batches waiting, in order, for a failed rehydration to succeed: applying them on fresh
     /// state would overwrite the stored history at the next flush.
     parked: Vec<CatalogBatch>,
@@ -63,92 +131,75 @@ pub struct CatalogActor {
 const REHYDRATION_RETRY: Duration = Duration::from_millis(250);
 
 impl CatalogActor {
-    /// An empty catalog that flushes every `flush_interval`.
+    /// Partition `partition` of `partitions`, empty, flushing every `flush_interval`.
     pub fn new(
+        (partition, partitions): (usize, usize),
         store: Arc<dyn StateStore>,
         observer: Arc<dyn Observer>,
         flush_interval: Duration,
         guard_deliveries: bool,
         sources: Sources,
     ) -> Self {
-        let mut state = Catalog::new(true);
-        state.guard_deliveries = guard_deliveries;
         let local = match sources {
             Sources::Single => vec![true],
             Sources::Shared { partitions, .. } => vec![false; usize::from(partitions.max(1))],
         };
         CatalogActor {
-            state,
+            partition,
+            partitions: partitions.max(1),
+            state: Parts::default(),
+            guard_deliveries,
             sources,
             local,
             remote_products: HashMap::new(),
             remote_categories: HashMap::new(),
             refreshing: HashSet::new(),
+            write_behind: WriteBehind::new(store.clone(), observer),
             store,
-            observer,
             flush_interval,
-            flushing: false,
-            failed_batch: None,
-            last_flush_error: None,
             parked: Vec::new(),
             retry_scheduled: false,
         }
     }
 
+    /// Whether this partition keeps the product.
+    fn owns_product(&self, product_id: u64) -> bool {
+        partition_of(product_id, self.partitions) == self.partition
+    }
+
+    /// Whether this partition writes the category (every partition keeps it).
+    fn writes_category(&self, category_id: u64) -> bool {
+        partition_of(category_id, self.partitions) == self.partition
+    }
+
     fn take_dirty(&mut self) -> StateBatch {
         let mut batch = StateBatch::default();
-        for product_id in std::mem::take(&mut self.state.dirty_products) {
-            if let Some(product) = self.state.products.get(&product_id) {
+        for key in std::mem::take(&mut self.state.dirty_products) {
+            if let Some(product) = self.state.products.get(&key) {
                 batch.products.push(product.clone());
             }
         }
-        for category_id in std::mem::take(&mut self.state.dirty_categories) {
-            if let Some(category) = self.state.categories.get(&category_id) {
+        for key in std::mem::take(&mut self.state.dirty_categories) {
+            if let Some(category) = self.state.categories.get(&key) {
                 batch.categories.push(category.clone());
             }
-        }
-        if let Some(failed) = self.failed_batch.take() {
-            batch.absorb_older(failed);
         }
         batch
     }
 
     fn flush(&mut self) -> Option<ResponseActFuture<Self, Result<usize, StoreError>>> {
-        if self.flushing {
+        if self.write_behind.is_saving() {
             return None;
         }
         let batch = self.take_dirty();
-        if batch.is_empty() {
-            return None;
-        }
-        self.flushing = true;
-        let rows = batch.len();
-        let retry = batch.clone();
-        let started = Instant::now();
-        Some(Box::pin(self.store.save(batch).into_actor(self).map(
-            move |result, actor, _| {
-                actor.flushing = false;
-                actor.observer.flushed(
-                    rows,
-                    started.elapsed().as_secs_f64(),
-                    result.as_ref().err(),
-                );
-                match result {
-                    Ok(()) => {
-                        actor.last_flush_error = None;
-                        Ok(rows)
-                    }
-                    Err(error) => {
-                        actor.failed_batch = Some(retry);
-                        actor.last_flush_error = Some(error.clone());
-                        Err(error)
-                    }
-                }
-            },
+        let save = self.write_behind.begin(batch)?;
+        Some(Box::pin(fut::wrap_future::<_, Self>(save).map(
+            |done: SaveDone, actor, _| actor.write_behind.finish(done),
         )))
     }
 
-    /// The products and categories with a part of a source in `events` that is not in memory.
+    /// The products (of this partition) and categories with a part of a source in `events`
+    /// that is not in memory.
     fn missing<'a>(
         &self,
         events: impl Iterator<Item = (&'a Event, u16)> + Clone,
@@ -156,10 +207,11 @@ impl CatalogActor {
         let mut products: Vec<u64> = events
             .clone()
             .filter(|(event, source)| {
-                !self
-                    .state
-                    .products
-                    .contains_key(&(event.product_id, *source))
+                self.owns_product(event.product_id)
+                    && !self
+                        .state
+                        .products
+                        .contains_key(&(event.product_id, *source))
             })
             .map(|(event, _)| event.product_id)
             .collect();
@@ -181,28 +233,78 @@ impl CatalogActor {
     }
 
     fn apply(&mut self, batch: &CatalogBatch) {
-        for (index, event) in batch.events.iter().enumerate() {
-            let redelivered = batch.redelivered.get(index).copied().unwrap_or(false);
-            self.state.apply(event, redelivered, batch.source(index));
+        for delivery in batch.deliveries.iter() {
+            self.apply_delivery(delivery);
+        }
+    }
+
+    /// Applies a delivery to the parts of its source: a view to its category, the event to its
+    /// product when this partition owns it. A redelivered event is applied only to the parts
+    /// that do not remember it.
+    fn apply_delivery(&mut self, delivery: &Delivery) {
+        let event = &delivery.event;
+        let (source, redelivered) = (delivery.source, delivery.redelivered);
+        let owns_product = self.owns_product(event.product_id);
+        if !owns_product && !event.event_type.is_view() {
+            return;
+        }
+        // Offline and on the HTTP bus nothing is redelivered or guarded: no hashing per event.
+        let identity = (redelivered || self.guard_deliveries).then(|| event.identity());
+        let guard_deliveries = self.guard_deliveries;
+        if event.event_type.is_view() {
+            let key = (event.category_id, source);
+            let category = self
+                .state
+                .categories
+                .entry(key)
+                .or_insert_with(|| Stored::new(CategoryState::new(event.category_id, source)));
+            if apply_part(
+                category,
+                identity,
+                redelivered,
+                guard_deliveries,
+                |category| category.add_view(event.price),
+            ) {
+                if guard_deliveries {
+                    self.state.guarded_categories.insert(key);
+                }
+                if self.writes_category(event.category_id) {
+                    self.state.dirty_categories.insert(key);
+                }
+            }
+        }
+        if !owns_product {
+            return;
+        }
+        let key = (event.product_id, source);
+        let product = self
+            .state
+            .products
+            .entry(key)
+            .or_insert_with(|| Stored::new(ProductState::new(event, source)));
+        if apply_part(
+            product,
+            identity,
+            redelivered,
+            guard_deliveries,
+            |product| product.apply(event),
+        ) {
+            if guard_deliveries {
+                self.state.guarded_products.insert(key);
+            }
+            self.state.dirty_products.insert(key);
         }
     }
 
     /// Marks the sources of a batch as consumed here: their parts are written here from now on.
     fn take_sources(&mut self, batch: &CatalogBatch) {
-        for source in batch
-            .sources
-            .iter()
-            .copied()
-            .chain(batch.sources.is_empty().then_some(0))
-        {
-            match self.local.get_mut(usize::from(source)) {
-                Some(local) => *local = true,
-                None => {
-                    // More partitions than configured: count them too rather than lose events.
-                    self.local.resize(usize::from(source) + 1, false);
-                    self.local[usize::from(source)] = true;
-                }
+        for delivery in batch.deliveries.iter() {
+            let source = usize::from(delivery.source);
+            if source >= self.local.len() {
+                // More partitions than configured: count them too rather than lose events.
+                self.local.resize(source + 1, false);
             }
+            self.local[source] = true;
         }
     }
 
@@ -254,37 +356,37 @@ impl CatalogActor {
 
     /// Puts loaded parts in memory: those of local sources where memory has none (memory is
     /// newer), and all of them as the remote view of their products and categories.
-    fn rehydrate(&mut self, products: Vec<ProductState>, categories: Vec<CategoryState>) {
+    fn rehydrate(
+        &mut self,
+        products: Vec<Stored<ProductState>>,
+        categories: Vec<Stored<CategoryState>>,
+    ) {
         let shared = matches!(self.sources, Sources::Shared { .. });
         let now = Instant::now();
         let mut remote_products: HashMap<u64, Vec<ProductState>> = HashMap::new();
         for product in products {
-            if self.is_local(product.source) {
-                self.state
-                    .products
-                    .entry((product.product_id, product.source))
-                    .or_insert_with(|| product.clone());
-            }
+            let key = (product.state.product_id, product.state.source);
             if shared {
                 remote_products
-                    .entry(product.product_id)
+                    .entry(key.0)
                     .or_default()
-                    .push(product);
+                    .push(product.state.clone());
+            }
+            if self.is_local(key.1) {
+                self.state.products.entry(key).or_insert(product);
             }
         }
         let mut remote_categories: HashMap<u64, Vec<CategoryState>> = HashMap::new();
         for category in categories {
-            if self.is_local(category.source) {
-                self.state
-                    .categories
-                    .entry((category.category_id, category.source))
-                    .or_insert_with(|| category.clone());
-            }
+            let key = (category.state.category_id, category.state.source);
             if shared {
                 remote_categories
-                    .entry(category.category_id)
+                    .entry(key.0)
                     .or_default()
-                    .push(category);
+                    .push(category.state.clone());
+            }
+            if self.is_local(key.1) {
+                self.state.categories.entry(key).or_insert(category);
             }
         }
         for (product_id, parts) in remote_products {
@@ -340,6 +442,7 @@ impl CatalogActor {
         let product = ProductState::merged(
             self.local_sources()
                 .filter_map(|source| self.state.products.get(&(product_id, source)))
+                .map(|part| &part.state)
                 .chain(
                     self.remote_products
                         .get(&product_id)
@@ -356,6 +459,7 @@ impl CatalogActor {
             CategoryState::merged(
                 self.local_sources()
                     .filter_map(|source| self.state.categories.get(&(category_id, source)))
+                    .map(|part| &part.state)
                     .chain(
                         self.remote_categories
                             .get(&category_id)
@@ -450,27 +554,19 @@ impl Actor for CatalogActor {
     }
 }
 
-/// Events a shard accepted, for the products' and categories' state.
-#[derive(Message)]
+/// Deliveries a shard accepted, for the products' and categories' state; every partition gets the
+/// same batch and takes its part.
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct CatalogBatch {
-    pub events: Vec<Event>,
-    /// Which events the bus redelivered, by index; missing entries are fresh deliveries.
-    pub redelivered: Vec<bool>,
-    /// The bus partition each event came from, by index; empty when there is one source (0).
-    pub sources: Vec<u16>,
+    pub deliveries: Arc<Vec<Delivery>>,
 }
 
 impl CatalogBatch {
-    fn source(&self, index: usize) -> u16 {
-        self.sources.get(index).copied().unwrap_or(0)
-    }
-
     fn sourced(&self) -> impl Iterator<Item = (&Event, u16)> + Clone {
-        self.events
+        self.deliveries
             .iter()
-            .enumerate()
-            .map(|(index, event)| (event, self.source(index)))
+            .map(|delivery| (&delivery.event, delivery.source))
     }
 }
 
@@ -522,7 +618,15 @@ impl Handler<CatalogFeatures> for CatalogActor {
                 let slice = &mut out[index * width..(index + 1) * width];
                 if matches!(actor.sources, Sources::Single) {
                     // One part, in memory: no copies.
-                    actor.state.features(*product_id, slice);
+                    let product = actor.state.products.get(&(*product_id, 0));
+                    let category = product.and_then(|product| {
+                        actor.state.categories.get(&(product.state.category_id, 0))
+                    });
+                    features::catalog_features(
+                        product.map(|part| &part.state),
+                        category.map(|part| &part.state),
+                        slice,
+                    );
                 } else {
                     let (product, category) = actor.whole(*product_id);
                     features::catalog_features(product.as_ref(), category.as_ref(), slice);
@@ -621,7 +725,7 @@ impl Handler<FlushCatalog> for CatalogActor {
                 "catalog events wait for the store to rehydrate their products".into(),
             )))));
         }
-        if self.flushing {
+        if self.write_behind.is_saving() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Busy))));
         }
         match self.flush() {
@@ -631,12 +735,12 @@ impl Handler<FlushCatalog> for CatalogActor {
     }
 }
 
-impl Handler<crate::shard::DropAll> for CatalogActor {
+impl Handler<DropAll> for CatalogActor {
     type Result = ();
 
-    fn handle(&mut self, _: crate::shard::DropAll, _: &mut Self::Context) {
-        self.state.drop_all();
-        self.failed_batch = None;
+    fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
+        self.state = Parts::default();
+        self.write_behind.drop_pending();
         self.parked.clear();
         self.remote_products.clear();
         self.remote_categories.clear();
@@ -647,10 +751,10 @@ impl Handler<crate::shard::DropAll> for CatalogActor {
     }
 }
 
-impl Handler<crate::shard::ForgetAcknowledged> for CatalogActor {
+impl Handler<ForgetAcknowledged> for CatalogActor {
     type Result = ();
 
-    fn handle(&mut self, _: crate::shard::ForgetAcknowledged, _: &mut Self::Context) {
+    fn handle(&mut self, _: ForgetAcknowledged, _: &mut Self::Context) {
         self.state.forget_acknowledged();
     }
 }
@@ -666,7 +770,7 @@ impl Handler<GetCatalogStats> for CatalogActor {
     fn handle(&mut self, _: GetCatalogStats, _: &mut Self::Context) -> Self::Result {
         MessageResult((
             self.state.products.len(),
-            self.last_flush_error.is_none() && self.parked.is_empty(),
+            self.write_behind.is_healthy() && self.parked.is_empty(),
         ))
     }
 }

@@ -1,488 +1,761 @@
-//! The feature engine without actors: the user side (sessions and users, partitioned by user) and
-//! the catalog (products and categories), and their composition used by training replay. The
-//! online shards and catalog actor own exactly these types.
+//! `Engine`: the handle to the running actors. It starts one arbiter per shard, each running a
+//! [`ShardActor`] (the registry of its users' and sessions' actors) and a [`CatalogActor`] (one
+//! partition of the products); routes each batch by a hash of user_id, so one user's events
+//! always land, in order, on the same shard; and gathers features for scoring from a user's
+//! shard and its products' partitions.
 
-use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::time::Duration;
 
-// SipHash showed up as the top cost of replay; these keys are not attacker-chosen hash floods
-// (ids are hashed with a per-process random seed all the same).
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use actix::prelude::*;
+use futures_util::future::join_all;
 
-use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
-
-use crate::event::{Event, EventType, Millis};
-use crate::features::{
-    self, CategoryState, DeliveryGuard, FeatureVector, ProductState, SessionState, UserState,
+use crate::catalog::{
+    CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct, partition_of,
 };
+use crate::delivery::Delivery;
+use crate::event::{Event, Millis};
+use crate::features::{
+    FEATURE_COUNT, FeatureVector, ProductState, SessionKey, SessionState, USER_SIDE_COUNT,
+    UserState,
+};
+use crate::lifecycle::EntityContext;
+use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused};
+use crate::shard::{
+    ApplyBatch, FlushNow, GetSession, GetShardStats, GetUser, ScoreFeatures, ShardActor,
+    ShardSettings,
+};
+use crate::store::{Observer, StateStore, StoreError};
 
-/// Default inactivity after which a session ends: 30 minutes.
-pub const DEFAULT_SESSION_TIMEOUT: Millis = 30 * 60 * 1000;
-/// How far event time must move before idle sessions are looked for again.
-const EXPIRY_SCAN_INTERVAL: Millis = 60 * 1000;
-
-/// Identifies a session: the user and a hash of their session string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SessionKey {
-    pub user_id: u64,
-    pub session_hash: u64,
+/// Why the engine could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine actor stopped: {0}")]
+    Mailbox(#[from] MailboxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl SessionKey {
-    /// The key of a user's session string.
-    pub fn new(user_id: u64, user_session: &str) -> Self {
-        SessionKey {
-            user_id,
-            session_hash: xxh3_64(user_session.as_bytes()),
-        }
-    }
-
-    /// The key of the event's session.
-    pub fn of(event: &Event) -> Self {
-        Self::new(event.user_id, &event.user_session)
-    }
+/// Deliveries the engine did not apply, and why. `deliveries` is empty when they cannot be
+/// retried (an actor stopped); otherwise nothing of them was applied, and the rest of their
+/// batch was.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct IngestRefused {
+    pub error: EngineError,
+    pub deliveries: Vec<Delivery>,
 }
 
-/// What applying an event did.
-#[derive(Debug, PartialEq)]
-pub enum Applied {
-    /// The user had applied an event with the same identity: nothing changed.
-    Duplicate,
-    /// The event changed state; `closed` is the session it ended by arriving after a gap longer
-    /// than the session timeout.
-    Changed { closed: Option<SessionState> },
+/// Totals over every shard and catalog partition.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub live_sessions: usize,
+    pub users_in_memory: usize,
+    pub products_in_memory: usize,
+    pub watermark: Millis,
+    pub store_healthy: bool,
 }
 
-/// Sessions and users of one partition of users.
-#[derive(Debug)]
-pub struct UserSide {
-    pub sessions: HashMap<SessionKey, SessionState>,
-    pub users: HashMap<u64, UserState>,
-    session_timeout: Millis,
-    watermark: Millis,
-    next_expiry_scan: Millis,
-    track_dirty: bool,
-    pub dirty_sessions: HashSet<SessionKey>,
-    pub dirty_users: HashSet<u64>,
-    /// Record delivery guards (a bus that redelivers feeds this side).
-    pub guard_deliveries: bool,
-    guarded_sessions: HashSet<SessionKey>,
-    guarded_users: HashSet<u64>,
+/// A cheap, cloneable handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    shards: Arc<Vec<Addr<ShardActor>>>,
+    catalogs: Arc<Vec<Addr<CatalogActor>>>,
+    arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
 }
 
-impl UserSide {
-    /// Drops every session and user, flushed or not; the watermark stays.
-    pub fn drop_all(&mut self) {
-        self.sessions = HashMap::new();
-        self.users = HashMap::new();
-        self.dirty_sessions = HashSet::new();
-        self.dirty_users = HashSet::new();
-        self.guarded_sessions = HashSet::new();
-        self.guarded_users = HashSet::new();
-    }
+/// The shard a user belongs to. The id is mixed first: shop user ids are often sequential.
+pub fn shard_of(user_id: u64, shards: usize) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % shards as u64) as usize
+}
 
-    /// An empty partition. `track_dirty` records what changed since the last flush.
-    pub fn new(session_timeout: Millis, track_dirty: bool) -> Self {
-        UserSide {
-            sessions: HashMap::new(),
-            users: HashMap::new(),
-            session_timeout,
-            watermark: Millis::MIN,
-            next_expiry_scan: Millis::MIN,
-            track_dirty,
-            dirty_sessions: HashSet::new(),
-            dirty_users: HashSet::new(),
-            guard_deliveries: false,
-            guarded_sessions: HashSet::new(),
-            guarded_users: HashSet::new(),
-        }
-    }
-
-    /// The inactivity after which a session ends.
-    pub fn session_timeout(&self) -> Millis {
-        self.session_timeout
-    }
-
-    /// The latest event time seen.
-    pub fn watermark(&self) -> Millis {
-        self.watermark
-    }
-
-    /// Applies one event to its session and user. Idempotent: an event whose identity the user
-    /// applied recently is a duplicate. A `redelivered` event (the bus may have delivered it
-    /// before a crash) is applied only to the user and session that do not remember it, which
-    /// relies on stores making users durable before sessions.
-    pub fn apply(&mut self, event: &Event, redelivered: bool) -> Applied {
-        let identity = event.identity();
-        let user = self
-            .users
-            .entry(event.user_id)
-            .or_insert_with(|| UserState::new(event.user_id, event.time));
-        let user_applied = redelivered && user.guard.contains(identity);
-        if !user_applied && user.has_seen(identity) {
-            return Applied::Duplicate;
-        }
-        let key = SessionKey::of(event);
-        let session_applied = redelivered
-            && self
-                .sessions
-                .get(&key)
-                .is_some_and(|session| session.guard.contains(identity));
-        let mut closed = None;
-        if !session_applied {
-            let session = match self.sessions.entry(key) {
-                Entry::Occupied(entry)
-                    if event.time - entry.get().last_event_at > self.session_timeout =>
-                {
-                    let session = entry.into_mut();
-                    let fresh = SessionState::new(event.user_id, &event.user_session, event.time);
-                    closed = Some(std::mem::replace(session, fresh));
-                    if !user_applied {
-                        user.start_session();
-                    }
-                    session
-                }
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    if !user_applied {
-                        user.start_session();
-                    }
-                    entry.insert(SessionState::new(
-                        event.user_id,
-                        &event.user_session,
-                        event.time,
-                    ))
-                }
-            };
-            let first_purchase =
-                event.event_type == EventType::Purchase && session.counts.purchases == 0;
-            session.apply(event);
-            if self.guard_deliveries {
-                session.guard.record(identity);
-                self.guarded_sessions.insert(key);
-            }
-            if !user_applied {
-                user.apply(event, identity, first_purchase);
-            }
-        } else if !user_applied {
-            // Stores write users before sessions, so a session never remembers an event its
-            // user forgot; should it happen, the user still counts the event once.
-            let purchases = self.sessions.get(&key).map_or(0, |s| s.counts.purchases);
-            let first_purchase = event.event_type == EventType::Purchase && purchases <= 1;
-            user.apply(event, identity, first_purchase);
-        }
-        if self.guard_deliveries && !user_applied {
-            user.guard.record(identity);
-            self.guarded_users.insert(event.user_id);
-        }
-        self.watermark = self.watermark.max(event.time);
-        if self.track_dirty {
-            self.dirty_sessions.insert(key);
-            self.dirty_users.insert(event.user_id);
-        }
-        Applied::Changed { closed }
-    }
-
-    /// The bus acknowledged everything applied so far: delivery guards forget what the
-    /// acknowledgement before this one covered.
-    pub fn forget_acknowledged(&mut self) {
-        forget_acknowledged(&mut self.guarded_sessions, &mut self.sessions, |session| {
-            &mut session.guard
+impl Engine {
+    /// Starts `shards` arbiters, each with a shard and a catalog partition. Must run inside an
+    /// actix system.
+    pub fn start(
+        shards: usize,
+        settings: ShardSettings,
+        store: Arc<dyn StateStore>,
+        observer: Arc<dyn Observer>,
+    ) -> Engine {
+        let count = shards.max(1);
+        let arbiters: Vec<Arbiter> = (0..count).map(|_| Arbiter::new()).collect();
+        let catalogs: Arc<Vec<Addr<CatalogActor>>> = Arc::new(
+            arbiters
+                .iter()
+                .enumerate()
+                .map(|(partition, arbiter)| {
+                    let (store, observer, settings) =
+                        (store.clone(), observer.clone(), settings.clone());
+                    CatalogActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                        CatalogActor::new(
+                            (partition, count),
+                            store,
+                            observer,
+                            settings.flush_interval,
+                            settings.guard_deliveries,
+                            settings.sources,
+                        )
+                    })
+                })
+                .collect(),
+        );
+        let entities = Arc::new(EntityContext {
+            store,
+            session_timeout: settings.session_timeout,
+            guard_deliveries: settings.guard_deliveries,
         });
-        forget_acknowledged(&mut self.guarded_users, &mut self.users, |user| {
-            &mut user.guard
-        });
-    }
-
-    /// Moves the watermark (live mode moves it with the wall clock) without an event.
-    pub fn advance_watermark(&mut self, time: Millis) {
-        self.watermark = self.watermark.max(time);
-    }
-
-    /// Ends and removes the sessions idle for longer than the timeout at the watermark. Scans at
-    /// most once per minute of event time unless `force` is set.
-    pub fn expire_sessions(&mut self, force: bool) -> Vec<SessionState> {
-        if !force && self.watermark < self.next_expiry_scan {
-            return Vec::new();
-        }
-        self.next_expiry_scan = self.watermark.saturating_add(EXPIRY_SCAN_INTERVAL);
-        let deadline = self.watermark.saturating_sub(self.session_timeout);
-        let expired: Vec<SessionKey> = self
-            .sessions
+        let shards = arbiters
             .iter()
-            .filter(|(_, session)| session.last_event_at < deadline)
-            .map(|(key, _)| *key)
+            .enumerate()
+            .map(|(index, arbiter)| {
+                let (settings, entities, catalogs, observer) = (
+                    settings.clone(),
+                    entities.clone(),
+                    catalogs.clone(),
+                    observer.clone(),
+                );
+                ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    ShardActor::new(index, settings, entities, catalogs, observer)
+                })
+            })
             .collect();
-        expired
-            .into_iter()
-            .filter_map(|key| self.sessions.remove(&key))
-            .collect()
-    }
-
-    /// Ends every session now, as at the end of a replay.
-    pub fn close_all_sessions(&mut self) -> Vec<SessionState> {
-        self.sessions.drain().map(|(_, session)| session).collect()
-    }
-
-    /// The user-side half of the feature vector.
-    pub fn features(&self, key: SessionKey, product_id: u64, out: &mut [f64]) {
-        features::user_side_features(
-            self.sessions.get(&key),
-            self.users.get(&key.user_id),
-            product_id,
-            out,
-        );
-    }
-}
-
-/// Lets the guards of the entities in `guarded` forget what the acknowledgement before the
-/// last covered, and keeps in `guarded` only those that still remember something.
-fn forget_acknowledged<K: Eq + std::hash::Hash, V>(
-    guarded: &mut HashSet<K>,
-    entities: &mut HashMap<K, V>,
-    guard: impl Fn(&mut V) -> &mut DeliveryGuard,
-) {
-    guarded.retain(|key| {
-        entities.get_mut(key).is_some_and(|entity| {
-            let guard = guard(entity);
-            guard.forget_acknowledged();
-            !guard.is_empty()
-        })
-    });
-}
-
-/// A product's or category's part: its id and the source (user partition) whose events it counts.
-pub type PartKey = (u64, u16);
-
-/// Products and categories, as parts per source (see [`crate::features::product`]); offline
-/// and on the HTTP bus every part has source 0.
-#[derive(Debug)]
-pub struct Catalog {
-    pub products: HashMap<PartKey, ProductState>,
-    pub categories: HashMap<PartKey, CategoryState>,
-    track_dirty: bool,
-    pub dirty_products: HashSet<PartKey>,
-    pub dirty_categories: HashSet<PartKey>,
-    /// Record delivery guards (a bus that redelivers feeds the catalog).
-    pub guard_deliveries: bool,
-    guarded_products: HashSet<PartKey>,
-    guarded_categories: HashSet<PartKey>,
-}
-
-impl Catalog {
-    /// Drops every product and category part, flushed or not.
-    pub fn drop_all(&mut self) {
-        self.products = HashMap::new();
-        self.categories = HashMap::new();
-        self.dirty_products = HashSet::new();
-        self.dirty_categories = HashSet::new();
-        self.guarded_products = HashSet::new();
-        self.guarded_categories = HashSet::new();
-    }
-
-    /// An empty catalog. `track_dirty` records what changed since the last flush.
-    pub fn new(track_dirty: bool) -> Self {
-        Catalog {
-            products: HashMap::new(),
-            categories: HashMap::new(),
-            track_dirty,
-            dirty_products: HashSet::new(),
-            dirty_categories: HashSet::new(),
-            guard_deliveries: false,
-            guarded_products: HashSet::new(),
-            guarded_categories: HashSet::new(),
+        Engine {
+            shards: Arc::new(shards),
+            catalogs,
+            arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
         }
     }
 
-    /// Applies an event the user side accepted to the parts of `source`. A `redelivered` event
-    /// is applied only to the product and category parts that do not remember it.
-    pub fn apply(&mut self, event: &Event, redelivered: bool, source: u16) {
-        // Offline and on the HTTP bus nothing is redelivered or guarded: no hashing per event.
-        let identity = (redelivered || self.guard_deliveries).then(|| event.identity());
-        let seen = |guard: &DeliveryGuard| {
-            identity.is_some_and(|identity| redelivered && guard.contains(identity))
-        };
-        if event.event_type == EventType::View {
-            let key = (event.category_id, source);
-            let category = self
-                .categories
-                .entry(key)
-                .or_insert_with(|| CategoryState::new(event.category_id, source));
-            if !seen(&category.guard) {
-                category.add_view(event.price);
-                if let Some(identity) = identity.filter(|_| self.guard_deliveries) {
-                    category.guard.record(identity);
-                    self.guarded_categories.insert(key);
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard(&self, user_id: u64) -> &Addr<ShardActor> {
+        &self.shards[shard_of(user_id, self.shards.len())]
+    }
+
+    fn catalog(&self, product_id: u64) -> &Addr<CatalogActor> {
+        &self.catalogs[partition_of(product_id, self.catalogs.len())]
+    }
+
+    /// Applies a batch of events delivered once (offline, HTTP); resolves when every shard has
+    /// applied its part.
+    pub async fn ingest(&self, events: Vec<Event>) -> Result<BatchApplied, EngineError> {
+        self.ingest_deliveries(events.into_iter().map(Delivery::fresh).collect())
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// Applies a batch of deliveries from the bus, one message per shard. Redelivered events are
+    /// applied only to the entities that do not remember them, so a crash between flush and
+    /// acknowledgement never counts an event twice.
+    ///
+    /// When the store cannot load the state some deliveries need, the rest still apply, and the
+    /// error carries the refused ones: retried as redeliveries once the store answers, they
+    /// complete the batch exactly once.
+    pub async fn ingest_deliveries(
+        &self,
+        deliveries: Vec<Delivery>,
+    ) -> Result<BatchApplied, IngestRefused> {
+        let count = self.shards.len();
+        let mut parts: Vec<Vec<Delivery>> = (0..count)
+            .map(|_| Vec::with_capacity(deliveries.len() / count + 1))
+            .collect();
+        for delivery in deliveries {
+            parts[shard_of(delivery.event.user_id, count)].push(delivery);
+        }
+        let sends = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(index, deliveries)| self.shards[index].send(ApplyBatch { deliveries }));
+        let mut total = BatchApplied::default();
+        let mut refused: Option<IngestRefused> = None;
+        for result in join_all(sends).await {
+            match result {
+                Ok(Ok(applied)) => {
+                    total.applied += applied.applied;
+                    total.duplicates += applied.duplicates;
                 }
-                if self.track_dirty {
-                    self.dirty_categories.insert(key);
+                Ok(Err(Refused { error, deliveries })) if !deliveries.is_empty() => {
+                    refused
+                        .get_or_insert_with(|| IngestRefused {
+                            error: EngineError::Store(error),
+                            deliveries: Vec::new(),
+                        })
+                        .deliveries
+                        .extend(deliveries);
+                }
+                Ok(Err(Refused { error, .. })) => {
+                    return Err(IngestRefused {
+                        error: EngineError::Store(error),
+                        deliveries: Vec::new(),
+                    });
+                }
+                Err(error) => {
+                    // The events went down with a stopped actor: nothing to retry here.
+                    return Err(IngestRefused {
+                        error: error.into(),
+                        deliveries: Vec::new(),
+                    });
                 }
             }
         }
-        let key = (event.product_id, source);
-        let product = self
-            .products
-            .entry(key)
-            .or_insert_with(|| ProductState::new(event, source));
-        if seen(&product.guard) {
-            return;
-        }
-        product.apply(event);
-        if let Some(identity) = identity.filter(|_| self.guard_deliveries) {
-            product.guard.record(identity);
-            self.guarded_products.insert(key);
-        }
-        if self.track_dirty {
-            self.dirty_products.insert(key);
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(total),
         }
     }
 
-    /// The bus acknowledged everything applied so far: delivery guards forget what the
-    /// acknowledgement before this one covered.
-    pub fn forget_acknowledged(&mut self) {
-        forget_acknowledged(&mut self.guarded_products, &mut self.products, |product| {
-            &mut product.guard
+    /// Feature vectors for scoring each product in a session, from current state.
+    pub async fn features(
+        &self,
+        key: SessionKey,
+        product_ids: Vec<u64>,
+    ) -> Result<Vec<FeatureVector>, EngineError> {
+        let user_side = self.shard(key.user_id).send(ScoreFeatures {
+            key,
+            product_ids: product_ids.clone(),
         });
-        forget_acknowledged(
-            &mut self.guarded_categories,
-            &mut self.categories,
-            |category| &mut category.guard,
+        // One request per catalog partition, with the positions of its products.
+        let partitions = self.catalogs.len();
+        let mut by_partition: Vec<(Vec<usize>, Vec<u64>)> = vec![Default::default(); partitions];
+        for (position, product_id) in product_ids.iter().enumerate() {
+            let part = &mut by_partition[partition_of(*product_id, partitions)];
+            part.0.push(position);
+            part.1.push(*product_id);
+        }
+        let catalog_side = join_all(
+            by_partition
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (positions, _))| !positions.is_empty())
+                .map(|(partition, (positions, product_ids))| {
+                    let sent = self.catalogs[partition].send(CatalogFeatures { product_ids });
+                    async move { (positions, sent.await) }
+                }),
         );
-    }
-
-    /// The catalog half of the feature vector when every part is in memory as source 0, as in
-    /// training replay and on the HTTP bus.
-    pub fn features(&self, product_id: u64, out: &mut [f64]) {
-        let product = self.products.get(&(product_id, 0));
-        let category = product.and_then(|product| self.categories.get(&(product.category_id, 0)));
-        features::catalog_features(product, category, out);
-    }
-}
-
-/// The whole engine in one thread, as training replays history.
-#[derive(Debug)]
-pub struct FeatureEngine {
-    pub users: UserSide,
-    pub catalog: Catalog,
-}
-
-impl FeatureEngine {
-    /// An engine with the given session timeout.
-    pub fn new(session_timeout: Millis) -> Self {
-        FeatureEngine {
-            users: UserSide::new(session_timeout, false),
-            catalog: Catalog::new(false),
+        let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
+        let user_side = user_side?;
+        let width = FEATURE_COUNT - USER_SIDE_COUNT;
+        let mut vectors: Vec<FeatureVector> = (0..product_ids.len())
+            .map(|index| {
+                let mut vector = [0.0; FEATURE_COUNT];
+                vector[..USER_SIDE_COUNT].copy_from_slice(
+                    &user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT],
+                );
+                vector
+            })
+            .collect();
+        for (positions, values) in catalog_side {
+            let values = values?;
+            for (slot, position) in positions.into_iter().enumerate() {
+                vectors[position][USER_SIDE_COUNT..]
+                    .copy_from_slice(&values[slot * width..(slot + 1) * width]);
+            }
         }
+        Ok(vectors)
     }
 
-    /// Applies one event to both sides.
-    pub fn apply(&mut self, event: &Event) -> Applied {
-        let applied = self.users.apply(event, false);
-        if matches!(applied, Applied::Changed { .. }) {
-            self.catalog.apply(event, false, 0);
+    /// A session's state.
+    pub async fn session(&self, key: SessionKey) -> Result<Option<SessionState>, EngineError> {
+        Ok(self.shard(key.user_id).send(GetSession { key }).await??)
+    }
+
+    /// A user's state.
+    pub async fn user(&self, user_id: u64) -> Result<Option<UserState>, EngineError> {
+        Ok(self.shard(user_id).send(GetUser { user_id }).await??)
+    }
+
+    /// A product's state.
+    pub async fn product(&self, product_id: u64) -> Result<Option<ProductState>, EngineError> {
+        Ok(self
+            .catalog(product_id)
+            .send(GetProduct { product_id })
+            .await??)
+    }
+
+    /// Makes everything applied so far durable; with `close_sessions`, ends every live session
+    /// first. Returns the number of sessions closed.
+    pub async fn flush(&self, close_sessions: bool) -> Result<usize, EngineError> {
+        let mut closed = 0;
+        for shard in self.shards.iter() {
+            loop {
+                match shard.send(FlushNow { close_sessions }).await? {
+                    Ok(done) => {
+                        closed += done.sessions_closed;
+                        break;
+                    }
+                    Err(StoreError::Busy) => {
+                        // A timed flush is running; this one follows it.
+                        actix::clock::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
         }
-        applied
+        // Shards sent their catalog batches before answering, so they are queued ahead of this.
+        for catalog in self.catalogs.iter() {
+            loop {
+                match catalog.send(FlushCatalog).await? {
+                    Ok(_) => break,
+                    Err(StoreError::Busy) => actix::clock::sleep(Duration::from_millis(2)).await,
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        Ok(closed)
     }
 
-    /// The feature vector for scoring `product_id` in a session, from the current state.
-    pub fn features(&self, key: SessionKey, product_id: u64) -> FeatureVector {
-        let mut vector = [0.0; features::FEATURE_COUNT];
-        let (user_side, catalog_side) = vector.split_at_mut(features::USER_SIDE_COUNT);
-        self.users.features(key, product_id, user_side);
-        self.catalog.features(product_id, catalog_side);
-        vector
+    /// Tells every actor that the bus acknowledged everything applied before the last
+    /// [`Engine::flush`], so delivery guards may forget older identities.
+    pub async fn forget_acknowledged(&self) -> Result<(), EngineError> {
+        for shard in self.shards.iter() {
+            shard.send(ForgetAcknowledged).await?;
+        }
+        for catalog in self.catalogs.iter() {
+            catalog.send(ForgetAcknowledged).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops every entity in memory, flushed or not; each activates from the store on next use.
+    /// For an instance that lost its bus connection: another may own its partitions now, and
+    /// the bus redelivers what this one had not acknowledged. Stale state kept in memory would
+    /// later overwrite that instance's writes.
+    pub async fn drop_all(&self) -> Result<(), EngineError> {
+        for shard in self.shards.iter() {
+            shard.send(DropAll).await?;
+        }
+        for catalog in self.catalogs.iter() {
+            catalog.send(DropAll).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, then stops every actor and waits for their threads, releasing the store.
+    pub async fn stop(&self) -> Result<(), EngineError> {
+        let flushed = self.flush(false).await;
+        let arbiters: Vec<Arbiter> =
+            std::mem::take(&mut *self.arbiters.lock().expect("arbiter list lock"));
+        for arbiter in &arbiters {
+            arbiter.stop();
+        }
+        // Joining blocks, so it runs off the caller's thread.
+        let joined = std::thread::spawn(move || {
+            for arbiter in arbiters {
+                let _ = arbiter.join();
+            }
+        });
+        while !joined.is_finished() {
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        flushed.map(|_| ())
+    }
+
+    /// Totals over every shard and catalog partition.
+    pub async fn stats(&self) -> Result<EngineStats, EngineError> {
+        let mut stats = EngineStats {
+            store_healthy: true,
+            ..EngineStats::default()
+        };
+        for shard in self.shards.iter() {
+            let shard_stats = shard.send(GetShardStats).await?;
+            stats.live_sessions += shard_stats.live_sessions;
+            stats.users_in_memory += shard_stats.users;
+            stats.watermark = stats.watermark.max(shard_stats.watermark);
+            stats.store_healthy &= shard_stats.store_healthy;
+        }
+        for catalog in self.catalogs.iter() {
+            let (products, healthy) = catalog.send(GetCatalogStats).await?;
+            stats.products_in_memory += products;
+            stats.store_healthy &= healthy;
+        }
+        Ok(stats)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{FEATURES, Outcome};
+    use crate::catalog::Sources;
+    use crate::delivery::Stored;
+    use crate::event::EventType;
+    use crate::features::CategoryState;
+    use crate::replay::{DEFAULT_SESSION_TIMEOUT, ReplayEngine};
+    use crate::store::{LoadedCatalog, LoadedUserSide, NoObserver, StateBatch, StoreFuture};
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn event(time_seconds: i64, event_type: EventType, product_id: u64, session: &str) -> Event {
+    /// What of a save lands in a [`TestStore`]: a flush cut short writes only its first stages.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Durable {
+        Nothing,
+        Users,
+        UsersAndSessions,
+        Categories,
+        Products,
+        Everything,
+    }
+
+    /// A store in memory that engines of one test share, with switches for outages.
+    struct TestStore {
+        users: Mutex<HashMap<u64, Stored<UserState>>>,
+        sessions: Mutex<HashMap<SessionKey, Stored<SessionState>>>,
+        products: Mutex<BTreeMap<(u64, u16), Stored<ProductState>>>,
+        categories: Mutex<BTreeMap<(u64, u16), Stored<CategoryState>>>,
+        durable: Mutex<Durable>,
+        user_side_down: AtomicBool,
+        catalog_down: AtomicBool,
+        /// Loads of this user wait while `holding` is set.
+        held_user: Mutex<Option<u64>>,
+        holding: Arc<AtomicBool>,
+    }
+
+    impl Default for TestStore {
+        fn default() -> Self {
+            TestStore {
+                users: Mutex::default(),
+                sessions: Mutex::default(),
+                products: Mutex::default(),
+                categories: Mutex::default(),
+                durable: Mutex::new(Durable::Everything),
+                user_side_down: AtomicBool::new(false),
+                catalog_down: AtomicBool::new(false),
+                held_user: Mutex::new(None),
+                holding: Arc::new(AtomicBool::new(false)),
+            }
+        }
+    }
+
+    impl StateStore for Arc<TestStore> {
+        fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+            use Durable::*;
+            let durable = *self.durable.lock().unwrap();
+            if matches!(durable, Users | UsersAndSessions | Everything) {
+                for user in &batch.users {
+                    self.users
+                        .lock()
+                        .unwrap()
+                        .insert(user.state.user_id, user.clone());
+                }
+            }
+            if matches!(durable, UsersAndSessions | Everything) {
+                for session in &batch.sessions {
+                    self.sessions
+                        .lock()
+                        .unwrap()
+                        .insert(session.state.key(), session.clone());
+                }
+            }
+            if matches!(durable, Categories | Products | Everything) {
+                for category in &batch.categories {
+                    let key = (category.state.category_id, category.state.source);
+                    self.categories
+                        .lock()
+                        .unwrap()
+                        .insert(key, category.clone());
+                }
+            }
+            if matches!(durable, Products | Everything) {
+                for product in &batch.products {
+                    let key = (product.state.product_id, product.state.source);
+                    self.products.lock().unwrap().insert(key, product.clone());
+                }
+            }
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_user_side(
+            &self,
+            users: Vec<u64>,
+            sessions: Vec<SessionKey>,
+        ) -> StoreFuture<LoadedUserSide> {
+            let down = self.user_side_down.load(Ordering::SeqCst);
+            let held = *self.held_user.lock().unwrap();
+            let hold = held
+                .is_some_and(|held| users.contains(&held))
+                .then(|| self.holding.clone());
+            let stored = self.users.lock().unwrap();
+            let users: Vec<_> = users
+                .iter()
+                .filter_map(|id| stored.get(id).cloned())
+                .collect();
+            let stored = self.sessions.lock().unwrap();
+            let sessions: Vec<_> = sessions
+                .iter()
+                .filter_map(|key| stored.get(key).cloned())
+                .collect();
+            Box::pin(async move {
+                if let Some(holding) = hold {
+                    while holding.load(Ordering::SeqCst) {
+                        actix::clock::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                if down {
+                    return Err(StoreError::Unavailable("down".into()));
+                }
+                Ok((users, sessions))
+            })
+        }
+
+        fn load_catalog(
+            &self,
+            products: Vec<u64>,
+            categories: Vec<u64>,
+        ) -> StoreFuture<LoadedCatalog> {
+            let down = self.catalog_down.load(Ordering::SeqCst);
+            let stored = self.products.lock().unwrap();
+            let products: Vec<Stored<ProductState>> = stored
+                .values()
+                .filter(|part| products.contains(&part.state.product_id))
+                .cloned()
+                .collect();
+            let stored = self.categories.lock().unwrap();
+            let categories = stored
+                .values()
+                .filter(|part| {
+                    categories.contains(&part.state.category_id)
+                        || products
+                            .iter()
+                            .any(|product| product.state.category_id == part.state.category_id)
+                })
+                .cloned()
+                .collect();
+            Box::pin(async move {
+                if down {
+                    return Err(StoreError::Timeout(100));
+                }
+                Ok((products, categories))
+            })
+        }
+    }
+
+    fn settings(guard_deliveries: bool) -> ShardSettings {
+        ShardSettings {
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            user_idle: 3_600_000,
+            flush_interval: Duration::from_secs(60),
+            live_watermark: false,
+            guard_deliveries,
+            sources: Sources::Single,
+        }
+    }
+
+    fn start(shards: usize, settings: ShardSettings, store: &Arc<TestStore>) -> Engine {
+        Engine::start(
+            shards,
+            settings,
+            Arc::new(store.clone()),
+            Arc::new(NoObserver),
+        )
+    }
+
+    fn view(user_id: u64, product_id: u64) -> Event {
         Event {
-            time: time_seconds * 1000,
-            event_type,
+            time: 1_000,
+            event_type: EventType::View,
             product_id,
-            category_id: 1,
+            category_id: 3,
             category_code: None,
             brand: None,
-            price: 10.0,
-            user_id: 42,
-            user_session: session.into(),
+            price: 2.0,
+            user_id,
+            user_session: "s".into(),
             event_id: None,
         }
     }
 
-    fn value(vector: &FeatureVector, name: &str) -> f64 {
-        vector[FEATURES
+    fn redelivered(events: &[Event]) -> Vec<Delivery> {
+        events
             .iter()
-            .position(|feature| feature.name == name)
-            .expect(name)]
+            .map(|event| Delivery {
+                redelivered: true,
+                ..Delivery::fresh(event.clone())
+            })
+            .collect()
     }
 
-    #[test]
-    fn duplicates_change_nothing() {
-        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
-        let view = event(0, EventType::View, 5, "a");
+    /// A user on the same shard as `user_id` (of `shards`), and one on another.
+    fn neighbours(user_id: u64, shards: usize) -> (u64, u64) {
+        let same = (user_id + 1..)
+            .find(|other| shard_of(*other, shards) == shard_of(user_id, shards))
+            .unwrap();
+        let other = (user_id + 1..)
+            .find(|other| shard_of(*other, shards) != shard_of(user_id, shards))
+            .unwrap();
+        (same, other)
+    }
+
+    #[actix::test]
+    async fn a_store_failure_is_an_error_not_an_unknown_entity_and_scoring_still_answers() {
+        let store = Arc::new(TestStore::default());
+        store.user_side_down.store(true, Ordering::SeqCst);
+        store.catalog_down.store(true, Ordering::SeqCst);
+        let engine = start(2, settings(false), &store);
+        assert!(matches!(engine.user(5).await, Err(EngineError::Store(_))));
         assert!(matches!(
-            engine.apply(&view),
-            Applied::Changed { closed: None }
+            engine.session(SessionKey::new(5, "s")).await,
+            Err(EngineError::Store(_))
         ));
-        assert_eq!(engine.apply(&view), Applied::Duplicate);
-        let vector = engine.features(SessionKey::of(&view), 5);
-        assert_eq!(value(&vector, "session_views"), 1.0);
-        assert_eq!(value(&vector, "product_views"), 1.0);
-        assert_eq!(value(&vector, "user_views"), 1.0);
+        assert!(matches!(
+            engine.product(7).await,
+            Err(EngineError::Store(_))
+        ));
+        let vectors = engine
+            .features(SessionKey::new(5, "s"), vec![7])
+            .await
+            .unwrap();
+        assert_eq!(vectors.len(), 1);
+        // Events whose users cannot be loaded are refused, not applied on fresh state.
+        assert!(matches!(
+            engine.ingest(vec![view(5, 7)]).await,
+            Err(EngineError::Store(_))
+        ));
+        assert!(matches!(engine.user(5).await, Err(EngineError::Store(_))));
+        engine.stop().await.ok();
     }
 
-    #[test]
-    fn a_long_gap_starts_a_new_session() {
-        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
-        engine.apply(&event(0, EventType::Cart, 5, "a"));
-        let late = event(31 * 60, EventType::View, 6, "a");
-        let Applied::Changed {
-            closed: Some(closed),
-        } = engine.apply(&late)
-        else {
-            panic!("the gap should close the session");
-        };
-        assert_eq!(closed.outcome(), Outcome::Abandoned);
-        let vector = engine.features(SessionKey::of(&late), 6);
-        assert_eq!(value(&vector, "session_events"), 1.0);
-        assert_eq!(value(&vector, "user_earlier_sessions"), 1.0);
-        assert_eq!(value(&vector, "user_events"), 2.0);
-    }
+    #[actix::test]
+    async fn a_refused_part_of_a_batch_comes_back_and_its_retry_completes_the_batch_once() {
+        let store = Arc::new(TestStore::default());
+        let engine = start(2, settings(true), &store);
+        // Two users; the first is in memory before the store goes away.
+        let (known, (_, unknown)) = (1, neighbours(1, 2));
+        engine.ingest(vec![view(known, 7)]).await.unwrap();
+        store.user_side_down.store(true, Ordering::SeqCst);
 
-    #[test]
-    fn sessions_expire_at_the_watermark() {
-        let mut side = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
-        side.apply(&event(0, EventType::View, 5, "a"), false);
-        side.apply(&event(20 * 60, EventType::View, 5, "b"), false);
-        side.advance_watermark(31 * 60 * 1000);
-        let expired = side.expire_sessions(false);
-        assert_eq!(expired.len(), 1);
-        assert_eq!(&*expired[0].session_id, "a");
-        assert_eq!(side.sessions.len(), 1);
-        assert_eq!(side.dirty_sessions.len(), 2);
-    }
-
-    #[test]
-    fn earlier_purchase_sessions_exclude_the_current_one() {
-        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
-        engine.apply(&event(0, EventType::Purchase, 5, "a"));
-        let view = event(10, EventType::View, 6, "b");
-        engine.apply(&view);
-        let purchase = event(20, EventType::Purchase, 6, "b");
-        engine.apply(&purchase);
-        let vector = engine.features(SessionKey::of(&purchase), 6);
-        assert_eq!(value(&vector, "user_earlier_purchase_sessions"), 1.0);
-        assert_eq!(value(&vector, "user_earlier_sessions"), 1.0);
-        assert_eq!(value(&vector, "user_seconds_since_last_purchase"), 0.0);
+        let mut second = view(known, 7);
+        second.time += 1;
+        let batch = vec![second, view(unknown, 7)];
+        let refused = engine
+            .ingest_deliveries(batch.iter().cloned().map(Delivery::fresh).collect())
+            .await
+            .expect_err("the unknown user cannot be loaded");
+        assert!(matches!(refused.error, EngineError::Store(_)));
         assert_eq!(
-            value(&vector, "session_product_seconds_since_last_view"),
-            10.0
+            refused.deliveries,
+            vec![Delivery::fresh(view(unknown, 7))],
+            "only the unknown user's events"
         );
+        assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 2);
+
+        // Retried as redeliveries once the store answers: applied once, and a redelivery of the
+        // whole batch (a lost acknowledgement) changes nothing.
+        store.user_side_down.store(false, Ordering::SeqCst);
+        engine
+            .ingest_deliveries(redelivered(&[view(unknown, 7)]))
+            .await
+            .unwrap();
+        engine.ingest_deliveries(redelivered(&batch)).await.unwrap();
+        assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 3);
+        assert_eq!(engine.user(unknown).await.unwrap().unwrap().counts.views, 1);
+        assert_eq!(engine.user(known).await.unwrap().unwrap().counts.views, 2);
+        engine.stop().await.ok();
+    }
+
+    #[actix::test]
+    async fn a_user_whose_load_is_held_back_holds_back_no_other_user_of_its_shard() {
+        let store = Arc::new(TestStore::default());
+        let engine = start(2, settings(false), &store);
+        let (slow, (fast, _)) = (11, neighbours(11, 2));
+        *store.held_user.lock().unwrap() = Some(slow);
+        store.holding.store(true, Ordering::SeqCst);
+        let held = {
+            let engine = engine.clone();
+            actix::spawn(async move { engine.ingest(vec![view(slow, 7)]).await })
+        };
+        actix::clock::sleep(Duration::from_millis(20)).await;
+        let mut later = view(fast, 8);
+        later.time += 5;
+        // The other user's events apply and score while the first user still loads.
+        let applied = engine.ingest(vec![later]).await.unwrap();
+        assert_eq!(applied.applied, 1);
+        let vector = engine
+            .features(SessionKey::new(fast, "s"), vec![8])
+            .await
+            .unwrap();
+        let session_views = crate::features::FEATURES
+            .iter()
+            .position(|feature| feature.name == "session_views")
+            .unwrap();
+        assert_eq!(vector[0][session_views], 1.0);
+        assert!(!held.is_finished(), "the held user's batch still waits");
+
+        store.holding.store(false, Ordering::SeqCst);
+        assert_eq!(held.await.unwrap().unwrap().applied, 1);
+        assert_eq!(engine.user(slow).await.unwrap().unwrap().counts.views, 1);
+        engine.stop().await.ok();
+    }
+
+    #[actix::test]
+    async fn catalog_events_wait_for_a_failed_rehydration_and_block_acknowledgement() {
+        let store = Arc::new(TestStore::default());
+        store.catalog_down.store(true, Ordering::SeqCst);
+        let engine = start(1, settings(true), &store);
+        engine.ingest(vec![view(5, 7), view(6, 7)]).await.unwrap();
+        assert!(
+            engine.flush(false).await.is_err(),
+            "nothing may be acknowledged while catalog events wait"
+        );
+        assert!(!engine.stats().await.unwrap().store_healthy);
+        store.catalog_down.store(false, Ordering::SeqCst);
+        let mut flushed = engine.flush(false).await;
+        for _ in 0..100 {
+            if flushed.is_ok() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(20)).await;
+            flushed = engine.flush(false).await;
+        }
+        flushed.expect("the parked events apply once the store answers");
+        let product = engine.product(7).await.unwrap().expect("product 7");
+        assert_eq!(product.counts.views, 2, "both events applied once");
+        let stored = store.products.lock().unwrap()[&(7, 0)].clone();
+        assert_eq!(stored.state.counts.views, 2);
+        engine.stop().await.ok();
+    }
+
+    #[actix::test]
+    async fn sessions_end_at_their_deadline_and_idle_users_leave_memory() {
+        let store = Arc::new(TestStore::default());
+        let engine = start(1, settings(false), &store);
+        let mut cart = view(1, 7);
+        cart.event_type = EventType::Cart;
+        engine.ingest(vec![cart]).await.unwrap();
+        let mut other = view(2, 7);
+        other.time = 1_000 + 20 * 60_000;
+        engine.ingest(vec![other]).await.unwrap();
+        assert_eq!(engine.stats().await.unwrap().live_sessions, 2);
+        // Two hours later in event time: both sessions ended, and both users have been idle
+        // for longer than an hour.
+        let mut much_later = view(3, 8);
+        much_later.time = 1_000 + 2 * 3_600_000;
+        engine.ingest(vec![much_later]).await.unwrap();
+        let mut ended = 0;
+        for _ in 0..100 {
+            ended = 2 - (engine.stats().await.unwrap().live_sessions - 1);
+            if ended == 2 {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ended, 2, "both earlier sessions ended");
+        engine.flush(false).await.unwrap();
+        let stats = engine.stats().await.unwrap();
+        assert_eq!(stats.users_in_memory, 1, "only the latest user stays");
+        let stored = store.sessions.lock().unwrap()[&SessionKey::new(1, "s")].clone();
+        assert_eq!(
+            stored.state.cart_items(),
+            1,
+            "the ended session was written"
+        );
+        // A passivated user activates again from the store, unchanged.
+        assert_eq!(engine.user(1).await.unwrap().unwrap().counts.carts, 1);
+        engine.stop().await.ok();
     }
 
     fn shop_event(
@@ -512,112 +785,10 @@ mod tests {
         }
     }
 
-    /// Every feature of the vector, checked by name against values worked out by hand.
-    #[test]
-    fn every_feature_has_its_documented_value() {
-        use EventType::*;
-        let mut engine = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
-        let events = [
-            shop_event(0, View, 1, "a", 100),
-            shop_event(10, Cart, 1, "a", 100),
-            shop_event(20, Purchase, 1, "a", 100),
-            shop_event(30, View, 2, "x", 101),
-            shop_event(40, View, 2, "x", 102),
-            shop_event(4000, View, 1, "b", 101),
-            shop_event(4010, View, 1, "b", 200),
-            shop_event(4020, Cart, 1, "b", 101),
-            shop_event(4030, Cart, 1, "b", 101),
-            shop_event(4040, RemoveFromCart, 1, "b", 101),
-            shop_event(4050, View, 1, "b", 100),
-            shop_event(4060, View, 1, "b", 101),
-        ];
-        for event in &events {
-            engine.apply(event);
-        }
-        let vector = engine.features(SessionKey::new(1, "b"), 101);
-        let expected: [(&str, f64); 41] = [
-            ("session_events", 7.0),
-            ("session_views", 4.0),
-            ("session_carts", 2.0),
-            ("session_removes", 1.0),
-            ("session_purchases", 0.0),
-            ("session_cart_view_ratio", 0.5),
-            ("session_seconds_since_start", 60.0),
-            ("session_distinct_products_viewed", 3.0),
-            ("session_distinct_categories_viewed", 2.0),
-            ("cart_items", 1.0),
-            ("cart_value", 20.0),
-            ("session_product_views", 2.0),
-            ("session_product_carts", 2.0),
-            ("session_product_removes", 1.0),
-            ("session_product_in_cart", 1.0),
-            ("session_product_seconds_since_last_view", 0.0),
-            ("session_product_view_share", 0.5),
-            ("user_events", 10.0),
-            ("user_views", 5.0),
-            ("user_carts", 3.0),
-            ("user_removes", 1.0),
-            ("user_purchases", 1.0),
-            ("user_cart_view_ratio", 0.6),
-            ("user_purchase_cart_ratio", 1.0 / 3.0),
-            ("user_earlier_sessions", 1.0),
-            ("user_earlier_purchase_sessions", 1.0),
-            ("user_seconds_since_last_purchase", 4040.0),
-            ("user_lifetime_revenue", 50.0),
-            ("user_product_views", 2.0),
-            ("user_product_carts", 2.0),
-            ("user_product_removes", 1.0),
-            ("user_product_purchases", 0.0),
-            ("user_product_earlier_views", 0.0),
-            ("product_events", 6.0),
-            ("product_views", 3.0),
-            ("product_carts", 2.0),
-            ("product_removes", 1.0),
-            ("product_purchases", 0.0),
-            ("product_cart_view_ratio", 2.0 / 3.0),
-            ("product_purchase_view_ratio", 0.0),
-            ("price", 20.0),
-        ];
-        for (name, want) in expected {
-            let got = value(&vector, name);
-            assert!((got - want).abs() < 1e-12, "{name}: got {got}, want {want}");
-        }
-        // The category's median viewed price (20, of views at 50, 20, 200, 20, 50 and 20) is
-        // known to the histogram's ~13%.
-        let ratio = value(&vector, "price_to_category_median");
-        assert!(
-            (ratio - 1.0).abs() < 0.14,
-            "price_to_category_median {ratio}"
-        );
-        assert_eq!(expected.len() + 1, FEATURES.len());
-
-        // A product the user bought before, scored from another session: earlier views count.
-        let vector = engine.features(SessionKey::new(1, "b"), 100);
-        assert_eq!(value(&vector, "user_product_purchases"), 1.0);
-        assert_eq!(value(&vector, "user_product_earlier_views"), 1.0);
-        assert_eq!(
-            value(&vector, "session_product_seconds_since_last_view"),
-            10.0
-        );
-        // Unknown session, user and product still answer, with neutral values.
-        let vector = engine.features(SessionKey::new(9, "z"), 999);
-        assert_eq!(value(&vector, "session_events"), 0.0);
-        assert_eq!(value(&vector, "price_to_category_median"), 1.0);
-    }
-
-    /// What a store holds after a flush that may have been cut short.
-    #[derive(Clone, Copy, Debug)]
-    enum Durable {
-        Nothing,
-        Users,
-        UsersAndSessions,
-        Categories,
-        Products,
-        Everything,
-    }
-
-    #[test]
-    fn redelivery_after_a_cut_short_flush_counts_every_event_once() {
+    /// A crash after a flush cut short at every stage, at every point of a stream: the bus
+    /// redelivers everything, and every entity ends up as if each event had been applied once.
+    #[actix::test]
+    async fn redelivery_after_a_cut_short_flush_counts_every_event_once() {
         use EventType::*;
         let events = [
             shop_event(0, View, 1, "a", 100),
@@ -630,7 +801,7 @@ mod tests {
             shop_event(4010, Cart, 1, "b", 200),
             shop_event(4020, Purchase, 1, "b", 200),
         ];
-        let mut clean = FeatureEngine::new(DEFAULT_SESSION_TIMEOUT);
+        let mut clean = ReplayEngine::new(DEFAULT_SESSION_TIMEOUT);
         for event in &events {
             clean.apply(event);
         }
@@ -644,68 +815,155 @@ mod tests {
                 Durable::Everything,
             ] {
                 // Before the crash: the first `cut` events applied, part of them made durable.
-                let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
-                let mut catalog = Catalog::new(true);
-                users.guard_deliveries = true;
-                catalog.guard_deliveries = true;
-                for event in &events[..cut] {
-                    if matches!(users.apply(event, false), Applied::Changed { .. }) {
-                        catalog.apply(event, false, 0);
-                    }
-                }
-                let mut restarted_users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
-                let mut restarted_catalog = Catalog::new(true);
-                restarted_users.guard_deliveries = true;
-                restarted_catalog.guard_deliveries = true;
-                if matches!(
-                    durable,
-                    Durable::Users | Durable::UsersAndSessions | Durable::Everything
-                ) {
-                    restarted_users.users = users.users.clone();
-                }
-                if matches!(durable, Durable::UsersAndSessions | Durable::Everything) {
-                    restarted_users.sessions = users.sessions.clone();
-                }
-                if matches!(durable, Durable::Categories | Durable::Everything) {
-                    restarted_catalog.categories = catalog.categories.clone();
-                }
-                if matches!(durable, Durable::Products | Durable::Everything) {
-                    restarted_catalog.products = catalog.products.clone();
-                }
+                let store = Arc::new(TestStore::default());
+                *store.durable.lock().unwrap() = durable;
+                let engine = start(2, settings(true), &store);
+                engine
+                    .ingest_deliveries(events[..cut].iter().cloned().map(Delivery::fresh).collect())
+                    .await
+                    .unwrap();
+                engine.flush(false).await.unwrap();
+                engine.drop_all().await.unwrap();
+                engine.stop().await.ok();
                 // Nothing was acknowledged: the bus redelivers every event.
-                for event in &events {
-                    if matches!(restarted_users.apply(event, true), Applied::Changed { .. }) {
-                        restarted_catalog.apply(event, true, 0);
-                    }
-                }
+                *store.durable.lock().unwrap() = Durable::Everything;
+                let restarted = start(2, settings(true), &store);
+                restarted
+                    .ingest_deliveries(redelivered(&events))
+                    .await
+                    .unwrap();
+                restarted.flush(false).await.unwrap();
                 let context = format!("cut {cut}, durable {durable:?}");
-                assert_eq!(restarted_users.users, clean.users.users, "{context}");
-                assert_eq!(restarted_users.sessions, clean.users.sessions, "{context}");
-                assert_eq!(
-                    restarted_catalog.products, clean.catalog.products,
-                    "{context}"
-                );
-                assert_eq!(
-                    restarted_catalog.categories, clean.catalog.categories,
-                    "{context}"
-                );
+                for (user_id, user) in &clean.users.users {
+                    let online = restarted.user(*user_id).await.unwrap();
+                    assert_eq!(online.as_ref(), Some(user), "user {user_id}: {context}");
+                }
+                for (key, session) in &clean.users.sessions {
+                    let online = restarted.session(*key).await.unwrap();
+                    assert_eq!(online.as_ref(), Some(session), "session {key:?}: {context}");
+                }
+                for ((product_id, _), product) in &clean.catalog.products {
+                    let online = restarted.product(*product_id).await.unwrap();
+                    assert_eq!(
+                        online.as_ref(),
+                        Some(product),
+                        "product {product_id}: {context}"
+                    );
+                }
+                for (key, category) in &clean.catalog.categories {
+                    let stored = store.categories.lock().unwrap()[key].clone();
+                    assert_eq!(&stored.state, category, "category {key:?}: {context}");
+                }
+                restarted.stop().await.ok();
             }
         }
     }
 
-    #[test]
-    fn a_fresh_delivery_is_never_mistaken_for_a_redelivery() {
-        let mut users = UserSide::new(DEFAULT_SESSION_TIMEOUT, true);
-        users.guard_deliveries = true;
-        let view = event(0, EventType::View, 5, "a");
-        users.apply(&view, false);
-        // The same event again is a duplicate whether or not the bus says it is redelivered.
-        assert_eq!(users.apply(&view, false), Applied::Duplicate);
-        assert!(matches!(
-            users.apply(&view, true),
-            Applied::Changed { closed: None }
-        ));
-        assert_eq!(users.users[&42].counts.views, 1);
-        assert_eq!(users.sessions[&SessionKey::of(&view)].counts.views, 1);
+    #[actix::test]
+    async fn a_fresh_delivery_is_never_mistaken_for_a_redelivery() {
+        let store = Arc::new(TestStore::default());
+        let engine = start(1, settings(true), &store);
+        let view = view(42, 5);
+        engine.ingest(vec![view.clone()]).await.unwrap();
+        // The same event again is a duplicate, and the same event redelivered (the guard
+        // remembers it) changes nothing either.
+        assert_eq!(
+            engine.ingest(vec![view.clone()]).await.unwrap().duplicates,
+            1
+        );
+        engine
+            .ingest_deliveries(redelivered(std::slice::from_ref(&view)))
+            .await
+            .unwrap();
+        assert_eq!(engine.user(42).await.unwrap().unwrap().counts.views, 1);
+        let session = engine
+            .session(SessionKey::of(&view))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(session.counts.views, 1);
+        engine.stop().await.ok();
+    }
+
+    #[actix::test]
+    async fn instances_sharing_partitions_count_a_product_once_from_its_parts() {
+        let settings = ShardSettings {
+            sources: Sources::Shared {
+                partitions: 2,
+                remote_ttl: Duration::from_millis(20),
+            },
+            ..settings(true)
+        };
+        let store = Arc::new(TestStore::default());
+        let (a, b) = (
+            start(1, settings.clone(), &store),
+            start(1, settings, &store),
+        );
+        let views = |user_id: u64, count: usize, source: u16| {
+            (0..count)
+                .map(|index| {
+                    let mut event = view(user_id, 7);
+                    event.time += index as i64;
+                    Delivery {
+                        source,
+                        ..Delivery::fresh(event)
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        // Instance a consumes partition 0, instance b partition 1.
+        let first = views(1, 3, 0);
+        a.ingest_deliveries(first.clone()).await.unwrap();
+        b.ingest_deliveries(views(2, 2, 1)).await.unwrap();
+        a.flush(false).await.unwrap();
+        b.flush(false).await.unwrap();
+        let views_seen = |engine: Engine| async move {
+            engine
+                .product(7)
+                .await
+                .unwrap()
+                .map_or(0, |product| product.counts.views)
+        };
+        assert_eq!(views_seen(a.clone()).await, 5, "a: its part and b's");
+        assert_eq!(views_seen(b.clone()).await, 5, "b: its part and a's");
+        assert_eq!(store.products.lock().unwrap().len(), 2, "one part each");
+
+        // A redelivery of what a already applied counts nowhere; b's new events reach a once
+        // its copy of b's part is older than the time to live.
+        let again = first
+            .iter()
+            .map(|delivery| Delivery {
+                redelivered: true,
+                ..delivery.clone()
+            })
+            .collect();
+        a.ingest_deliveries(again).await.unwrap();
+        let mut more = views(2, 4, 1);
+        more.drain(..2);
+        b.ingest_deliveries(more).await.unwrap();
+        b.flush(false).await.unwrap();
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = views_seen(a.clone()).await;
+            if seen == 7 {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, 7, "a sees b's later events");
+
+        // After a lost connection a drops its state, and b takes partition 0 over from the store.
+        a.drop_all().await.unwrap();
+        let late = views(1, 5, 0).split_off(3);
+        b.ingest_deliveries(late).await.unwrap();
+        b.flush(false).await.unwrap();
+        assert_eq!(views_seen(b.clone()).await, 9, "b: both parts, continued");
+        let part = store.products.lock().unwrap()[&(7, 0)].clone();
+        assert_eq!(
+            part.state.counts.views, 5,
+            "partition 0's part continued from the store"
+        );
+        a.stop().await.ok();
+        b.stop().await.ok();
     }
 }

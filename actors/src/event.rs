@@ -59,6 +59,11 @@ impl EventType {
         }
     }
 
+    /// Whether the event is a view: views count towards their category's prices.
+    pub fn is_view(self) -> bool {
+        self == EventType::View
+    }
+
     /// Whether the event is a scoring point: every event but a purchase.
     pub fn is_scoring_point(self) -> bool {
         !matches!(self, Self::Purchase)

@@ -1,22 +1,43 @@
 //! The domain of `propensity`: clickstream events, the feature state machines that training and
 //! serving share, and the actix actors that own them online.
 //!
+//! Plain Rust, no actors:
 //! - [`event`]: the REES46 event, its CSV and JSON forms and their parse errors.
-//! - [`features`]: one state machine per entity and the feature vector built from them.
-//! - [`engine`]: the user side, the catalog and the single-threaded engine used by training.
+//! - [`features`]: one state machine per entity (session, user, product, category) and the
+//!   feature vector built from them.
+//! - [`delivery`]: what the bus says of each event, the delivery guards that ride beside the
+//!   states ([`delivery::Stored`]), and the three steps every event goes through (user admission,
+//!   session, user history), shared by training replay and the actors.
+//! - [`replay`]: history replay's single-threaded engine, as training uses it.
 //! - [`store`]: the store and observer seams the actors talk through.
-//! - [`shard`], [`catalog`]: the actors that own the user side and the catalog online.
-//! - [`router`]: the handle that starts the actors, routes events and gathers features.
+//! - [`write_behind`]: the one flushing mechanism of every stateful actor.
+//!
+//! The actors, each in its own file, and how they start:
+//! - [`lifecycle`]: activating, active, passivating: how an entity actor lives.
+//! - [`user`], [`session`]: `UserActor` and `SessionActor`, one per live user and session.
+//! - [`shard`]: `ShardActor`, the registry and router of one partition of the users.
+//! - [`catalog`]: `CatalogActor`, one partition of the products (and every category).
+//! - [`messages`]: payloads that cross actors.
+//! - [`engine`]: `Engine`, the handle that starts the arbiters, routes batches and gathers
+//!   features.
 
 pub mod catalog;
+pub mod delivery;
 pub mod engine;
 pub mod event;
 pub mod features;
-pub mod router;
+pub mod lifecycle;
+pub mod messages;
+pub mod replay;
+pub mod session;
 pub mod shard;
 pub mod store;
+pub mod user;
+pub mod write_behind;
 
-pub use engine::{Applied, Catalog, FeatureEngine, SessionKey, UserSide};
+pub use delivery::{Delivery, Stored};
+pub use engine::{Engine, EngineError, EngineStats};
 pub use event::{Event, EventType, Millis, ParseError};
-pub use router::{Engine, EngineError, EngineStats};
+pub use features::SessionKey;
+pub use replay::{Applied, ReplayEngine};
 pub use store::{NoObserver, Observer, StateBatch, StateStore, StoreError};

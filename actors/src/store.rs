@@ -1,11 +1,13 @@
 //! The seam between the actors and the online store: what they save and load, as a trait the
-//! service implements (embedded, ScyllaDB) and tests replace with a collector.
+//! service implements (embedded, ScyllaDB) and tests replace with a collector; and the observer
+//! seam metrics listen on.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::engine::SessionKey;
-use crate::features::{CategoryState, ProductState, SessionState, UserState};
+use crate::delivery::{Delivery, Stored};
+use crate::features::{CategoryState, ProductState, SessionKey, SessionState, UserState};
 
 /// A boxed future a store returns; stores run on any runtime thread.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
@@ -23,13 +25,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Dirty state coalesced per entity since the last flush.
+/// Dirty state coalesced per entity since the last flush, with each entity's delivery guard.
 #[derive(Debug, Default, Clone)]
 pub struct StateBatch {
-    pub sessions: Vec<SessionState>,
-    pub users: Vec<UserState>,
-    pub products: Vec<ProductState>,
-    pub categories: Vec<CategoryState>,
+    pub sessions: Vec<Stored<SessionState>>,
+    pub users: Vec<Stored<UserState>>,
+    pub products: Vec<Stored<ProductState>>,
+    pub categories: Vec<Stored<CategoryState>>,
 }
 
 impl StateBatch {
@@ -62,42 +64,55 @@ impl StateBatch {
             );
         }
         keep_missing(&mut self.sessions, older.sessions, |session| {
-            SessionKey::new(session.user_id, &session.session_id)
+            session.state.key()
         });
-        keep_missing(&mut self.users, older.users, |user| user.user_id);
+        keep_missing(&mut self.users, older.users, |user| user.state.user_id);
         keep_missing(&mut self.products, older.products, |product| {
-            (product.product_id, product.source)
+            (product.state.product_id, product.state.source)
         });
         keep_missing(&mut self.categories, older.categories, |category| {
-            (category.category_id, category.source)
+            (category.state.category_id, category.state.source)
         });
     }
 }
 
-/// Durable home of the entities' state: actors flush to it and rehydrate from it on first use.
+/// Users and sessions as loaded, each with its guard.
+pub type LoadedUserSide = (Vec<Stored<UserState>>, Vec<Stored<SessionState>>);
+/// Product and category parts as loaded, each with its guard.
+pub type LoadedCatalog = (Vec<Stored<ProductState>>, Vec<Stored<CategoryState>>);
+
+/// Durable home of the entities' state: actors flush to it and activate from it.
 pub trait StateStore: Send + Sync + 'static {
     /// Writes the batch durably; resolves once it is safe to acknowledge the events behind it.
     ///
     /// A store that cannot write the batch atomically writes it in stages, each starting only
     /// once the one before is durable: users before sessions, categories before products. A
     /// redelivered event is then applied only where it is missing (see
-    /// [`crate::features::DeliveryGuard`]). The embedded store writes a batch in one
+    /// [`crate::delivery::DeliveryGuard`]). The embedded store writes a batch in one
     /// transaction; the ScyllaDB store writes users (their per-product rows included) and
     /// categories, and only once all of those succeeded, sessions and products.
-    fn save(&self, batch: StateBatch) -> StoreFuture<()>;
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()>;
     /// Loads the users and sessions that exist among those asked for.
     fn load_user_side(
         &self,
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
-    ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)>;
+    ) -> StoreFuture<LoadedUserSide>;
     /// Loads every stored part (one per source) of the products and categories asked for, plus
     /// every part of the categories of the loaded products.
-    fn load_catalog(
-        &self,
-        products: Vec<u64>,
-        categories: Vec<u64>,
-    ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)>;
+    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<LoadedCatalog>;
+
+    /// Loads one user; `None` when the store has never seen them.
+    fn load_user(&self, user_id: u64) -> StoreFuture<Option<Stored<UserState>>> {
+        let load = self.load_user_side(vec![user_id], Vec::new());
+        Box::pin(async move { Ok(load.await?.0.pop()) })
+    }
+
+    /// Loads one session; `None` when the store holds none under that key.
+    fn load_session(&self, key: SessionKey) -> StoreFuture<Option<Stored<SessionState>>> {
+        let load = self.load_user_side(Vec::new(), vec![key]);
+        Box::pin(async move { Ok(load.await?.1.pop()) })
+    }
 }
 
 /// Hears about what the engine does, for metrics; every method defaults to nothing.
@@ -105,7 +120,7 @@ pub trait Observer: Send + Sync + 'static {
     /// A session ended with this outcome and cart value.
     fn session_closed(&self, _session: &SessionState) {}
     /// Events were applied (those given) and duplicates dropped.
-    fn events_applied(&self, _accepted: &[crate::event::Event], _duplicates: u64) {}
+    fn events_applied(&self, _accepted: &[Delivery], _duplicates: u64) {}
     /// A flush finished.
     fn flushed(&self, _rows: usize, _seconds: f64, _error: Option<&StoreError>) {}
 }
@@ -122,14 +137,20 @@ mod tests {
     #[test]
     fn an_older_batch_gives_way_to_newer_state() {
         let mut newer = StateBatch {
-            users: vec![UserState::new(1, 50)],
-            sessions: vec![SessionState::new(1, "a", 50)],
+            users: vec![Stored::new(UserState::new(1, 50))],
+            sessions: vec![Stored::new(SessionState::new(1, "a", 50))],
             ..StateBatch::default()
         };
         let older = StateBatch {
-            users: vec![UserState::new(1, 10), UserState::new(2, 10)],
-            sessions: vec![SessionState::new(1, "a", 10), SessionState::new(1, "b", 10)],
-            categories: vec![CategoryState::new(3, 0)],
+            users: vec![
+                Stored::new(UserState::new(1, 10)),
+                Stored::new(UserState::new(2, 10)),
+            ],
+            sessions: vec![
+                Stored::new(SessionState::new(1, "a", 10)),
+                Stored::new(SessionState::new(1, "b", 10)),
+            ],
+            categories: vec![Stored::new(CategoryState::new(3, 0))],
             ..StateBatch::default()
         };
         newer.absorb_older(older);
@@ -138,8 +159,9 @@ mod tests {
             newer
                 .users
                 .iter()
-                .find(|user| user.user_id == 1)
+                .find(|user| user.state.user_id == 1)
                 .unwrap()
+                .state
                 .first_event_at,
             50
         );
@@ -147,8 +169,9 @@ mod tests {
             newer
                 .sessions
                 .iter()
-                .find(|session| &*session.session_id == "a")
+                .find(|session| &*session.state.session_id == "a")
                 .unwrap()
+                .state
                 .started_at,
             50
         );
@@ -156,7 +179,7 @@ mod tests {
             newer
                 .sessions
                 .iter()
-                .any(|session| &*session.session_id == "b")
+                .any(|session| &*session.state.session_id == "b")
         );
     }
 }

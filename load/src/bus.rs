@@ -433,7 +433,7 @@ pub async fn freshness(settings: &Settings, events: Vec<Event>, rate: f64) -> Re
                 }
             };
             let seen_at = Instant::now();
-            for product in products {
+            for product in products.into_iter().map(|stored| stored.state) {
                 if product.counts.purchases > 0
                     && let Some(published_at) = outstanding.remove(&product.product_id)
                 {

@@ -169,7 +169,7 @@ struct DiscardStore;
 impl propensity_actors::store::StateStore for DiscardStore {
     fn save(
         &self,
-        _: propensity_actors::store::StateBatch,
+        _: Arc<propensity_actors::store::StateBatch>,
     ) -> propensity_actors::store::StoreFuture<()> {
         Box::pin(async { Ok(()) })
     }
@@ -177,11 +177,8 @@ impl propensity_actors::store::StateStore for DiscardStore {
     fn load_user_side(
         &self,
         _: Vec<u64>,
-        _: Vec<propensity_actors::engine::SessionKey>,
-    ) -> propensity_actors::store::StoreFuture<(
-        Vec<propensity_actors::features::UserState>,
-        Vec<propensity_actors::features::SessionState>,
-    )> {
+        _: Vec<propensity_actors::SessionKey>,
+    ) -> propensity_actors::store::StoreFuture<propensity_actors::store::LoadedUserSide> {
         Box::pin(async { Ok((Vec::new(), Vec::new())) })
     }
 
@@ -189,10 +186,7 @@ impl propensity_actors::store::StateStore for DiscardStore {
         &self,
         _: Vec<u64>,
         _: Vec<u64>,
-    ) -> propensity_actors::store::StoreFuture<(
-        Vec<propensity_actors::features::ProductState>,
-        Vec<propensity_actors::features::CategoryState>,
-    )> {
+    ) -> propensity_actors::store::StoreFuture<propensity_actors::store::LoadedCatalog> {
         Box::pin(async { Ok((Vec::new(), Vec::new())) })
     }
 }

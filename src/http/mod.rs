@@ -11,9 +11,9 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError, web};
-use propensity_actors::engine::SessionKey;
+use propensity_actors::engine::Engine;
 use propensity_actors::event::{Event, format_time};
-use propensity_actors::router::Engine;
+use propensity_actors::features::SessionKey;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HttpSettings;
@@ -79,9 +79,9 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<propensity_actors::router::EngineError> for ApiError {
-    fn from(error: propensity_actors::router::EngineError) -> Self {
-        use propensity_actors::router::EngineError;
+impl From<propensity_actors::engine::EngineError> for ApiError {
+    fn from(error: propensity_actors::engine::EngineError) -> Self {
+        use propensity_actors::engine::EngineError;
         use propensity_actors::store::StoreError;
         match error {
             // The client may retry: nothing of the request was applied.

@@ -21,8 +21,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel, Connection, ConnectionProperties};
-use propensity_actors::event::Event;
-use propensity_actors::router::{Engine, EngineError};
+use propensity_actors::delivery::Delivery as EventDelivery;
+use propensity_actors::engine::{Engine, EngineError};
 use tokio::sync::watch;
 
 use crate::config::RabbitmqSettings;
@@ -126,14 +126,14 @@ async fn run(context: Context, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Valid events received and not yet applied, with the partition and acker of each.
+/// Valid events received and not yet applied, and the acknowledgement they ride with: per
+/// partition, the acker of the newest delivery (a channel's deliveries arrive in tag order, so
+/// one "everything up to here" acknowledgement covers them all) and how many deliveries.
 #[derive(Default)]
 struct Pending {
-    events: Vec<Event>,
-    redelivered: Vec<bool>,
-    /// The partition of each event: the catalog keeps counts per partition.
-    sources: Vec<u16>,
-    ackers: Vec<(u16, Acker)>,
+    deliveries: Vec<EventDelivery>,
+    newest: BTreeMap<u16, Acker>,
+    count: u64,
 }
 
 /// What may be acknowledged once a flush is durable: per partition (one channel each, so
@@ -260,11 +260,10 @@ async fn session(
                 let content_type = delivery.properties.content_type().as_ref().map(|value| value.as_str());
                 match message::parse(&delivery.data, delivery.routing_key.as_str(), content_type, settings.max_message_bytes) {
                     Ok(event) => {
-                        pending.events.push(event);
-                        pending.redelivered.push(delivery.redelivered);
-                        pending.sources.push(partition);
-                        pending.ackers.push((partition, delivery.acker));
-                        if pending.events.len() >= settings.batch_size {
+                        pending.deliveries.push(EventDelivery { event, redelivered: delivery.redelivered, source: partition });
+                        pending.newest.insert(partition, delivery.acker);
+                        pending.count += 1;
+                        if pending.deliveries.len() >= settings.batch_size {
                             refused = apply(context, &mut pending, &mut applied).await?;
                         } else if !lingering {
                             linger.as_mut().reset(tokio::time::Instant::now() + BATCH_LINGER);
@@ -348,7 +347,7 @@ async fn session(
             retry_armed = true;
             if retry_wait == RETRY_FIRST {
                 tracing::warn!(
-                    events = batch.events.len(),
+                    events = batch.deliveries.len(),
                     "the store could not load the state of a batch; deliveries wait until it answers"
                 );
             }
@@ -398,25 +397,31 @@ async fn apply(
     pending: &mut Pending,
     applied: &mut Applied,
 ) -> Result<Option<Pending>, SessionError> {
-    if pending.events.is_empty() {
+    if pending.deliveries.is_empty() {
         return Ok(None);
     }
-    let batch = std::mem::take(pending);
-    match context
-        .engine
-        .ingest_deliveries(batch.events, batch.redelivered, batch.sources)
-        .await
-    {
+    let Pending {
+        deliveries,
+        newest,
+        count,
+    } = std::mem::take(pending);
+    match context.engine.ingest_deliveries(deliveries).await {
         Ok(_) => {
-            applied.count += batch.ackers.len() as u64;
-            applied.newest.extend(batch.ackers);
+            applied.count += count;
+            applied.newest.extend(newest);
             Ok(None)
         }
-        Err(refused) if !refused.events.is_empty() => Ok(Some(Pending {
-            redelivered: vec![true; refused.events.len()],
-            events: refused.events,
-            sources: refused.sources,
-            ackers: batch.ackers,
+        Err(refused) if !refused.deliveries.is_empty() => Ok(Some(Pending {
+            deliveries: refused
+                .deliveries
+                .into_iter()
+                .map(|delivery| EventDelivery {
+                    redelivered: true,
+                    ..delivery
+                })
+                .collect(),
+            newest,
+            count,
         })),
         Err(refused) => Err(refused.error.into()),
     }

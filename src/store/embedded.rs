@@ -1,14 +1,18 @@
-//! The embedded online store: one redb file, a table per entity, values in bincode. Durable on
-//! commit, so a restarted service rehydrates from it.
+//! The embedded online store: one redb file, a table per entity, values in bincode (each
+//! entity's state with its delivery guard, [`Stored`]). Durable on commit, so a restarted
+//! service activates its entities from it. The file records its layout version; a file of
+//! another layout is refused with what to do rather than misread.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use propensity_actors::engine::SessionKey;
-use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
-use propensity_actors::store::{StateBatch, StateStore, StoreError, StoreFuture};
-use redb::{Database, TableDefinition};
+use propensity_actors::delivery::Stored;
+use propensity_actors::features::{ProductState, SessionKey};
+use propensity_actors::store::{
+    LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture,
+};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -18,6 +22,12 @@ const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const PRODUCTS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("product_parts");
 /// A category's part per source: (category_id, source).
 const CATEGORIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("category_parts");
+/// What the file holds: `layout` is [`LAYOUT`].
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+
+/// The layout of the values this version reads and writes. Files written before the version
+/// was recorded have layout 1, the same bytes.
+pub const LAYOUT: u32 = 1;
 
 /// A redb-backed store; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +60,19 @@ impl EmbeddedStore {
         let database = Database::create(path)
             .with_context(|| format!("failed to open the embedded store {}", path.display()))?;
         let transaction = database.begin_write()?;
+        {
+            let mut meta = transaction.open_table(META)?;
+            let layout = meta.get("layout")?.map_or(1, |version| version.value());
+            if layout != LAYOUT {
+                anyhow::bail!(
+                    "the embedded store {} has layout {layout}, and this version reads layout {LAYOUT}: \
+                     delete the file (the service rebuilds its state from the events it consumes) \
+                     or point store.embedded_path elsewhere",
+                    path.display()
+                );
+            }
+            meta.insert("layout", LAYOUT)?;
+        }
         transaction.open_table(SESSIONS)?;
         transaction.open_table(USERS)?;
         transaction.open_table(PRODUCTS)?;
@@ -65,7 +88,7 @@ impl EmbeddedStore {
         {
             let mut sessions = transaction.open_table(SESSIONS).map_err(unavailable)?;
             for session in &batch.sessions {
-                let key = SessionKey::new(session.user_id, &session.session_id);
+                let key = session.state.key();
                 sessions
                     .insert((key.user_id, key.session_hash), encode(session).as_slice())
                     .map_err(unavailable)?;
@@ -73,14 +96,14 @@ impl EmbeddedStore {
             let mut users = transaction.open_table(USERS).map_err(unavailable)?;
             for user in &batch.users {
                 users
-                    .insert(user.user_id, encode(user).as_slice())
+                    .insert(user.state.user_id, encode(user).as_slice())
                     .map_err(unavailable)?;
             }
             let mut products = transaction.open_table(PRODUCTS).map_err(unavailable)?;
             for product in &batch.products {
                 products
                     .insert(
-                        (product.product_id, product.source),
+                        (product.state.product_id, product.state.source),
                         encode(product).as_slice(),
                     )
                     .map_err(unavailable)?;
@@ -89,7 +112,7 @@ impl EmbeddedStore {
             for category in &batch.categories {
                 categories
                     .insert(
-                        (category.category_id, category.source),
+                        (category.state.category_id, category.state.source),
                         encode(category).as_slice(),
                     )
                     .map_err(unavailable)?;
@@ -102,7 +125,7 @@ impl EmbeddedStore {
         &self,
         user_ids: &[u64],
         keys: &[SessionKey],
-    ) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
+    ) -> Result<LoadedUserSide, StoreError> {
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let users_table = transaction.open_table(USERS).map_err(unavailable)?;
         let mut users = Vec::new();
@@ -128,10 +151,10 @@ impl EmbeddedStore {
         &self,
         product_ids: &[u64],
         category_ids: &[u64],
-    ) -> Result<(Vec<ProductState>, Vec<CategoryState>), StoreError> {
+    ) -> Result<LoadedCatalog, StoreError> {
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let products_table = transaction.open_table(PRODUCTS).map_err(unavailable)?;
-        let mut products: Vec<ProductState> = Vec::new();
+        let mut products: Vec<Stored<ProductState>> = Vec::new();
         for product_id in product_ids {
             for row in products_table
                 .range((*product_id, 0)..=(*product_id, u16::MAX))
@@ -142,7 +165,7 @@ impl EmbeddedStore {
         }
         // The categories of loaded products come along: a product's features need its category.
         let mut category_ids = category_ids.to_vec();
-        category_ids.extend(products.iter().map(|product| product.category_id));
+        category_ids.extend(products.iter().map(|product| product.state.category_id));
         category_ids.sort_unstable();
         category_ids.dedup();
         let categories_table = transaction.open_table(CATEGORIES).map_err(unavailable)?;
@@ -160,7 +183,6 @@ impl EmbeddedStore {
 
     /// Every stored session, user, product part and category part, for tests and inspection.
     pub fn dump(&self) -> Result<StateBatch, StoreError> {
-        use redb::ReadableTable;
         let transaction = self.database.begin_read().map_err(unavailable)?;
         let mut batch = StateBatch::default();
         for row in transaction
@@ -223,27 +245,28 @@ fn blocking<T: Send + 'static>(
 }
 
 impl StateStore for EmbeddedStore {
-    fn save(&self, batch: StateBatch) -> StoreFuture<()> {
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
         let store = self.clone();
         blocking(move || store.save_now(&batch))
     }
 
+    // Reads answer at once on the caller's thread: a read transaction over redb's cached pages
+    // takes microseconds, less than handing it to another thread, and an entity actor's
+    // activation waits for it.
     fn load_user_side(
         &self,
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
-    ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
-        let store = self.clone();
-        blocking(move || store.load_user_side_now(&users, &sessions))
+    ) -> StoreFuture<LoadedUserSide> {
+        Box::pin(std::future::ready(
+            self.load_user_side_now(&users, &sessions),
+        ))
     }
 
-    fn load_catalog(
-        &self,
-        products: Vec<u64>,
-        categories: Vec<u64>,
-    ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
-        let store = self.clone();
-        blocking(move || store.load_catalog_now(&products, &categories))
+    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<LoadedCatalog> {
+        Box::pin(std::future::ready(
+            self.load_catalog_now(&products, &categories),
+        ))
     }
 }
 
@@ -251,6 +274,7 @@ impl StateStore for EmbeddedStore {
 mod tests {
     use super::*;
     use propensity_actors::event::{Event, EventType};
+    use propensity_actors::features::{CategoryState, SessionState, UserState};
 
     fn event() -> Event {
         Event {
@@ -271,16 +295,18 @@ mod tests {
     async fn state_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
-        let mut session = SessionState::new(7, "s", 1_000);
-        session.apply(&event());
-        let mut user = UserState::new(7, 1_000);
-        user.apply(&event(), 9, false);
-        let mut product = ProductState::new(&event(), 0);
-        product.apply(&event());
-        let mut other_part = ProductState::new(&event(), 3);
-        other_part.apply(&event());
-        let mut category = CategoryState::new(6, 0);
-        category.add_view(3.5);
+        let mut session = Stored::new(SessionState::new(7, "s", 1_000));
+        session.state.apply(&event());
+        session.guard.record(9);
+        let mut user = Stored::new(UserState::new(7, 1_000));
+        user.state.apply(&event(), 9, false);
+        user.guard.record(9);
+        let mut product = Stored::new(ProductState::new(&event(), 0));
+        product.state.apply(&event());
+        let mut other_part = Stored::new(ProductState::new(&event(), 3));
+        other_part.state.apply(&event());
+        let mut category = Stored::new(CategoryState::new(6, 0));
+        category.state.add_view(3.5);
         {
             let store = EmbeddedStore::open(&path).unwrap();
             let batch = StateBatch {
@@ -289,7 +315,7 @@ mod tests {
                 products: vec![product.clone(), other_part.clone()],
                 categories: vec![category.clone()],
             };
-            store.save(batch).await.unwrap();
+            store.save(Arc::new(batch)).await.unwrap();
         }
         let store = EmbeddedStore::open(&path).unwrap();
         let (users, sessions) = store
@@ -301,8 +327,35 @@ mod tests {
             .unwrap();
         assert_eq!(users, vec![user]);
         assert_eq!(sessions, vec![session]);
+        assert!(sessions[0].guard.contains(9), "guards round-trip");
         let (products, categories) = store.load_catalog(vec![5, 4], Vec::new()).await.unwrap();
         assert_eq!(products, vec![product, other_part]);
         assert_eq!(categories, vec![category]);
+    }
+
+    #[test]
+    fn a_file_of_another_layout_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(EmbeddedStore::open(&path).unwrap());
+        {
+            let database = Database::create(&path).unwrap();
+            let transaction = database.begin_write().unwrap();
+            transaction
+                .open_table(META)
+                .unwrap()
+                .insert("layout", LAYOUT + 1)
+                .unwrap();
+            transaction.commit().unwrap();
+        }
+        let error = EmbeddedStore::open(&path)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains(&format!("has layout {}", LAYOUT + 1))
+                && error.contains("delete the file"),
+            "{error}"
+        );
     }
 }

@@ -23,13 +23,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use propensity_actors::engine::SessionKey;
+use propensity_actors::delivery::{DeliveryGuard, Stored};
 use propensity_actors::features::product::HourBucket;
 use propensity_actors::features::{
-    CategoryState, Counts, DeliveryGuard, ProductState, SessionProduct, SessionState, UserProduct,
+    CategoryState, Counts, ProductState, SessionKey, SessionProduct, SessionState, UserProduct,
     UserState,
 };
-use propensity_actors::store::{StateBatch, StateStore, StoreError, StoreFuture};
+use propensity_actors::store::{
+    LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture,
+};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -84,6 +86,9 @@ struct Core {
     settings: ScyllaSettings,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Reads in flight over the whole store: entities activate one by one, and a burst of
+    /// activations must queue here rather than in the cluster.
+    reads: tokio::sync::Semaphore,
 }
 
 /// Connects to the configured contact points, with the driver's default 30 s request timeout
@@ -126,8 +131,9 @@ impl ScyllaStore {
         })
     }
 
-    /// The most requests this store ever had in flight at once: bounded by `max_concurrency`
-    /// per save or load. For tests and diagnostics.
+    /// The most requests this store ever had in flight at once: reads are bounded by
+    /// `max_concurrency` over the whole store, writes by as many per flush. For tests and
+    /// diagnostics.
     pub fn peak_requests_in_flight(&self) -> usize {
         self.core.peak_in_flight.load(Ordering::Relaxed)
     }
@@ -155,23 +161,19 @@ impl ScyllaStore {
 }
 
 impl StateStore for ScyllaStore {
-    fn save(&self, batch: StateBatch) -> StoreFuture<()> {
-        self.spawn(|core| async move { core.save(batch).await })
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+        self.spawn(|core| async move { core.save(&batch).await })
     }
 
     fn load_user_side(
         &self,
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
-    ) -> StoreFuture<(Vec<UserState>, Vec<SessionState>)> {
+    ) -> StoreFuture<LoadedUserSide> {
         self.spawn(|core| async move { core.load_user_side(users, sessions).await })
     }
 
-    fn load_catalog(
-        &self,
-        products: Vec<u64>,
-        categories: Vec<u64>,
-    ) -> StoreFuture<(Vec<ProductState>, Vec<CategoryState>)> {
+    fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<LoadedCatalog> {
         self.spawn(|core| async move { core.load_catalog(products, categories).await })
     }
 }
@@ -588,10 +590,10 @@ enum Lookup {
 
 /// What a lookup found.
 enum Found {
-    User(Option<UserState>),
-    Session(Option<SessionState>),
-    Products(Vec<ProductState>),
-    Categories(Vec<CategoryState>),
+    User(Option<Stored<UserState>>),
+    Session(Option<Stored<SessionState>>),
+    Products(Vec<Stored<ProductState>>),
+    Categories(Vec<Stored<CategoryState>>),
 }
 
 /// Counts a request in flight while alive.
@@ -634,6 +636,7 @@ impl Core {
             .build()
             .into_handle();
         let statements = Statements::prepare(&session, &settings, &read, &write).await?;
+        let reads = settings.max_concurrency;
         Ok(Core {
             session,
             statements,
@@ -641,6 +644,7 @@ impl Core {
             settings,
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
+            reads: tokio::sync::Semaphore::new(reads),
         })
     }
 
@@ -673,9 +677,9 @@ impl Core {
         }
     }
 
-    fn session_write(&self, session: &SessionState, written_at: i64) -> Write {
-        let statements = &self.statements;
-        let key = SessionKey::new(session.user_id, &session.session_id);
+    fn session_write(&self, stored: &Stored<SessionState>, written_at: i64) -> Write {
+        let (session, statements) = (&stored.state, &self.statements);
+        let key = session.key();
         let (user_id, session_hash) = (to_bigint(key.user_id), to_bigint(key.session_hash));
         let ttl = ttl(if session.counts.purchases > 0 {
             self.settings.purchased_session_ttl_seconds
@@ -718,7 +722,7 @@ impl Core {
                         .copied()
                         .map(to_bigint)
                         .collect(),
-                    guard: encode_guard(&session.guard),
+                    guard: encode_guard(&stored.guard),
                     ttl,
                     written_at,
                 }),
@@ -753,8 +757,8 @@ impl Core {
         self.partition_batch("sessions", rows)
     }
 
-    fn user_write(&self, user: &UserState, written_at: i64) -> Write {
-        let statements = &self.statements;
+    fn user_write(&self, stored: &Stored<UserState>, written_at: i64) -> Write {
+        let (user, statements) = (&stored.state, &self.statements);
         let user_id = to_bigint(user.user_id);
         let ttl = ttl(self.settings.user_ttl_seconds);
         let [events, views, carts, removes, purchases] = counts_values(&user.counts);
@@ -787,7 +791,7 @@ impl Core {
                         .copied()
                         .map(to_bigint)
                         .collect(),
-                    guard: encode_guard(&user.guard),
+                    guard: encode_guard(&stored.guard),
                     ttl,
                     written_at,
                 }),
@@ -814,7 +818,8 @@ impl Core {
         self.partition_batch("users", rows)
     }
 
-    fn product_write(&self, product: &ProductState, written_at: i64) -> Write {
+    fn product_write(&self, stored: &Stored<ProductState>, written_at: i64) -> Write {
+        let product = &stored.state;
         let [events, views, carts, removes, purchases] = counts_values(&product.counts);
         let hours = &product.hours;
         Write::Single {
@@ -840,14 +845,15 @@ impl Core {
                     .map(|bucket| i64::from(bucket.purchases))
                     .collect(),
                 hour_revenue: hours.iter().map(|bucket| bucket.revenue).collect(),
-                guard: encode_guard(&product.guard),
+                guard: encode_guard(&stored.guard),
                 ttl: ttl(self.settings.product_ttl_seconds),
                 written_at,
             }),
         }
     }
 
-    fn category_write(&self, category: &CategoryState, written_at: i64) -> Write {
+    fn category_write(&self, stored: &Stored<CategoryState>, written_at: i64) -> Write {
+        let category = &stored.state;
         Write::Single {
             table: "categories",
             statement: self.statements.insert_category.clone(),
@@ -861,7 +867,7 @@ impl Core {
                     .copied()
                     .map(i64::from)
                     .collect(),
-                guard: encode_guard(&category.guard),
+                guard: encode_guard(&stored.guard),
                 ttl: ttl(self.settings.category_ttl_seconds),
                 written_at,
             }),
@@ -903,7 +909,7 @@ impl Core {
             .await
     }
 
-    async fn save(&self, batch: StateBatch) -> Result<(), StoreError> {
+    async fn save(&self, batch: &StateBatch) -> Result<(), StoreError> {
         let written_at = next_write_timestamp();
         // Stage 1: users and categories. Stage 2, only once stage 1 is durable: sessions and
         // products (see the module documentation).
@@ -933,6 +939,9 @@ impl Core {
         values: impl SerializeRow,
         table: &str,
     ) -> Result<QueryRowsResult, StoreError> {
+        let _permit = self.reads.acquire().await.map_err(|_| {
+            StoreError::Unavailable(format!("reading {table}: the store is closing"))
+        })?;
         let _in_flight = self.enter();
         let result = self
             .session
@@ -1005,7 +1014,7 @@ impl Core {
         &self,
         users: Vec<u64>,
         sessions: Vec<SessionKey>,
-    ) -> Result<(Vec<UserState>, Vec<SessionState>), StoreError> {
+    ) -> Result<LoadedUserSide, StoreError> {
         let lookups = users
             .iter()
             .copied()
@@ -1028,7 +1037,7 @@ impl Core {
         &self,
         products: Vec<u64>,
         categories: Vec<u64>,
-    ) -> Result<(Vec<ProductState>, Vec<CategoryState>), StoreError> {
+    ) -> Result<LoadedCatalog, StoreError> {
         // The categories asked for load alongside the products; those of the loaded products
         // that were not asked for follow.
         let lookups = products
@@ -1048,7 +1057,7 @@ impl Core {
         }
         let mut missing: Vec<u64> = loaded_products
             .iter()
-            .map(|product| product.category_id)
+            .map(|product| product.state.category_id)
             .filter(|category_id| !categories.contains(category_id))
             .collect();
         missing.sort_unstable();
@@ -1066,43 +1075,52 @@ impl Core {
 }
 
 /// A user from the rows of their partition, `None` when it is empty.
-fn user_from_rows(rows: &QueryRowsResult) -> Result<Option<UserState>, StoreError> {
+fn user_from_rows(rows: &QueryRowsResult) -> Result<Option<Stored<UserState>>, StoreError> {
     let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("users: {error}"));
-    let mut user: Option<UserState> = None;
+    let mut user: Option<Stored<UserState>> = None;
     for row in rows.rows::<UserRow>().map_err(|error| corrupt(&error))? {
         let row = row.map_err(|error| corrupt(&error))?;
         let user = match &mut user {
-            Some(user) => user,
-            None => user.insert(UserState {
-                user_id: from_bigint(row.user_id),
-                counts: counts(
-                    [
-                        required(row.events, "users.events")?,
-                        required(row.views, "users.views")?,
-                        required(row.carts, "users.carts")?,
-                        required(row.removes, "users.removes")?,
-                        required(row.purchases, "users.purchases")?,
-                    ],
-                    "users",
-                )?,
-                sessions: from_count(required(row.sessions, "users.sessions")?, "users.sessions")?,
-                purchase_sessions: from_count(
-                    required(row.purchase_sessions, "users.purchase_sessions")?,
-                    "users.purchase_sessions",
-                )?,
-                revenue: required(row.revenue, "users.revenue")?,
-                first_event_at: required(row.first_event_at, "users.first_event_at")?,
-                last_event_at: required(row.last_event_at, "users.last_event_at")?,
-                last_purchase_at: row.last_purchase_at,
-                recent_identities: row
-                    .recent_identities
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(from_bigint)
-                    .collect(),
-                products: BTreeMap::new(),
-                guard: decode_guard(row.guard, "users")?,
-            }),
+            Some(user) => &mut user.state,
+            None => {
+                &mut user
+                    .insert(Stored {
+                        guard: decode_guard(row.guard.clone(), "users")?,
+                        state: UserState {
+                            user_id: from_bigint(row.user_id),
+                            counts: counts(
+                                [
+                                    required(row.events, "users.events")?,
+                                    required(row.views, "users.views")?,
+                                    required(row.carts, "users.carts")?,
+                                    required(row.removes, "users.removes")?,
+                                    required(row.purchases, "users.purchases")?,
+                                ],
+                                "users",
+                            )?,
+                            sessions: from_count(
+                                required(row.sessions, "users.sessions")?,
+                                "users.sessions",
+                            )?,
+                            purchase_sessions: from_count(
+                                required(row.purchase_sessions, "users.purchase_sessions")?,
+                                "users.purchase_sessions",
+                            )?,
+                            revenue: required(row.revenue, "users.revenue")?,
+                            first_event_at: required(row.first_event_at, "users.first_event_at")?,
+                            last_event_at: required(row.last_event_at, "users.last_event_at")?,
+                            last_purchase_at: row.last_purchase_at,
+                            recent_identities: row
+                                .recent_identities
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(from_bigint)
+                                .collect(),
+                            products: BTreeMap::new(),
+                        },
+                    })
+                    .state
+            }
         };
         let Some(product_id) = row.product_id else {
             continue;
@@ -1128,7 +1146,7 @@ fn user_from_rows(rows: &QueryRowsResult) -> Result<Option<UserState>, StoreErro
 }
 
 /// Every part of a product: the rows of its partition.
-fn product_parts(rows: &QueryRowsResult) -> Result<Vec<ProductState>, StoreError> {
+fn product_parts(rows: &QueryRowsResult) -> Result<Vec<Stored<ProductState>>, StoreError> {
     let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("products: {error}"));
     let mut parts = Vec::new();
     for row in rows.rows::<ProductRow>().map_err(|error| corrupt(&error))? {
@@ -1154,7 +1172,8 @@ fn product_parts(rows: &QueryRowsResult) -> Result<Vec<ProductState>, StoreError
                 row.product_id, row.source
             )));
         }
-        parts.push(ProductState {
+        let guard = decode_guard(row.guard, "products")?;
+        let state = ProductState {
             product_id: from_bigint(row.product_id),
             source: u16::try_from(row.source)
                 .map_err(|_| corrupt(&format_args!("source {} is out of range", row.source)))?,
@@ -1175,14 +1194,14 @@ fn product_parts(rows: &QueryRowsResult) -> Result<Vec<ProductState>, StoreError
                     revenue: revenue[index],
                 })
                 .collect(),
-            guard: decode_guard(row.guard, "products")?,
-        });
+        };
+        parts.push(Stored { state, guard });
     }
     Ok(parts)
 }
 
 /// Every part of a category: the rows of its partition.
-fn category_parts(rows: &QueryRowsResult) -> Result<Vec<CategoryState>, StoreError> {
+fn category_parts(rows: &QueryRowsResult) -> Result<Vec<Stored<CategoryState>>, StoreError> {
     let corrupt =
         |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("categories: {error}"));
     let mut parts = Vec::new();
@@ -1191,7 +1210,8 @@ fn category_parts(rows: &QueryRowsResult) -> Result<Vec<CategoryState>, StoreErr
         .map_err(|error| corrupt(&error))?
     {
         let row = row.map_err(|error| corrupt(&error))?;
-        parts.push(CategoryState {
+        let guard = decode_guard(row.guard, "categories")?;
+        let state = CategoryState {
             category_id: from_bigint(row.category_id),
             source: u16::try_from(row.source)
                 .map_err(|_| corrupt(&format_args!("source {} is out of range", row.source)))?,
@@ -1202,8 +1222,8 @@ fn category_parts(rows: &QueryRowsResult) -> Result<Vec<CategoryState>, StoreErr
                 .into_iter()
                 .map(|count| from_count(count, "categories.price_buckets"))
                 .collect::<Result<_, _>>()?,
-            guard: decode_guard(row.guard, "categories")?,
-        });
+        };
+        parts.push(Stored { state, guard });
     }
     Ok(parts)
 }
@@ -1213,9 +1233,10 @@ fn category_parts(rows: &QueryRowsResult) -> Result<Vec<CategoryState>, StoreErr
 fn session_from_rows(
     key: SessionKey,
     rows: &QueryRowsResult,
-) -> Result<Option<SessionState>, StoreError> {
+) -> Result<Option<Stored<SessionState>>, StoreError> {
     let corrupt = |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("sessions: {error}"));
     let mut session: Option<SessionState> = None;
+    let mut guard = DeliveryGuard::default();
     let mut products: Vec<(i32, SessionProduct)> = Vec::new();
     for row in rows.rows::<SessionRow>().map_err(|error| corrupt(&error))? {
         let row = row.map_err(|error| corrupt(&error))?;
@@ -1226,6 +1247,7 @@ fn session_from_rows(
                     "sessions: the partition of {key:?} holds session {session_id:?}"
                 )));
             }
+            guard = decode_guard(row.guard, "sessions")?;
             session = Some(SessionState {
                 user_id: key.user_id,
                 session_id: session_id.into(),
@@ -1255,7 +1277,6 @@ fn session_from_rows(
                     .into_iter()
                     .map(from_bigint)
                     .collect(),
-                guard: decode_guard(row.guard, "sessions")?,
             });
         }
         let Some(product_id) = row.product_id else {
@@ -1289,7 +1310,10 @@ fn session_from_rows(
     products.sort_by_key(|(position, _)| *position);
     Ok(session.map(|mut session| {
         session.products = products.into_iter().map(|(_, product)| product).collect();
-        session
+        Stored {
+            state: session,
+            guard,
+        }
     }))
 }
 

@@ -104,8 +104,8 @@ pub async fn post_events(client: &reqwest::Client, url: &str, events: &[Event]) 
 /// Checks that every user, session and product of the offline replay has the same state in the
 /// running engine (answered from memory or the store).
 pub async fn assert_engine_matches(
-    engine: &propensity_actors::router::Engine,
-    offline: &propensity_actors::engine::FeatureEngine,
+    engine: &propensity_actors::engine::Engine,
+    offline: &propensity_actors::ReplayEngine,
 ) {
     for (user_id, user) in &offline.users.users {
         assert_eq!(
@@ -172,19 +172,19 @@ pub fn assert_same_product(
 
 /// Whole products and categories from their parts, by id.
 pub fn merge_parts(
-    products: &[propensity_actors::features::ProductState],
-    categories: &[propensity_actors::features::CategoryState],
+    products: &[propensity_actors::Stored<propensity_actors::features::ProductState>],
+    categories: &[propensity_actors::Stored<propensity_actors::features::CategoryState>],
 ) -> (
     BTreeMap<u64, propensity_actors::features::ProductState>,
     BTreeMap<u64, propensity_actors::features::CategoryState>,
 ) {
     use propensity_actors::features::{CategoryState, ProductState};
     let mut product_parts: BTreeMap<u64, Vec<&ProductState>> = BTreeMap::new();
-    for part in products {
+    for part in products.iter().map(|stored| &stored.state) {
         product_parts.entry(part.product_id).or_default().push(part);
     }
     let mut category_parts: BTreeMap<u64, Vec<&CategoryState>> = BTreeMap::new();
-    for part in categories {
+    for part in categories.iter().map(|stored| &stored.state) {
         category_parts
             .entry(part.category_id)
             .or_default()
@@ -205,7 +205,7 @@ pub fn merge_parts(
 /// Checks whole categories against the offline replay's.
 fn assert_same_categories(
     whole: &BTreeMap<u64, propensity_actors::features::CategoryState>,
-    offline: &propensity_actors::engine::FeatureEngine,
+    offline: &propensity_actors::ReplayEngine,
     context: &str,
 ) {
     for (category_id, category) in whole {
@@ -226,15 +226,14 @@ fn assert_same_categories(
 /// categories.
 pub fn assert_stored_matches(
     stored: propensity_actors::store::StateBatch,
-    offline: &propensity_actors::engine::FeatureEngine,
+    offline: &propensity_actors::ReplayEngine,
 ) {
-    use propensity_actors::engine::SessionKey;
     assert_eq!(
         stored.users.len(),
         offline.users.users.len(),
         "stored users"
     );
-    for user in &stored.users {
+    for user in stored.users.iter().map(|stored| &stored.state) {
         assert_eq!(
             Some(user),
             offline.users.users.get(&user.user_id),
@@ -247,8 +246,8 @@ pub fn assert_stored_matches(
         offline.users.sessions.len(),
         "stored sessions"
     );
-    for session in &stored.sessions {
-        let key = SessionKey::new(session.user_id, &session.session_id);
+    for session in stored.sessions.iter().map(|stored| &stored.state) {
+        let key = session.key();
         assert_eq!(
             Some(session),
             offline.users.sessions.get(&key),
@@ -276,7 +275,7 @@ pub fn assert_stored_matches(
 /// product and category the replay knows, read back through the store's own loads.
 pub async fn assert_store_holds(
     store: &dyn propensity_actors::store::StateStore,
-    offline: &propensity_actors::engine::FeatureEngine,
+    offline: &propensity_actors::ReplayEngine,
 ) {
     assert_store_holds_user_side(store, offline).await;
     assert_store_holds_catalog(store, offline).await;
@@ -285,7 +284,7 @@ pub async fn assert_store_holds(
 /// [`assert_store_holds`] for users and sessions only.
 pub async fn assert_store_holds_user_side(
     store: &dyn propensity_actors::store::StateStore,
-    offline: &propensity_actors::engine::FeatureEngine,
+    offline: &propensity_actors::ReplayEngine,
 ) {
     let users: Vec<u64> = offline.users.users.keys().copied().collect();
     for chunk in users.chunks(500) {
@@ -294,7 +293,7 @@ pub async fn assert_store_holds_user_side(
             .await
             .expect("users load");
         assert_eq!(loaded.len(), chunk.len(), "stored users of a chunk");
-        for user in loaded {
+        for user in loaded.into_iter().map(|stored| stored.state) {
             assert_eq!(
                 Some(&user),
                 offline.users.users.get(&user.user_id),
@@ -310,9 +309,8 @@ pub async fn assert_store_holds_user_side(
             .await
             .expect("sessions load");
         assert_eq!(loaded.len(), chunk.len(), "stored sessions of a chunk");
-        for session in loaded {
-            let key =
-                propensity_actors::engine::SessionKey::new(session.user_id, &session.session_id);
+        for session in loaded.into_iter().map(|stored| stored.state) {
+            let key = session.key();
             assert_eq!(
                 Some(&session),
                 offline.users.sessions.get(&key),
@@ -325,7 +323,7 @@ pub async fn assert_store_holds_user_side(
 /// [`assert_store_holds`] for products and categories only.
 pub async fn assert_store_holds_catalog(
     store: &dyn propensity_actors::store::StateStore,
-    offline: &propensity_actors::engine::FeatureEngine,
+    offline: &propensity_actors::ReplayEngine,
 ) {
     let products: Vec<u64> = offline.catalog.products.keys().map(|key| key.0).collect();
     let categories: Vec<u64> = offline.catalog.categories.keys().map(|key| key.0).collect();

@@ -2,7 +2,6 @@
 //! into the model's feature vector. Training replay and online serving both call exactly these.
 
 pub mod counts;
-pub mod guard;
 pub mod product;
 pub mod session;
 pub mod user;
@@ -10,10 +9,9 @@ pub mod user;
 use serde::Serialize;
 
 pub use counts::{Counts, ratio};
-pub use guard::DeliveryGuard;
 pub use product::{CategoryState, ProductState, WindowTotals};
-pub use session::{Outcome, SessionProduct, SessionState};
-pub use user::{UserProduct, UserState};
+pub use session::{Outcome, SessionKey, SessionProduct, SessionState, SessionStep};
+pub use user::{RECENT_IDENTITIES, UserProduct, UserState};
 
 /// Which entity a feature describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -11,7 +11,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
-use super::guard::DeliveryGuard;
 use crate::event::{Event, EventType, Millis};
 
 const HOUR: Millis = 3_600_000;
@@ -49,9 +48,6 @@ pub struct ProductState {
     pub last_event_at: Millis,
     /// Non-empty hours of the last [`SALES_HOURS`] hours, oldest first.
     pub hours: Vec<HourBucket>,
-    /// Events applied recently, for idempotent redelivery; not a feature.
-    #[serde(default)]
-    pub guard: DeliveryGuard,
 }
 
 /// Totals over a recent window of a product's activity.
@@ -75,7 +71,6 @@ impl ProductState {
             revenue: 0.0,
             last_event_at: event.time,
             hours: Vec::new(),
-            guard: DeliveryGuard::default(),
         }
     }
 
@@ -129,14 +124,11 @@ impl ProductState {
     }
 
     /// The whole product from its parts (at least one): what one state fed every part's events
-    /// would hold, up to the rounding of summed revenue. Delivery guards stay behind.
+    /// would hold, up to the rounding of summed revenue.
     pub fn merged<'a>(parts: impl IntoIterator<Item = &'a ProductState>) -> Option<ProductState> {
         let mut parts = parts.into_iter();
         let first = parts.next()?;
-        let mut whole = ProductState {
-            guard: DeliveryGuard::default(),
-            ..first.clone()
-        };
+        let mut whole = first.clone();
         for part in parts {
             whole.counts.add(&part.counts);
             whole.revenue += part.revenue;
@@ -196,9 +188,6 @@ pub struct CategoryState {
     pub source: u16,
     pub views: u32,
     pub price_buckets: Vec<u32>,
-    /// Events applied recently, for idempotent redelivery; not a feature.
-    #[serde(default)]
-    pub guard: DeliveryGuard,
 }
 
 impl CategoryState {
@@ -209,7 +198,6 @@ impl CategoryState {
             source,
             views: 0,
             price_buckets: vec![0; PRICE_BUCKETS],
-            guard: DeliveryGuard::default(),
         }
     }
 
@@ -219,14 +207,11 @@ impl CategoryState {
         self.price_buckets[price_bucket(price)] += 1;
     }
 
-    /// The whole category from its parts (at least one). Delivery guards stay behind.
+    /// The whole category from its parts (at least one).
     pub fn merged<'a>(parts: impl IntoIterator<Item = &'a CategoryState>) -> Option<CategoryState> {
         let mut parts = parts.into_iter();
         let first = parts.next()?;
-        let mut whole = CategoryState {
-            guard: DeliveryGuard::default(),
-            ..first.clone()
-        };
+        let mut whole = first.clone();
         for part in parts {
             whole.views += part.views;
             for (mine, theirs) in whole.price_buckets.iter_mut().zip(&part.price_buckets) {

@@ -2,13 +2,35 @@
 //! every session feature, used unchanged by training replay and the online actors.
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::counts::Counts;
-use super::guard::DeliveryGuard;
 use crate::event::{Event, EventType, Millis};
 
 /// How many of the latest viewed products a session remembers, in order.
 pub const VIEW_SEQUENCE_LENGTH: usize = 8;
+
+/// Identifies a session: the user and a hash of their session string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub user_id: u64,
+    pub session_hash: u64,
+}
+
+impl SessionKey {
+    /// The key of a user's session string.
+    pub fn new(user_id: u64, user_session: &str) -> Self {
+        SessionKey {
+            user_id,
+            session_hash: xxh3_64(user_session.as_bytes()),
+        }
+    }
+
+    /// The key of the event's session.
+    pub fn of(event: &Event) -> Self {
+        Self::new(event.user_id, &event.user_session)
+    }
+}
 
 /// What one product did within one session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,6 +71,65 @@ impl Outcome {
     }
 }
 
+/// What an event did to its session, as the user's history needs to know it.
+#[derive(Debug, Default, PartialEq)]
+pub struct SessionStep {
+    /// The event started a session: there was none, or the last one had been idle for longer
+    /// than the timeout.
+    pub started: bool,
+    /// The event is the session's first purchase.
+    pub first_purchase: bool,
+    /// The session the event ended by arriving after a gap longer than the timeout.
+    pub closed: Option<SessionState>,
+}
+
+/// Applies an event to the live session of its user and session string (`None`: there is
+/// none), starting one when there is none or when the last event is more than `timeout` ago.
+pub fn enter(session: &mut Option<SessionState>, event: &Event, timeout: Millis) -> SessionStep {
+    match session {
+        Some(current) => continue_or_restart(current, event, timeout),
+        None => {
+            let (started, step) = start(event);
+            *session = Some(started);
+            step
+        }
+    }
+}
+
+/// A session started by `event`, with the event applied.
+pub fn start(event: &Event) -> (SessionState, SessionStep) {
+    let mut session = SessionState::new(event.user_id, &event.user_session, event.time);
+    let step = SessionStep {
+        started: true,
+        first_purchase: event.event_type == EventType::Purchase,
+        closed: None,
+    };
+    session.apply(event);
+    (session, step)
+}
+
+/// Applies an event to a live session, or, when its last event is more than `timeout` ago, ends
+/// it and starts a new one in its place. Training replay and the session actors both go
+/// through here.
+pub fn continue_or_restart(
+    session: &mut SessionState,
+    event: &Event,
+    timeout: Millis,
+) -> SessionStep {
+    if event.time - session.last_event_at > timeout {
+        let (fresh, mut step) = start(event);
+        step.closed = Some(std::mem::replace(session, fresh));
+        return step;
+    }
+    let step = SessionStep {
+        started: false,
+        first_purchase: event.event_type == EventType::Purchase && session.counts.purchases == 0,
+        closed: None,
+    };
+    session.apply(event);
+    step
+}
+
 /// One shopper's session: counters, cart, view sequence and per-product state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
@@ -66,12 +147,14 @@ pub struct SessionState {
     pub categories_viewed: Vec<u64>,
     /// The latest viewed product ids, oldest first.
     pub view_sequence: Vec<u64>,
-    /// Events applied recently, for idempotent redelivery; not a feature.
-    #[serde(default)]
-    pub guard: DeliveryGuard,
 }
 
 impl SessionState {
+    /// The session's key.
+    pub fn key(&self) -> SessionKey {
+        SessionKey::new(self.user_id, &self.session_id)
+    }
+
     /// A session that starts with `event`'s time; apply the event next.
     pub fn new(user_id: u64, session_id: &str, started_at: Millis) -> Self {
         SessionState {
@@ -84,7 +167,6 @@ impl SessionState {
             products: Vec::new(),
             categories_viewed: Vec::new(),
             view_sequence: Vec::new(),
-            guard: DeliveryGuard::default(),
         }
     }
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
-use super::guard::DeliveryGuard;
 use crate::event::{Event, EventType, Millis};
 
 /// How many recent event identities a user remembers to drop duplicates and redeliveries.
@@ -35,9 +34,6 @@ pub struct UserState {
     /// Identities of the latest events applied, newest last.
     pub recent_identities: Vec<u64>,
     pub products: BTreeMap<u64, UserProduct>,
-    /// Events applied recently, for idempotent redelivery; not a feature.
-    #[serde(default)]
-    pub guard: DeliveryGuard,
 }
 
 impl UserState {
@@ -54,7 +50,6 @@ impl UserState {
             last_purchase_at: None,
             recent_identities: Vec::with_capacity(RECENT_IDENTITIES),
             products: BTreeMap::new(),
-            guard: DeliveryGuard::default(),
         }
     }
 

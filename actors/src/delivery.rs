@@ -1,4 +1,6 @@
-//! Delivery bookkeeping that makes applying a redelivered event idempotent per entity.
+//! Delivery bookkeeping: what the bus says about each event, and the guards that make applying a
+//! redelivered event idempotent per entity. None of it is domain state: it rides beside the
+//! states ([`Stored`]), and the feature state machines never see it.
 //!
 //! A broker redelivers every message it has not seen acknowledged, and the service acknowledges
 //! only after a durable flush. A redelivered event may therefore already be in an entity's stored
@@ -8,6 +10,131 @@
 //! not remember it. Offline replay records nothing: nothing is ever redelivered there.
 
 use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventType, Millis};
+use crate::features::session::{self, SessionStep};
+use crate::features::{SessionState, UserState};
+
+/// One event as the bus handed it over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub event: Event,
+    /// The bus may have delivered it before (a crash or a lost acknowledgement): it is applied
+    /// only to the entities that do not remember it.
+    pub redelivered: bool,
+    /// The bus partition it came from; the catalog keeps a part of each product per partition
+    /// (see [`crate::features::product`]). 0 offline and on the HTTP bus.
+    pub source: u16,
+}
+
+impl Delivery {
+    /// An event delivered for the first time, from the only source (offline, HTTP).
+    pub fn fresh(event: Event) -> Delivery {
+        Delivery {
+            event,
+            redelivered: false,
+            source: 0,
+        }
+    }
+}
+
+/// An entity's state with the guard that rides with it: what the store saves and loads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stored<T> {
+    pub state: T,
+    pub guard: DeliveryGuard,
+}
+
+impl<T> Stored<T> {
+    /// A state that remembers no delivery.
+    pub fn new(state: T) -> Self {
+        Stored {
+            state,
+            guard: DeliveryGuard::default(),
+        }
+    }
+}
+
+/// How a user takes an event: the first of the three steps every event goes through (then its
+/// session, then the user's history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The user applied an event with the same identity recently: nothing changes anywhere.
+    Duplicate,
+    /// Apply it to the session and the user.
+    New,
+    /// A redelivery the user's state already holds: only the session applies it, if it lacks it.
+    HeldByUser,
+}
+
+/// Decides whether an event is new to its user (`None`: the user has no state yet).
+pub fn admit(
+    user: Option<&UserState>,
+    guard: &DeliveryGuard,
+    identity: u64,
+    redelivered: bool,
+) -> Admission {
+    if redelivered && guard.contains(identity) {
+        Admission::HeldByUser
+    } else if user.is_some_and(|user| user.has_seen(identity)) {
+        Admission::Duplicate
+    } else {
+        Admission::New
+    }
+}
+
+/// Applies an admitted event to its session, unless the session's guard remembers it; `record`
+/// makes the guard remember it (a bus that redelivers).
+pub fn apply_to_session(
+    session: &mut Option<SessionState>,
+    guard: &mut DeliveryGuard,
+    event: &Event,
+    identity: u64,
+    redelivered: bool,
+    timeout: Millis,
+    record: bool,
+) -> SessionStep {
+    if redelivered && guard.contains(identity) {
+        // Stores make users durable before sessions, so a session never holds an event its user
+        // lacks; should it happen, the user still counts the event once.
+        let purchases = session
+            .as_ref()
+            .map_or(0, |session| session.counts.purchases);
+        return SessionStep {
+            started: false,
+            first_purchase: event.event_type == EventType::Purchase && purchases <= 1,
+            closed: None,
+        };
+    }
+    let step = session::enter(session, event, timeout);
+    if record {
+        guard.record(identity);
+    }
+    step
+}
+
+/// Applies an admitted event to the user's history after its session took it (`user` is
+/// created on the user's first event).
+pub fn apply_to_user(
+    user: &mut UserState,
+    guard: &mut DeliveryGuard,
+    event: &Event,
+    identity: u64,
+    admission: Admission,
+    step: &SessionStep,
+    record: bool,
+) {
+    if admission != Admission::New {
+        return;
+    }
+    if step.started {
+        user.start_session();
+    }
+    user.apply(event, identity, step.first_purchase);
+    if record {
+        guard.record(identity);
+    }
+}
 
 /// Identities an entity applied and the bus may deliver again: those recorded since the
 /// acknowledgement before the last one. Empty, as it always is outside the bus, it takes one

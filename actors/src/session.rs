@@ -1,0 +1,327 @@
+//! `SessionActor`: one live session (cart, view sequence, per-product state) on the arbiter of
+//! the shard that owns its user. Its user actor hands it the session's part of each batch and
+//! hears back what each event did; the shard ends it when the watermark passes its deadline.
+//! Its lifecycle is that of [`crate::lifecycle`].
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::delivery::{self, Delivery, DeliveryGuard, Stored};
+use crate::event::Millis;
+use crate::features::{SessionKey, SessionState, SessionStep};
+use crate::lifecycle::{self, EntityContext, Phase};
+use crate::messages::{ForgetAcknowledged, Refused};
+use crate::store::StoreError;
+
+/// One session.
+pub struct SessionActor {
+    key: SessionKey,
+    /// `None` until the session's first event, and after a stored session that had already
+    /// ended is loaded: ended stays ended, it was counted when it closed.
+    session: Option<SessionState>,
+    guard: DeliveryGuard,
+    phase: Phase,
+    /// The watermark when the actor was activated: stored sessions idle since before the
+    /// session timeout had ended by then.
+    activated_at: Millis,
+    context: Arc<EntityContext>,
+}
+
+impl SessionActor {
+    /// A session actor that activates from the store; `watermark` is the shard's now.
+    pub fn new(key: SessionKey, watermark: Millis, context: Arc<EntityContext>) -> Self {
+        SessionActor {
+            key,
+            session: None,
+            guard: DeliveryGuard::default(),
+            phase: Phase::Activating,
+            activated_at: watermark,
+            context,
+        }
+    }
+
+    fn snapshot(&self) -> Option<Stored<SessionState>> {
+        self.session.as_ref().map(|session| Stored {
+            state: session.clone(),
+            guard: self.guard.clone(),
+        })
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let load = self.context.store.load_session(self.key);
+        lifecycle::activate(
+            ctx,
+            load,
+            |actor: &mut SessionActor, stored| {
+                if let Some(stored) = stored {
+                    let ended_before = actor
+                        .activated_at
+                        .saturating_sub(actor.context.session_timeout);
+                    if stored.state.last_event_at >= ended_before {
+                        actor.session = Some(stored.state);
+                    }
+                    // Kept either way: a redelivered event of an ended session is still known.
+                    actor.guard = stored.guard;
+                }
+            },
+            |actor| &mut actor.phase,
+        );
+    }
+}
+
+/// The session's events of one batch, in order, each admitted by its user.
+#[derive(Message)]
+#[rtype(result = "Result<SessionApplied, Refused>")]
+pub struct SessionEvents {
+    pub deliveries: Vec<Delivery>,
+    /// Each delivery's identity, by index (the user computed them).
+    pub identities: Vec<u64>,
+}
+
+/// What each event did to the session, by index; the deliveries come back.
+#[derive(MessageResponse)]
+pub struct SessionApplied {
+    pub deliveries: Vec<Delivery>,
+    pub steps: Vec<SessionStep>,
+    /// The session's latest event, for its deadline.
+    pub last_event_at: Option<Millis>,
+}
+
+impl Handler<SessionEvents> for SessionActor {
+    type Result = Result<SessionApplied, Refused>;
+
+    fn handle(&mut self, message: SessionEvents, _: &mut Self::Context) -> Self::Result {
+        if let Phase::Failed(error) = &self.phase {
+            return Err(Refused {
+                error: error.clone(),
+                deliveries: message.deliveries,
+            });
+        }
+        let steps = message
+            .deliveries
+            .iter()
+            .zip(&message.identities)
+            .map(|(delivery, identity)| {
+                delivery::apply_to_session(
+                    &mut self.session,
+                    &mut self.guard,
+                    &delivery.event,
+                    *identity,
+                    delivery.redelivered,
+                    self.context.session_timeout,
+                    self.context.guard_deliveries,
+                )
+            })
+            .collect();
+        Ok(SessionApplied {
+            deliveries: message.deliveries,
+            steps,
+            last_event_at: self.session.as_ref().map(|session| session.last_event_at),
+        })
+    }
+}
+
+/// The session's state and guard for the write-behind; `None` when it has no state.
+#[derive(Message)]
+#[rtype(result = "Option<Stored<SessionState>>")]
+pub struct SessionSnapshot;
+
+impl Handler<SessionSnapshot> for SessionActor {
+    type Result = Option<Stored<SessionState>>;
+
+    fn handle(&mut self, _: SessionSnapshot, _: &mut Self::Context) -> Self::Result {
+        self.snapshot()
+    }
+}
+
+/// Ends the session if it has been idle for longer than the timeout at `watermark` (always,
+/// with `force`), then stops the actor.
+#[derive(Message)]
+#[rtype(result = "Closing")]
+pub struct CloseSession {
+    pub watermark: Millis,
+    pub force: bool,
+}
+
+/// What a close request did.
+#[derive(Debug, MessageResponse)]
+pub enum Closing {
+    /// The session ended (with its final state; `None`: it had none) and its actor stops.
+    Closed(Option<Stored<SessionState>>),
+    /// Events arrived since its deadline was computed; this is its latest.
+    Open { last_event_at: Millis },
+}
+
+impl Handler<CloseSession> for SessionActor {
+    type Result = Closing;
+
+    fn handle(&mut self, message: CloseSession, ctx: &mut Self::Context) -> Closing {
+        if let Some(session) = &self.session
+            && !message.force
+            && session.last_event_at >= message.watermark - self.context.session_timeout
+        {
+            return Closing::Open {
+                last_event_at: session.last_event_at,
+            };
+        }
+        ctx.stop();
+        Closing::Closed(self.snapshot())
+    }
+}
+
+/// The session's state now, for reads and scoring; an error when it could not be loaded.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SessionState>, StoreError>")]
+pub struct ReadSession;
+
+impl Handler<ReadSession> for SessionActor {
+    type Result = Result<Option<SessionState>, StoreError>;
+
+    fn handle(&mut self, _: ReadSession, _: &mut Self::Context) -> Self::Result {
+        match &self.phase {
+            Phase::Failed(error) => Err(error.clone()),
+            _ => Ok(self.session.clone()),
+        }
+    }
+}
+
+impl Handler<ForgetAcknowledged> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ForgetAcknowledged, _: &mut Self::Context) {
+        self.guard.forget_acknowledged();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventType};
+    use crate::store::{LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreFuture};
+
+    /// A store holding one session, or failing.
+    struct OneSession(Result<Option<Stored<SessionState>>, StoreError>);
+
+    impl StateStore for OneSession {
+        fn save(&self, _: Arc<StateBatch>) -> StoreFuture<()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn load_user_side(&self, _: Vec<u64>, _: Vec<SessionKey>) -> StoreFuture<LoadedUserSide> {
+            let loaded = self.0.clone();
+            Box::pin(async move { Ok((Vec::new(), loaded?.into_iter().collect())) })
+        }
+
+        fn load_catalog(&self, _: Vec<u64>, _: Vec<u64>) -> StoreFuture<LoadedCatalog> {
+            Box::pin(async { Ok((Vec::new(), Vec::new())) })
+        }
+    }
+
+    fn cart(minute: i64) -> Delivery {
+        Delivery::fresh(Event {
+            time: minute * 60_000,
+            event_type: EventType::Cart,
+            product_id: 5,
+            category_id: 1,
+            category_code: None,
+            brand: None,
+            price: 10.0,
+            user_id: 7,
+            user_session: "s".into(),
+            event_id: None,
+        })
+    }
+
+    fn start(store: OneSession, watermark: Millis) -> Addr<SessionActor> {
+        let context = Arc::new(EntityContext {
+            store: Arc::new(store),
+            session_timeout: 30 * 60_000,
+            guard_deliveries: false,
+        });
+        SessionActor::new(SessionKey::new(7, "s"), watermark, context).start()
+    }
+
+    fn events(deliveries: Vec<Delivery>) -> SessionEvents {
+        let identities = deliveries
+            .iter()
+            .map(|delivery| delivery.event.identity())
+            .collect();
+        SessionEvents {
+            deliveries,
+            identities,
+        }
+    }
+
+    #[actix::test]
+    async fn continues_a_stored_session_and_closes_once_idle() {
+        let mut stored = SessionState::new(7, "s", 0);
+        stored.apply(&cart(0).event);
+        let session = start(OneSession(Ok(Some(Stored::new(stored)))), 10 * 60_000);
+        let applied = session.send(events(vec![cart(20)])).await.unwrap().unwrap();
+        assert!(!applied.steps[0].started, "the stored session continues");
+        assert_eq!(applied.last_event_at, Some(20 * 60_000));
+        let state = session.send(ReadSession).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.cart_items(), 2);
+
+        let not_yet = session
+            .send(CloseSession {
+                watermark: 45 * 60_000,
+                force: false,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(not_yet, Closing::Open { last_event_at } if last_event_at == 20 * 60_000));
+        let Closing::Closed(Some(last)) = session
+            .send(CloseSession {
+                watermark: 51 * 60_000,
+                force: false,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("idle for 31 minutes: the session ends");
+        };
+        assert_eq!(last.state.cart_items(), 2);
+        assert!(
+            session.send(ReadSession).await.is_err(),
+            "the actor stopped"
+        );
+    }
+
+    #[actix::test]
+    async fn a_stored_session_that_had_ended_stays_ended() {
+        let mut stored = SessionState::new(7, "s", 0);
+        stored.apply(&cart(0).event);
+        let session = start(OneSession(Ok(Some(Stored::new(stored)))), 40 * 60_000);
+        let applied = session.send(events(vec![cart(41)])).await.unwrap().unwrap();
+        assert!(applied.steps[0].started, "a new session under the same key");
+        assert!(
+            applied.steps[0].closed.is_none(),
+            "the old one was counted already"
+        );
+        let state = session.send(ReadSession).await.unwrap().unwrap().unwrap();
+        assert_eq!(state.cart_items(), 1);
+    }
+
+    #[actix::test]
+    async fn a_failed_load_refuses_events_without_applying_them() {
+        let session = start(OneSession(Err(StoreError::Timeout(100))), 0);
+        let refused = session
+            .send(events(vec![cart(1), cart(2)]))
+            .await
+            .unwrap()
+            .err()
+            .expect("refused");
+        assert!(matches!(refused.error, StoreError::Timeout(100)));
+        assert_eq!(refused.deliveries, vec![cart(1), cart(2)]);
+        assert!(
+            session.send(ReadSession).await.unwrap().is_err(),
+            "nothing loaded"
+        );
+    }
+}

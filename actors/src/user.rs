@@ -1,0 +1,468 @@
+//! `UserActor`: one live shopper (history across sessions, per-product history) on the arbiter of
+//! its shard. It is where a user's events keep their order: the shard hands it each batch of the
+//! user's events as one message; it drops duplicates, hands each of its sessions that session's
+//! part as one message, and once they answered applies every event to the user's history in the
+//! original order. Score requests and reads of its sessions go through it too, so they see every
+//! event routed before them. Its lifecycle is that of [`crate::lifecycle`].
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use crate::delivery::{self, Admission, Delivery, DeliveryGuard, Stored};
+use crate::event::Millis;
+use crate::features::{self, RECENT_IDENTITIES, SessionKey, SessionState, SessionStep, UserState};
+use crate::lifecycle::{self, EntityContext, Phase};
+use crate::messages::{ForgetAcknowledged, Refused};
+use crate::session::{
+    CloseSession, Closing, ReadSession, SessionActor, SessionApplied, SessionEvents,
+    SessionSnapshot,
+};
+use crate::store::StoreError;
+
+/// A session actor and its key.
+pub type SessionHandle = (SessionKey, Addr<SessionActor>);
+
+/// One user.
+pub struct UserActor {
+    user_id: u64,
+    /// `None` until the user's first event (or until loaded).
+    user: Option<UserState>,
+    guard: DeliveryGuard,
+    phase: Phase,
+    /// Whether the user changed since its last snapshot.
+    dirty: bool,
+    /// Sessions that applied events since the user's last snapshot.
+    dirty_sessions: Vec<SessionHandle>,
+    /// Sessions whose guards may remember deliveries, with the acknowledgements left before
+    /// they remember none (a guard keeps one acknowledgement in reserve).
+    guarded_sessions: Vec<(SessionHandle, u8)>,
+    context: Arc<EntityContext>,
+}
+
+impl UserActor {
+    /// A user actor that activates from the store.
+    pub fn new(user_id: u64, context: Arc<EntityContext>) -> Self {
+        UserActor {
+            user_id,
+            user: None,
+            guard: DeliveryGuard::default(),
+            phase: Phase::Activating,
+            dirty: false,
+            dirty_sessions: Vec::new(),
+            guarded_sessions: Vec::new(),
+            context,
+        }
+    }
+
+    /// Decides, in order, which deliveries are new to the user, as applying them one by one
+    /// would: an identity counts as seen from the event that first brought it.
+    fn admit(&self, deliveries: &[Delivery], identities: &[u64]) -> Vec<Admission> {
+        let mut recent: Vec<u64> = self
+            .user
+            .as_ref()
+            .map(|user| user.recent_identities.clone())
+            .unwrap_or_default();
+        deliveries
+            .iter()
+            .zip(identities)
+            .map(|(delivery, identity)| {
+                if delivery.redelivered && self.guard.contains(*identity) {
+                    return Admission::HeldByUser;
+                }
+                if recent.contains(identity) {
+                    return Admission::Duplicate;
+                }
+                if recent.len() == RECENT_IDENTITIES {
+                    recent.remove(0);
+                }
+                recent.push(*identity);
+                Admission::New
+            })
+            .collect()
+    }
+
+    /// Applies the admitted deliveries to the user's history, in their original order, with
+    /// what their sessions said of each.
+    fn apply(
+        &mut self,
+        deliveries: Vec<(Delivery, u64, Admission, SessionStep)>,
+        reply: &mut UserApplied,
+    ) {
+        for (delivery, identity, admission, mut step) in deliveries {
+            if admission == Admission::New {
+                let user = self
+                    .user
+                    .get_or_insert_with(|| UserState::new(self.user_id, delivery.event.time));
+                delivery::apply_to_user(
+                    user,
+                    &mut self.guard,
+                    &delivery.event,
+                    identity,
+                    admission,
+                    &step,
+                    self.context.guard_deliveries,
+                );
+                self.dirty = true;
+            }
+            if let Some(closed) = step.closed.take() {
+                reply.closed.push(closed);
+            }
+            reply.accepted.push(delivery);
+        }
+    }
+
+    fn remember(list: &mut Vec<SessionHandle>, handle: &SessionHandle) {
+        if !list.iter().any(|(key, _)| *key == handle.0) {
+            list.push(handle.clone());
+        }
+    }
+}
+
+impl Actor for UserActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let load = self.context.store.load_user(self.user_id);
+        lifecycle::activate(
+            ctx,
+            load,
+            |actor: &mut UserActor, stored| {
+                if let Some(stored) = stored {
+                    actor.user = Some(stored.state);
+                    actor.guard = stored.guard;
+                }
+            },
+            |actor| &mut actor.phase,
+        );
+    }
+}
+
+/// The user's events of one batch, in order, and the actors of the sessions they name.
+#[derive(Message)]
+#[rtype(result = "UserApplied")]
+pub struct UserEvents {
+    pub deliveries: Vec<Delivery>,
+    pub sessions: Vec<SessionHandle>,
+}
+
+/// What a batch did to a user and its sessions.
+#[derive(Default, MessageResponse)]
+pub struct UserApplied {
+    /// Deliveries applied (to at least the entities that lacked them), in order: for the catalog.
+    pub accepted: Vec<Delivery>,
+    pub duplicates: u64,
+    /// What was not applied, for want of the store.
+    pub refused: Option<Refused>,
+    /// The user could not be loaded: its shard drops it.
+    pub user_failed: bool,
+    /// Sessions that could not be loaded: the shard drops them.
+    pub failed_sessions: Vec<SessionKey>,
+    /// The latest event of each session that applied events, for its deadline.
+    pub last_events: Vec<(SessionKey, Millis)>,
+    /// Sessions ended by an event arriving after a gap longer than the timeout.
+    pub closed: Vec<SessionState>,
+    /// Whether the user or its sessions changed: the shard marks it dirty.
+    pub changed: bool,
+}
+
+impl Handler<UserEvents> for UserActor {
+    type Result = AtomicResponse<Self, UserApplied>;
+
+    fn handle(&mut self, message: UserEvents, _: &mut Self::Context) -> Self::Result {
+        if let Phase::Failed(error) = &self.phase {
+            let reply = UserApplied {
+                refused: Some(Refused {
+                    error: error.clone(),
+                    deliveries: message.deliveries,
+                }),
+                user_failed: true,
+                ..UserApplied::default()
+            };
+            return AtomicResponse::new(Box::pin(fut::ready(reply)));
+        }
+        let identities: Vec<u64> = message
+            .deliveries
+            .iter()
+            .map(|delivery| delivery.event.identity())
+            .collect();
+        let admissions = self.admit(&message.deliveries, &identities);
+        // Each session's part, in order, with each delivery's position in the batch.
+        let mut parts: Vec<(usize, SessionEvents, Vec<usize>)> = Vec::new();
+        let mut duplicates = 0;
+        for (position, (delivery, admission)) in
+            message.deliveries.into_iter().zip(&admissions).enumerate()
+        {
+            if *admission == Admission::Duplicate {
+                duplicates += 1;
+                continue;
+            }
+            let key = SessionKey::of(&delivery.event);
+            let session = message
+                .sessions
+                .iter()
+                .position(|(candidate, _)| *candidate == key)
+                .expect("the shard hands over every session of the batch");
+            let part = match parts.iter_mut().find(|(index, _, _)| *index == session) {
+                Some(part) => part,
+                None => {
+                    parts.push((
+                        session,
+                        SessionEvents {
+                            deliveries: Vec::new(),
+                            identities: Vec::new(),
+                        },
+                        Vec::new(),
+                    ));
+                    parts.last_mut().expect("just pushed")
+                }
+            };
+            part.1.deliveries.push(delivery);
+            part.1.identities.push(identities[position]);
+            part.2.push(position);
+        }
+        let sends = parts.into_iter().map(|(session, events, positions)| {
+            let handle = message.sessions[session].clone();
+            let sent = handle.1.send(events);
+            async move { (handle, positions, sent.await) }
+        });
+        let count = identities.len();
+        AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(join_all(sends)).map(
+            move |answers, actor, _| {
+                let mut reply = UserApplied {
+                    duplicates,
+                    ..UserApplied::default()
+                };
+                let mut ordered: Vec<Option<(Delivery, SessionStep)>> =
+                    (0..count).map(|_| None).collect();
+                for (handle, positions, answer) in answers {
+                    match answer {
+                        Ok(Ok(SessionApplied {
+                            deliveries,
+                            steps,
+                            last_event_at,
+                        })) => {
+                            for ((position, delivery), step) in
+                                positions.into_iter().zip(deliveries).zip(steps)
+                            {
+                                ordered[position] = Some((delivery, step));
+                            }
+                            if let Some(last_event_at) = last_event_at {
+                                reply.last_events.push((handle.0, last_event_at));
+                            }
+                            UserActor::remember(&mut actor.dirty_sessions, &handle);
+                            if actor.context.guard_deliveries {
+                                actor
+                                    .guarded_sessions
+                                    .retain(|((key, _), _)| *key != handle.0);
+                                actor.guarded_sessions.push((handle.clone(), 2));
+                            }
+                        }
+                        Ok(Err(refused)) => {
+                            reply.failed_sessions.push(handle.0);
+                            let into = reply.refused.get_or_insert_with(|| Refused {
+                                error: refused.error.clone(),
+                                deliveries: Vec::new(),
+                            });
+                            into.deliveries.extend(refused.deliveries);
+                        }
+                        Err(error) => {
+                            // A session actor that stopped under its events; its shard dropped it
+                            // and the events are retried on a new one.
+                            reply.failed_sessions.push(handle.0);
+                            reply.refused.get_or_insert_with(|| Refused {
+                                error: StoreError::Unavailable(error.to_string()),
+                                deliveries: Vec::new(),
+                            });
+                        }
+                    }
+                }
+                let applied = ordered
+                    .into_iter()
+                    .zip(identities)
+                    .zip(admissions)
+                    .filter_map(|((slot, identity), admission)| {
+                        slot.map(|(delivery, step)| (delivery, identity, admission, step))
+                    })
+                    .collect();
+                actor.apply(applied, &mut reply);
+                reply.changed = actor.dirty || !actor.dirty_sessions.is_empty();
+                reply
+            },
+        )))
+    }
+}
+
+/// The user's and its changed sessions' state and guards, for the write-behind.
+#[derive(Message)]
+#[rtype(result = "UserSnapshotTaken")]
+pub struct UserSnapshot;
+
+/// A user's snapshot.
+#[derive(Default, MessageResponse)]
+pub struct UserSnapshotTaken {
+    pub user: Option<Stored<UserState>>,
+    pub sessions: Vec<Stored<SessionState>>,
+}
+
+impl Handler<UserSnapshot> for UserActor {
+    type Result = AtomicResponse<Self, UserSnapshotTaken>;
+
+    fn handle(&mut self, _: UserSnapshot, _: &mut Self::Context) -> Self::Result {
+        // Sessions first, the user after: the user is never behind its sessions in the store
+        // (stores that write in stages write users first).
+        let sessions = std::mem::take(&mut self.dirty_sessions)
+            .into_iter()
+            .map(|(_, session)| session.send(SessionSnapshot));
+        AtomicResponse::new(Box::pin(
+            fut::wrap_future::<_, Self>(join_all(sessions)).map(|answers, actor, _| {
+                let user = actor.dirty.then(|| {
+                    actor.user.as_ref().map(|user| Stored {
+                        state: user.clone(),
+                        guard: actor.guard.clone(),
+                    })
+                });
+                actor.dirty = false;
+                UserSnapshotTaken {
+                    user: user.flatten(),
+                    // A session that stopped since handed its last state over when it closed.
+                    sessions: answers
+                        .into_iter()
+                        .filter_map(|answer| answer.ok().flatten())
+                        .collect(),
+                }
+            }),
+        ))
+    }
+}
+
+/// Ends those of the user's sessions that are idle at `watermark` (all of them, with `force`),
+/// after every event routed before this request.
+#[derive(Message)]
+#[rtype(result = "Vec<(SessionKey, Closing)>")]
+pub struct CloseSessions {
+    pub sessions: Vec<SessionHandle>,
+    pub watermark: Millis,
+    pub force: bool,
+}
+
+impl Handler<CloseSessions> for UserActor {
+    type Result = AtomicResponse<Self, Vec<(SessionKey, Closing)>>;
+
+    fn handle(&mut self, message: CloseSessions, _: &mut Self::Context) -> Self::Result {
+        let (watermark, force) = (message.watermark, message.force);
+        let closes = message.sessions.into_iter().map(move |(key, session)| {
+            let sent = session.send(CloseSession { watermark, force });
+            async move {
+                // A stopped actor has nothing more to hand over.
+                (key, sent.await.unwrap_or(Closing::Closed(None)))
+            }
+        });
+        AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(join_all(closes)).map(
+            |closings, actor, _| {
+                for (key, closing) in &closings {
+                    if matches!(closing, Closing::Closed(_)) {
+                        actor.dirty_sessions.retain(|(dirty, _)| dirty != key);
+                        actor
+                            .guarded_sessions
+                            .retain(|((guarded, _), _)| guarded != key);
+                    }
+                }
+                closings
+            },
+        )))
+    }
+}
+
+/// The user-side features of a session for each of some products, after every event routed
+/// before this request.
+#[derive(Message)]
+#[rtype(result = "Vec<f64>")]
+pub struct UserSideFeatures {
+    pub session: SessionHandle,
+    pub product_ids: Vec<u64>,
+}
+
+impl Handler<UserSideFeatures> for UserActor {
+    type Result = AtomicResponse<Self, Vec<f64>>;
+
+    fn handle(&mut self, message: UserSideFeatures, _: &mut Self::Context) -> Self::Result {
+        let read = message.session.1.send(ReadSession);
+        AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(read).map(
+            move |session, actor, _| {
+                // Scoring answers from what is known when the session could not be loaded.
+                let session = session.ok().and_then(Result::ok).flatten();
+                let width = features::USER_SIDE_COUNT;
+                let mut out = vec![0.0; message.product_ids.len() * width];
+                for (index, product_id) in message.product_ids.iter().enumerate() {
+                    features::user_side_features(
+                        session.as_ref(),
+                        actor.user.as_ref(),
+                        *product_id,
+                        &mut out[index * width..(index + 1) * width],
+                    );
+                }
+                out
+            },
+        )))
+    }
+}
+
+/// The user's state now; an error when it could not be loaded.
+#[derive(Message)]
+#[rtype(result = "Result<Option<UserState>, StoreError>")]
+pub struct ReadUser;
+
+impl Handler<ReadUser> for UserActor {
+    type Result = Result<Option<UserState>, StoreError>;
+
+    fn handle(&mut self, _: ReadUser, _: &mut Self::Context) -> Self::Result {
+        match &self.phase {
+            Phase::Failed(error) => Err(error.clone()),
+            _ => Ok(self.user.clone()),
+        }
+    }
+}
+
+/// One of the user's sessions now, after every event routed before this request.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SessionState>, StoreError>")]
+pub struct ReadUserSession(pub Addr<SessionActor>);
+
+impl Handler<ReadUserSession> for UserActor {
+    type Result = AtomicResponse<Self, Result<Option<SessionState>, StoreError>>;
+
+    fn handle(&mut self, message: ReadUserSession, _: &mut Self::Context) -> Self::Result {
+        let read = message.0.send(ReadSession);
+        AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(read).map(
+            |session, _, _| session.map_err(|error| StoreError::Unavailable(error.to_string()))?,
+        )))
+    }
+}
+
+impl Handler<ForgetAcknowledged> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, message: ForgetAcknowledged, _: &mut Self::Context) {
+        self.guard.forget_acknowledged();
+        for ((_, session), left) in &mut self.guarded_sessions {
+            session.do_send(message);
+            *left -= 1;
+        }
+        self.guarded_sessions.retain(|(_, left)| *left > 0);
+    }
+}
+
+/// Stops the actor: its state is durable and it is idle.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Passivate;
+
+impl Handler<Passivate> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
