@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Instant;
 
-use propensity::store::{EmbeddedStore, ScyllaStore};
+use propensity::online::store::{EmbeddedStore, ScyllaStore};
 use propensity_actors::engine::{Catalog, SessionKey, UserSide};
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::{SessionState, UserState};
@@ -511,7 +511,9 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         })
         .await
         .unwrap();
-    let session = propensity::store::scylla::connect(settings).await.unwrap();
+    let session = propensity::online::store::scylla::connect(settings)
+        .await
+        .unwrap();
     for (key, expected, rows) in [
         (
             SessionKey::new(9_300_000, "browsing"),
@@ -545,7 +547,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
     let store = ScyllaStore::open(&keyspace.settings)
         .await
         .expect("the store opens");
-    let session = propensity::store::scylla::connect(&keyspace.settings)
+    let session = propensity::online::store::scylla::connect(&keyspace.settings)
         .await
         .unwrap();
     // Without the users and categories tables the first stage fails, so the second, which would
@@ -603,8 +605,10 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
 async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     let keyspace = common::TestKeyspace::new();
     let settings = &keyspace.settings;
-    let session = propensity::store::scylla::connect(settings).await.unwrap();
-    let created = propensity::store::schema::apply(&session, settings)
+    let session = propensity::online::store::scylla::connect(settings)
+        .await
+        .unwrap();
+    let created = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     assert!(created[0].contains("created"), "{created:?}");
@@ -615,7 +619,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .count(),
         4
     );
-    let again = propensity::store::schema::apply(&session, settings)
+    let again = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     assert_eq!(
@@ -637,7 +641,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .await
             .unwrap();
     }
-    let upgraded = propensity::store::schema::apply(&session, settings)
+    let upgraded = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     let added: Vec<&String> = upgraded
@@ -678,7 +682,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             ] {
                 session.query_unpaged(statement, ()).await.unwrap();
             }
-            let error = propensity::store::schema::apply(session, settings)
+            let error = propensity::online::store::schema::apply(session, settings)
                 .await
                 .unwrap_err()
                 .to_string();

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use propensity::config::Settings;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::event::{CsvEvents, Event};
 
 /// Load generation and benchmarks for propensity.
@@ -262,7 +262,7 @@ fn synthetic(work_dir: &Path, users: u64, days: u32) -> Result<PathBuf> {
     std::fs::create_dir_all(work_dir)?;
     let path = work_dir.join(format!("events-{users}x{days}.csv"));
     if !path.exists() {
-        propensity::generate::generate_files(users, days, 1, &path, None::<&Path>, true)?;
+        propensity::tools::generate::generate_files(users, days, 1, &path, None::<&Path>, true)?;
     }
     Ok(path)
 }
@@ -628,7 +628,10 @@ fn bench_command(args: &BenchArgs) -> String {
         }
     }
     if let Some(url) = &args.rabbitmq {
-        command.push_str(&format!(" --rabbitmq {}", propensity::serve::redact(url)));
+        command.push_str(&format!(
+            " --rabbitmq {}",
+            propensity::online::serve::redact(url)
+        ));
     }
     if let Some(node) = &args.scylla {
         command.push_str(&format!(" --scylla {node}"));
@@ -648,7 +651,7 @@ async fn run_bench(args: &BenchArgs) -> Result<()> {
     let events_path = synthetic(work_dir, args.users, args.days)?;
     let model = work_dir.join("model.json");
     println!("training on {}", events_path.display());
-    let request = propensity::train::TrainRequest {
+    let request = propensity::offline::train::TrainRequest {
         events: vec![events_path.clone()],
         model_out: model.clone(),
         split_at: None,
@@ -656,10 +659,10 @@ async fn run_bench(args: &BenchArgs) -> Result<()> {
         report_dir: None,
         truth: None,
         session_timeout: 30 * 60 * 1000,
-        options: propensity::model::TrainOptions::default(),
+        options: propensity::offline::model::TrainOptions::default(),
         show_progress: true,
     };
-    let (train_report, _) = propensity::train::run(&request)?;
+    let (train_report, _) = propensity::offline::train::run(&request)?;
     let events = read_events(&events_path)?;
     let targets = Arc::new(targets_from(&events));
     let settings = bench_settings(work_dir, &model, 0)?;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use propensity::config::Settings;
-use propensity::ingest::Publisher;
+use propensity::online::ingest::Publisher;
 use propensity_actors::event::Event;
 
 /// Where replayed events go.
@@ -120,7 +120,7 @@ pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResul
                 .with_context(|| {
                     format!(
                         "failed to connect to RabbitMQ at {}",
-                        propensity::serve::redact(&settings.bus.rabbitmq.url)
+                        propensity::online::serve::redact(&settings.bus.rabbitmq.url)
                     )
                 })?;
             Sink::Broker(Box::new(publisher))

@@ -43,10 +43,10 @@ use scylla::value::MaybeUnset;
 use scylla::{DeserializeRow, SerializeRow};
 
 use crate::config::{ConsistencyLevel, ScyllaSettings};
-use crate::store::schema;
+use crate::online::store::schema;
 
 /// The statements, each after a `-- name:` line, with a `{keyspace}` placeholder.
-pub const QUERIES_CQL: &str = include_str!("../../schema/queries.cql");
+pub const QUERIES_CQL: &str = include_str!("../../../schema/queries.cql");
 
 /// The ScyllaDB store; cheap to clone.
 #[derive(Clone)]

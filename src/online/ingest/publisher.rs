@@ -8,7 +8,7 @@ use propensity_actors::event::Event;
 use tokio::sync::Mutex;
 
 use crate::config::RabbitmqSettings;
-use crate::ingest::topology;
+use crate::online::ingest::topology;
 
 /// Why events could not be published.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,8 @@ use propensity_actors::event::{Event, EventType, Millis, format_time};
 use propensity_actors::features::{FEATURE_COUNT, Outcome, SessionState, feature_names};
 use serde::Serialize;
 
-use crate::model::{self, Dataset, Metrics, Model, TrainOptions};
-use crate::replay::{Inventory, ordered_events};
+use crate::offline::model::{self, Dataset, Metrics, Model, TrainOptions};
+use crate::offline::replay::{Inventory, ordered_events};
 
 /// Which part of the time split a row falls in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
