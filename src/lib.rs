@@ -11,7 +11,8 @@
 //!     or ScyllaDB/Cassandra with its schema.
 //!   - [`online::scoring`]: the scoring actor, bands and actions, model hot reload.
 //! - [`offline`]: training on history.
-//!   - [`offline::replay`]: event-time-ordered streams over CSV files, sorting unsorted ones.
+//!   - [`offline::history`]: the history reader: CSV files as one event-time-ordered stream,
+//!     sorting unsorted ones.
 //!   - [`offline::train`]: history replay through the feature engine, labels, time split, fit,
 //!     report.
 //!   - [`offline::model`]: the decision tree, its calibration, scoring, explanation and metrics

@@ -25,11 +25,11 @@ fn trains_on_the_real_samples_with_their_quirks() {
         real_file("electronics_5users_fullhistory__Bumbledebee.csv"),
         real_file("electronics_random100__Bumbledebee.csv"),
     ];
-    let inventory = propensity::offline::replay::Inventory::scan(&files).unwrap();
-    assert_eq!(inventory.rows(), 19_068);
-    assert_eq!(inventory.bad_rows(), 0);
+    let history = propensity::offline::history::HistoryFiles::scan(&files).unwrap();
+    assert_eq!(history.rows(), 19_068);
+    assert_eq!(history.bad_rows(), 0);
     assert!(
-        !inventory.files[2].sorted,
+        !history.files[2].sorted,
         "the 5-user history is out of time order"
     );
     let request = propensity::offline::train::TrainRequest {

@@ -12,7 +12,7 @@ use propensity_actors::event::{Event, Millis, format_time};
 use propensity_actors::features::Outcome;
 
 use crate::config::Settings;
-use crate::offline::replay::{Inventory, ordered_events};
+use crate::offline::history::{HistoryFiles, ordered_events};
 use crate::online::serve::Service;
 
 /// Options of `propensity demo`.
@@ -116,9 +116,9 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     println!("3/4 starting the service");
     let service = Service::start(&settings).await?;
     let url = service.url();
-    let inventory = Inventory::scan(std::slice::from_ref(&events_path))?;
+    let history = HistoryFiles::scan(std::slice::from_ref(&events_path))?;
     let spill = tempfile::tempdir()?;
-    let mut events = ordered_events(&inventory, spill.path())?.peekable();
+    let mut events = ordered_events(&history, spill.path())?.peekable();
 
     // Warm the state with the training period at full speed: features need the users' history.
     let mut batch = Vec::with_capacity(4096);
