@@ -24,14 +24,15 @@ struct Cli {
 }
 
 mod bus;
-mod replay;
+mod publish;
 mod report;
 
 #[derive(Subcommand)]
 enum Command {
     /// Send a REES46 CSV or a synthetic stream to RabbitMQ (with confirms) or to POST /v1/events,
     /// at full speed, a fixed rate (--rate) or in accelerated event time (--speed).
-    Replay(replay::ReplayArgs),
+    #[command(alias = "replay")]
+    Publish(publish::PublishArgs),
     /// Push a synthetic stream through the embedded actor path at full speed.
     Ingest(IngestArgs),
     /// Open-loop load on /v1/score of a running service at a fixed rate.
@@ -1019,13 +1020,13 @@ fn chrono_like_now() -> String {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Replay(args) => actix_rt::System::new().block_on(async move {
+        Command::Publish(args) => actix_rt::System::new().block_on(async move {
             let path = match &args.events {
                 Some(path) => path.clone(),
                 None => synthetic(&args.work_dir, args.users, args.days)?,
             };
             let events = read_events(&path)?;
-            let result = replay::replay(&args, events).await?;
+            let result = publish::publish(&args, events).await?;
             println!(
                 "replayed {} events in {:.1} s ({:.0} events/s, every one confirmed)",
                 result.events,

@@ -1,6 +1,6 @@
-//! `propensity-load replay`: sends a REES46 CSV or a synthetic stream to RabbitMQ (publisher
-//! confirms) or to `POST /v1/events`, as fast as possible, at a fixed rate, or in accelerated
-//! event time, with a progress bar.
+//! `propensity-load publish` (alias `replay`): sends a REES46 CSV or a synthetic stream to
+//! RabbitMQ (publisher confirms) or to `POST /v1/events`, as fast as possible, at a fixed rate,
+//! or in accelerated event time, with a progress bar.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use propensity::config::Settings;
 use propensity::online::ingest::Publisher;
 use propensity_actors::event::Event;
 
-/// Where replayed events go.
+/// Where published events go.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Target {
     /// The exchange of `[bus.rabbitmq]`, with publisher confirms.
@@ -21,9 +21,9 @@ pub enum Target {
     Http,
 }
 
-/// Options of `replay`.
+/// Options of `publish`.
 #[derive(Args)]
-pub struct ReplayArgs {
+pub struct PublishArgs {
     /// Where the events go.
     #[arg(long, value_enum, default_value = "rabbitmq")]
     pub to: Target,
@@ -61,8 +61,8 @@ pub struct ReplayArgs {
     pub work_dir: PathBuf,
 }
 
-/// What a replay did.
-pub struct ReplayResult {
+/// What a publish run did.
+pub struct PublishResult {
     pub events: usize,
     pub seconds: f64,
 }
@@ -101,8 +101,8 @@ impl Sink {
     }
 }
 
-/// Replays `events` (in event-time order) as `args` says.
-pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResult> {
+/// Publishes `events` (in event-time order) as `args` says.
+pub async fn publish(args: &PublishArgs, events: Vec<Event>) -> Result<PublishResult> {
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
@@ -155,7 +155,7 @@ pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResul
         progress.set_position(sent as u64);
     }
     progress.finish();
-    Ok(ReplayResult {
+    Ok(PublishResult {
         events: sent,
         seconds: started.elapsed().as_secs_f64(),
     })
