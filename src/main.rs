@@ -253,7 +253,7 @@ fn run(cli: Cli) -> Result<()> {
                     let runtime = tokio::runtime::Runtime::new()
                         .context("failed to start a runtime for the schema")?;
                     let report = runtime.block_on(async {
-                        let session = propensity::online::store::scylla::connect(scylla).await?;
+                        let session = propensity::online::store::cluster::connect(scylla).await?;
                         propensity::online::store::schema::apply(&session, scylla).await
                     })?;
                     for line in report {

@@ -511,7 +511,7 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         })
         .await
         .unwrap();
-    let session = propensity::online::store::scylla::connect(settings)
+    let session = propensity::online::store::cluster::connect(settings)
         .await
         .unwrap();
     for (key, expected, rows) in [
@@ -547,7 +547,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
     let store = ScyllaStore::open(&keyspace.settings)
         .await
         .expect("the store opens");
-    let session = propensity::online::store::scylla::connect(&keyspace.settings)
+    let session = propensity::online::store::cluster::connect(&keyspace.settings)
         .await
         .unwrap();
     // Without the users and categories tables the first stage fails, so the second, which would
@@ -605,7 +605,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
 async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     let keyspace = common::TestKeyspace::new();
     let settings = &keyspace.settings;
-    let session = propensity::online::store::scylla::connect(settings)
+    let session = propensity::online::store::cluster::connect(settings)
         .await
         .unwrap();
     let created = propensity::online::store::schema::apply(&session, settings)

@@ -331,7 +331,7 @@ pub fn drop_keyspace(settings: &ScyllaSettings) -> Result<()> {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let session = crate::online::store::scylla::connect(&settings).await?;
+            let session = crate::online::store::cluster::connect(&settings).await?;
             session
                 .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace), ())
                 .await

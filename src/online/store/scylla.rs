@@ -32,7 +32,6 @@ use propensity_actors::features::{
 use propensity_actors::store::{StateBatch, StateStore, StoreError, StoreFuture};
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
@@ -43,6 +42,7 @@ use scylla::value::MaybeUnset;
 use scylla::{DeserializeRow, SerializeRow};
 
 use crate::config::{ConsistencyLevel, ScyllaSettings};
+use crate::online::store::cluster::connect;
 use crate::online::store::schema;
 
 /// The statements, each after a `-- name:` line, with a `{keyspace}` placeholder.
@@ -84,23 +84,6 @@ struct Core {
     settings: ScyllaSettings,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
-}
-
-/// Connects to the configured contact points, with the driver's default 30 s request timeout
-/// (the store's statements carry their own), for schema work and the store.
-pub async fn connect(settings: &ScyllaSettings) -> Result<Session> {
-    SessionBuilder::new()
-        .known_nodes(&settings.nodes)
-        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .build()
-        .await
-        .map_err(|error| {
-            // The driver's message already holds its causes.
-            anyhow::anyhow!(
-                "ScyllaDB/Cassandra is not reachable at {} (store.scylla.nodes): {error}",
-                settings.nodes.join(", ")
-            )
-        })
 }
 
 impl ScyllaStore {
