@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use propensity::model::Model;
+use propensity::offline::model::Model;
 use propensity_actors::event::CsvEvents;
 use propensity_actors::{ReplayEngine, SessionKey};
 
@@ -19,8 +19,9 @@ const SESSION_TIMEOUT: i64 = 30 * 60 * 1000;
 fn trained() -> (Model, Vec<Vec<f64>>) {
     let directory = tempfile::tempdir().unwrap();
     let events_path = directory.path().join("events.csv");
-    propensity::generate::generate_files(2_000, 7, 7, &events_path, None::<&str>, false).unwrap();
-    let request = propensity::train::TrainRequest {
+    propensity::tools::generate::generate_files(2_000, 7, 7, &events_path, None::<&str>, false)
+        .unwrap();
+    let request = propensity::offline::train::TrainRequest {
         events: vec![events_path.clone()],
         model_out: directory.path().join("model.json"),
         split_at: None,
@@ -28,10 +29,10 @@ fn trained() -> (Model, Vec<Vec<f64>>) {
         report_dir: None,
         truth: None,
         session_timeout: SESSION_TIMEOUT,
-        options: propensity::model::TrainOptions::default(),
+        options: propensity::offline::model::TrainOptions::default(),
         show_progress: false,
     };
-    let (_, model) = propensity::train::run(&request).unwrap();
+    let (_, model) = propensity::offline::train::run(&request).unwrap();
     let file = std::fs::File::open(&events_path).unwrap();
     let mut engine = ReplayEngine::new(SESSION_TIMEOUT);
     let mut vectors = Vec::new();

@@ -69,10 +69,10 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Deepest tree level.
-        #[arg(long, default_value_t = propensity::model::TrainOptions::default().max_depth)]
+        #[arg(long, default_value_t = propensity::offline::model::TrainOptions::default().max_depth)]
         max_depth: usize,
         /// Fewest training rows in a leaf.
-        #[arg(long, default_value_t = propensity::model::TrainOptions::default().min_samples_leaf)]
+        #[arg(long, default_value_t = propensity::offline::model::TrainOptions::default().min_samples_leaf)]
         min_samples_leaf: usize,
     },
     /// List every feature with its entity and meaning.
@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             truth,
         } => {
-            let summary = propensity::generate::generate_files(
+            let summary = propensity::tools::generate::generate_files(
                 users,
                 days,
                 seed,
@@ -208,12 +208,12 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 })
                 .transpose()?;
-            let options = propensity::model::TrainOptions {
+            let options = propensity::offline::model::TrainOptions {
                 max_depth,
                 min_samples_leaf,
                 ..Default::default()
             };
-            let request = propensity::train::TrainRequest {
+            let request = propensity::offline::train::TrainRequest {
                 events,
                 model_out,
                 split_at,
@@ -224,8 +224,8 @@ fn run(cli: Cli) -> Result<()> {
                 options,
                 show_progress: !json,
             };
-            let (report, _) = propensity::train::run(&request)?;
-            propensity::train::print_report(&report, json)
+            let (report, _) = propensity::offline::train::run(&request)?;
+            propensity::offline::train::print_report(&report, json)
         }
         Command::Features { json } => {
             let features = propensity_actors::features::FEATURES;
@@ -243,7 +243,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve => actix_rt::System::new().block_on(propensity::serve::run(settings)),
+        Command::Serve => {
+            actix_rt::System::new().block_on(propensity::online::serve::run(settings))
+        }
         Command::Schema { action } => {
             let scylla = &settings.store.scylla;
             match action {
@@ -251,15 +253,16 @@ fn run(cli: Cli) -> Result<()> {
                     let runtime = tokio::runtime::Runtime::new()
                         .context("failed to start a runtime for the schema")?;
                     let report = runtime.block_on(async {
-                        let session = propensity::store::scylla::connect(scylla).await?;
-                        propensity::store::schema::apply(&session, scylla).await
+                        let session = propensity::online::store::cluster::connect(scylla).await?;
+                        propensity::online::store::schema::apply(&session, scylla).await
                     })?;
                     for line in report {
                         println!("{line}");
                     }
                 }
                 SchemaAction::Print => {
-                    let schema = propensity::store::schema::Schema::for_keyspace(&scylla.keyspace)?;
+                    let schema =
+                        propensity::online::store::schema::Schema::for_keyspace(&scylla.keyspace)?;
                     if scylla.replication_strategy
                         == propensity::config::ReplicationStrategy::NetworkTopologyStrategy
                         && scylla.datacenters.is_empty()
@@ -268,7 +271,8 @@ fn run(cli: Cli) -> Result<()> {
                             "`schema print` does not ask the cluster for its datacenters: list them in store.scylla.datacenters"
                         );
                     }
-                    let replication = propensity::store::schema::desired_replication(scylla, &[])?;
+                    let replication =
+                        propensity::online::store::schema::desired_replication(scylla, &[])?;
                     for statement in schema.statements(&replication) {
                         println!("{statement};");
                     }
@@ -288,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
             if speedup <= 0.0 || !speedup.is_finite() {
                 anyhow::bail!("--speedup must be a positive number");
             }
-            let options = propensity::demo::DemoOptions {
+            let options = propensity::tools::demo::DemoOptions {
                 events,
                 users,
                 days,
@@ -298,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 work_dir,
             };
             actix_rt::System::new()
-                .block_on(propensity::demo::run(options, settings))
+                .block_on(propensity::tools::demo::run(options, settings))
                 .map(|_| ())
         }
     }

@@ -100,7 +100,7 @@ impl Metrics {
             .unwrap(),
         );
         // Every reason starts at zero, so rates and alerts see it before the first rejection.
-        for reason in crate::ingest::message::reasons() {
+        for reason in crate::online::ingest::message::reasons() {
             events_rejected.with_label_values(&[reason]);
         }
         Metrics {

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::SessionKey;
 use propensity_actors::event::Millis;
 
@@ -89,8 +89,11 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3000, 7, 23);
     assert!(events.len() >= 80_000, "only {} events", events.len());
-    let (_, _, offline) =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, _, offline) = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    );
 
     let mut settings =
         common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "store-outage");
@@ -213,7 +216,7 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     // Read back with the test keyspace's patient timeouts: the check, not the service, reads.
     let mut store_settings = settings.store.clone();
     store_settings.scylla = keyspace.settings.clone();
-    let store = propensity::store::open(&store_settings)
+    let store = propensity::online::store::open(&store_settings)
         .await
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;

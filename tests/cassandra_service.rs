@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use indicatif::ProgressBar;
 use propensity::config::StoreKind;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, Millis};
 
@@ -72,8 +72,11 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
     let (events_path, events) = common::synthetic_events(dir.path(), 600, 3, 13);
     assert!(events.len() > 10_000, "only {} events", events.len());
     let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
-    let (_, _, offline) =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, _, offline) = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    );
 
     let mut settings = common::settings(dir.path(), &model_path);
     settings.store.kind = StoreKind::Scylla;

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use indicatif::ProgressBar;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::SessionState;
@@ -57,8 +57,11 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
 
     // Offline: the training replay's engine.
-    let (_, stats, offline) =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, stats, offline) = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    );
     let abandoned = abandoned_directly(&events);
     assert!(abandoned > 100, "the data has abandoned carts: {abandoned}");
     assert_eq!(

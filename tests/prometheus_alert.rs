@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::event::{Event, EventType};
 
 /// The production rules with every window and `for` shortened.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use propensity::config::Settings;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::ReplayEngine;
 use propensity_actors::event::{Event, Millis};
 
@@ -28,7 +28,8 @@ fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
 }
 
 fn offline(events: &[Event]) -> ReplayEngine {
-    propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2
+    propensity::offline::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden())
+        .2
 }
 
 #[actix_rt::test]

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use propensity::serve::Service;
-use propensity::store::EmbeddedStore;
+use propensity::online::serve::Service;
+use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::Millis;
 
 use common::broker;
@@ -70,8 +70,12 @@ async fn a_broker_restart_mid_replay_loses_nothing() {
         service.metrics.bus_redeliveries.get() > 0,
         "the restart caused redeliveries"
     );
-    let offline =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2;
+    let offline = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    )
+    .2;
     common::assert_engine_matches(&service.engine, &offline).await;
     service.stop().await.unwrap();
     assert_eq!(

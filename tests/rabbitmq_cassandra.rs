@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use propensity::serve::Service;
+use propensity::online::serve::Service;
 use propensity_actors::event::Millis;
 
 use common::broker;
@@ -25,8 +25,11 @@ async fn a_200k_replay_through_rabbitmq_into_cassandra_stores_the_offline_featur
     let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 6600, 7, 17);
     assert!(events.len() >= 200_000, "only {} events", events.len());
-    let (_, _, offline) =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, _, offline) = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    );
 
     let settings =
         common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "cassandra");
@@ -43,7 +46,7 @@ async fn a_200k_replay_through_rabbitmq_into_cassandra_stores_the_offline_featur
     service.stop().await.unwrap();
 
     // Everything acknowledged is in Cassandra, as a new store reads it.
-    let store = propensity::store::open(&settings.store)
+    let store = propensity::online::store::open(&settings.store)
         .await
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use propensity::config::Settings;
-use propensity::store::EmbeddedStore;
+use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::Millis;
 use rand::{Rng, SeedableRng};
 
@@ -138,8 +138,12 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         "no message dead-lettered (the delivery limit is above the number of kills)"
     );
 
-    let offline =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden()).2;
+    let offline = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    )
+    .2;
     let store = EmbeddedStore::open(&settings.store.embedded_path).unwrap();
     common::assert_stored_matches(store.dump().unwrap(), &offline);
     broker::delete_topology(&connection, &rabbitmq).await;

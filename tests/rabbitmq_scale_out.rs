@@ -111,15 +111,18 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     let dir = tempfile::tempdir().unwrap();
     let model = common::small_model(dir.path(), LONG_TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3000, 7, 29);
-    let (_, _, offline) =
-        propensity::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden());
+    let (_, _, offline) = propensity::offline::train::replay(
+        events.iter().cloned(),
+        LONG_TIMEOUT,
+        &ProgressBar::hidden(),
+    );
     let settings =
         common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "scale-out");
     let rabbitmq = settings.bus.rabbitmq.clone();
     assert_eq!(rabbitmq.partitions, 4);
     // The schema, once, before two instances start on it.
     drop(
-        propensity::store::open(&settings.store)
+        propensity::online::store::open(&settings.store)
             .await
             .expect("the keyspace is created"),
     );
@@ -279,7 +282,7 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
         "nothing dead-lettered"
     );
 
-    let store = propensity::store::open(&settings.store)
+    let store = propensity::online::store::open(&settings.store)
         .await
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;

@@ -25,14 +25,14 @@ fn trains_on_the_real_samples_with_their_quirks() {
         real_file("electronics_5users_fullhistory__Bumbledebee.csv"),
         real_file("electronics_random100__Bumbledebee.csv"),
     ];
-    let inventory = propensity::replay::Inventory::scan(&files).unwrap();
-    assert_eq!(inventory.rows(), 19_068);
-    assert_eq!(inventory.bad_rows(), 0);
+    let history = propensity::offline::history::HistoryFiles::scan(&files).unwrap();
+    assert_eq!(history.rows(), 19_068);
+    assert_eq!(history.bad_rows(), 0);
     assert!(
-        !inventory.files[2].sorted,
+        !history.files[2].sorted,
         "the 5-user history is out of time order"
     );
-    let request = propensity::train::TrainRequest {
+    let request = propensity::offline::train::TrainRequest {
         events: files,
         model_out: dir.path().join("model.json"),
         split_at: None,
@@ -40,13 +40,13 @@ fn trains_on_the_real_samples_with_their_quirks() {
         report_dir: None,
         truth: None,
         session_timeout: propensity_actors::replay::DEFAULT_SESSION_TIMEOUT,
-        options: propensity::model::TrainOptions {
+        options: propensity::offline::model::TrainOptions {
             min_samples_leaf: 5,
             ..Default::default()
         },
         show_progress: false,
     };
-    let (report, model) = propensity::train::run(&request).unwrap();
+    let (report, model) = propensity::offline::train::run(&request).unwrap();
     assert_eq!(report.events, 19_068);
     assert_eq!(
         report.duplicates, 5,
@@ -56,7 +56,7 @@ fn trains_on_the_real_samples_with_their_quirks() {
     assert_eq!(report.scoring_points, 19_068 - 456 - 5);
     assert!(report.validation_rows > 0 && report.calibration_rows > 0 && report.fit_rows > 10_000);
     assert_eq!(
-        propensity::model::Model::load(dir.path().join("model.json")).unwrap(),
+        propensity::offline::model::Model::load(dir.path().join("model.json")).unwrap(),
         model
     );
     let exported = std::fs::read_to_string(dir.path().join("features.csv")).unwrap();

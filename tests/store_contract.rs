@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use propensity::store::{EmbeddedStore, ScyllaStore};
+use propensity::online::store::{EmbeddedStore, ScyllaStore};
 use propensity_actors::delivery::{DeliveryGuard, Stored};
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
@@ -578,7 +578,9 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         ..StateBatch::default()
     };
     save(&store, &batch).await.unwrap();
-    let session = propensity::store::scylla::connect(settings).await.unwrap();
+    let session = propensity::online::store::cluster::connect(settings)
+        .await
+        .unwrap();
     for (key, expected, rows) in [
         (
             SessionKey::new(9_300_000, "browsing"),
@@ -612,7 +614,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
     let store = ScyllaStore::open(&keyspace.settings)
         .await
         .expect("the store opens");
-    let session = propensity::store::scylla::connect(&keyspace.settings)
+    let session = propensity::online::store::cluster::connect(&keyspace.settings)
         .await
         .unwrap();
     // Without the users and categories tables the first stage fails, so the second, which would
@@ -670,8 +672,10 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
 async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     let keyspace = common::TestKeyspace::new();
     let settings = &keyspace.settings;
-    let session = propensity::store::scylla::connect(settings).await.unwrap();
-    let created = propensity::store::schema::apply(&session, settings)
+    let session = propensity::online::store::cluster::connect(settings)
+        .await
+        .unwrap();
+    let created = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     assert!(created[0].contains("created"), "{created:?}");
@@ -682,7 +686,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .count(),
         4
     );
-    let again = propensity::store::schema::apply(&session, settings)
+    let again = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     assert_eq!(
@@ -704,7 +708,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .await
             .unwrap();
     }
-    let upgraded = propensity::store::schema::apply(&session, settings)
+    let upgraded = propensity::online::store::schema::apply(&session, settings)
         .await
         .unwrap();
     let added: Vec<&String> = upgraded
@@ -743,7 +747,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             ] {
                 session.query_unpaged(statement, ()).await.unwrap();
             }
-            let error = propensity::store::schema::apply(session, settings)
+            let error = propensity::online::store::schema::apply(session, settings)
                 .await
                 .unwrap_err()
                 .to_string();

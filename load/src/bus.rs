@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use propensity::config::{BusKind, RabbitmqSettings, Settings, StoreKind};
-use propensity::ingest::Publisher;
-use propensity::serve::{Service, redact};
+use propensity::online::ingest::Publisher;
+use propensity::online::serve::{Service, redact};
 use propensity_actors::event::{Event, EventType};
 
 /// Publishing connections: each carries the users with `user_id % PUBLISH_LANES` equal to its
@@ -526,7 +526,7 @@ pub async fn delete_topology(settings: &RabbitmqSettings) {
 
 /// Drops this run's keyspace; a failure is reported, not fatal.
 pub fn drop_keyspace(settings: &Settings) {
-    if let Err(error) = propensity::store::schema::drop_keyspace(&settings.store.scylla) {
+    if let Err(error) = propensity::online::store::schema::drop_keyspace(&settings.store.scylla) {
         eprintln!(
             "could not drop keyspace {}: {error:#}",
             settings.store.scylla.keyspace

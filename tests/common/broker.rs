@@ -5,7 +5,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, Queu
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use propensity::config::{BusKind, RabbitmqSettings, Settings};
-use propensity::ingest::Publisher;
+use propensity::online::ingest::Publisher;
 use propensity_actors::event::Event;
 
 /// The broker the tests use, as the README's test command starts it.
@@ -107,8 +107,14 @@ pub async fn dead_letters(connection: &Connection, settings: &RabbitmqSettings) 
             .unwrap_or_default();
         letters.push(DeadLetter {
             body: message.delivery.data.clone(),
-            reason: header(&headers, propensity::ingest::topology::REASON_HEADER),
-            detail: header(&headers, propensity::ingest::topology::DETAIL_HEADER),
+            reason: header(
+                &headers,
+                propensity::online::ingest::topology::REASON_HEADER,
+            ),
+            detail: header(
+                &headers,
+                propensity::online::ingest::topology::DETAIL_HEADER,
+            ),
         });
         message
             .delivery
@@ -167,7 +173,7 @@ pub async fn wait_until_consumed(
 
 /// Waits until the service has acknowledged exactly `count` messages.
 pub async fn wait_for_acks(
-    service: &propensity::serve::Service,
+    service: &propensity::online::serve::Service,
     count: u64,
     limit: std::time::Duration,
 ) {

@@ -27,7 +27,7 @@ pub fn settings(dir: &Path, model: &Path) -> Settings {
 /// Generates a synthetic clickstream into `dir` and reads it back, in time order.
 pub fn synthetic_events(dir: &Path, users: u64, days: u32, seed: u64) -> (PathBuf, Vec<Event>) {
     let path = dir.join("events.csv");
-    propensity::generate::generate_files(
+    propensity::tools::generate::generate_files(
         users,
         days,
         seed,
@@ -52,9 +52,9 @@ pub fn train_model(
     dir: &Path,
     events_path: &Path,
     session_timeout: i64,
-) -> (PathBuf, propensity::model::Model) {
+) -> (PathBuf, propensity::offline::model::Model) {
     let model_out = dir.join("model.json");
-    let request = propensity::train::TrainRequest {
+    let request = propensity::offline::train::TrainRequest {
         events: vec![events_path.to_owned()],
         model_out: model_out.clone(),
         split_at: None,
@@ -62,10 +62,10 @@ pub fn train_model(
         report_dir: None,
         truth: None,
         session_timeout,
-        options: propensity::model::TrainOptions::default(),
+        options: propensity::offline::model::TrainOptions::default(),
         show_progress: false,
     };
-    let (_, model) = propensity::train::run(&request).expect("training works");
+    let (_, model) = propensity::offline::train::run(&request).expect("training works");
     (model_out, model)
 }
 
@@ -435,7 +435,7 @@ impl TestKeyspace {
 
 impl Drop for TestKeyspace {
     fn drop(&mut self) {
-        if let Err(error) = propensity::store::schema::drop_keyspace(&self.settings) {
+        if let Err(error) = propensity::online::store::schema::drop_keyspace(&self.settings) {
             eprintln!(
                 "could not drop keyspace {}: {error:#}",
                 self.settings.keyspace

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
-use crate::scoring::{Score, ScoringActor};
+use crate::online::scoring::{Score, ScoringActor};
 
 /// The OpenAPI description of every route.
-pub const OPENAPI: &str = include_str!("../../schema/openapi.json");
+pub const OPENAPI: &str = include_str!("../../../schema/openapi.json");
 
 /// What every handler shares.
 pub struct AppState {
@@ -32,7 +32,7 @@ pub struct AppState {
     /// Cleared while a dependency (bus, store) is down.
     pub ready: Arc<AtomicBool>,
     /// Set when the bus is RabbitMQ: events are published, and consumed like any producer's.
-    pub publisher: Option<Arc<crate::ingest::Publisher>>,
+    pub publisher: Option<Arc<crate::online::ingest::Publisher>>,
 }
 
 /// A request the API refuses or cannot serve, as a JSON body with the right status.
@@ -245,8 +245,8 @@ fn default_true() -> bool {
 struct ScoreItem {
     product_id: u64,
     propensity: f64,
-    band: crate::scoring::Band,
-    action: crate::scoring::Action,
+    band: crate::online::scoring::Band,
+    action: crate::online::scoring::Action,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     explanation: serde_json::Value,
 }

@@ -14,10 +14,10 @@ use propensity_actors::engine::Engine;
 use propensity_actors::store::StateStore;
 
 use crate::config::{BusKind, Settings};
-use crate::http::{AppState, configure};
-use crate::ingest::{ConsumerHandle, Publisher};
 use crate::metrics::Metrics;
-use crate::scoring::ScoringActor;
+use crate::online::http::{AppState, configure};
+use crate::online::ingest::{ConsumerHandle, Publisher};
+use crate::online::scoring::ScoringActor;
 
 /// A running service.
 pub struct Service {
@@ -37,7 +37,7 @@ impl Service {
     /// Starts everything on the current actix system. The HTTP server binds before this returns,
     /// so `address` is the real port even when the settings ask for port 0.
     pub async fn start(settings: &Settings) -> Result<Service> {
-        let store = crate::store::open(&settings.store).await?;
+        let store = crate::online::store::open(&settings.store).await?;
         Self::start_with_store(settings, store).await
     }
 
@@ -86,7 +86,7 @@ impl Service {
                             redact(&settings.bus.rabbitmq.url)
                         )
                     })?;
-                let consumer = crate::ingest::consumer::start(
+                let consumer = crate::online::ingest::consumer::start(
                     settings.bus.rabbitmq.clone(),
                     engine.clone(),
                     metrics.clone(),

@@ -6,8 +6,10 @@
 
 use std::path::Path;
 
+use super::Model;
+use super::error::ModelError;
 use super::metrics::{Metrics, evaluate, precision_recall_curve, reliability_bins_over, roc_curve};
-use super::{Model, ModelError, Node};
+use super::tree::Node;
 
 /// Number of bins in the reliability diagram.
 const RELIABILITY_BINS: usize = 10;

@@ -1,6 +1,6 @@
-//! `propensity-load replay`: sends a REES46 CSV or a synthetic stream to RabbitMQ (publisher
-//! confirms) or to `POST /v1/events`, as fast as possible, at a fixed rate, or in accelerated
-//! event time, with a progress bar.
+//! `propensity-load publish` (alias `replay`): sends a REES46 CSV or a synthetic stream to
+//! RabbitMQ (publisher confirms) or to `POST /v1/events`, as fast as possible, at a fixed rate,
+//! or in accelerated event time, with a progress bar.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,10 +9,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use propensity::config::Settings;
-use propensity::ingest::Publisher;
+use propensity::online::ingest::Publisher;
 use propensity_actors::event::Event;
 
-/// Where replayed events go.
+use crate::events::{read_events, synthetic};
+
+/// Where published events go.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Target {
     /// The exchange of `[bus.rabbitmq]`, with publisher confirms.
@@ -21,9 +23,9 @@ pub enum Target {
     Http,
 }
 
-/// Options of `replay`.
+/// Options of `publish`.
 #[derive(Args)]
-pub struct ReplayArgs {
+pub struct PublishArgs {
     /// Where the events go.
     #[arg(long, value_enum, default_value = "rabbitmq")]
     pub to: Target,
@@ -61,8 +63,8 @@ pub struct ReplayArgs {
     pub work_dir: PathBuf,
 }
 
-/// What a replay did.
-pub struct ReplayResult {
+/// What a publish run did.
+pub struct PublishResult {
     pub events: usize,
     pub seconds: f64,
 }
@@ -101,8 +103,8 @@ impl Sink {
     }
 }
 
-/// Replays `events` (in event-time order) as `args` says.
-pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResult> {
+/// Publishes `events` (in event-time order) as `args` says.
+pub async fn publish(args: &PublishArgs, events: Vec<Event>) -> Result<PublishResult> {
     if args.batch == 0 {
         bail!("--batch must be positive");
     }
@@ -120,7 +122,7 @@ pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResul
                 .with_context(|| {
                     format!(
                         "failed to connect to RabbitMQ at {}",
-                        propensity::serve::redact(&settings.bus.rabbitmq.url)
+                        propensity::online::serve::redact(&settings.bus.rabbitmq.url)
                     )
                 })?;
             Sink::Broker(Box::new(publisher))
@@ -155,8 +157,25 @@ pub async fn replay(args: &ReplayArgs, events: Vec<Event>) -> Result<ReplayResul
         progress.set_position(sent as u64);
     }
     progress.finish();
-    Ok(ReplayResult {
+    Ok(PublishResult {
         events: sent,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `propensity-load publish`: reads or generates the events, publishes them and prints the rate.
+pub async fn run(args: PublishArgs) -> Result<()> {
+    let path = match &args.events {
+        Some(path) => path.clone(),
+        None => synthetic(&args.work_dir, args.users, args.days)?,
+    };
+    let events = read_events(&path)?;
+    let result = publish(&args, events).await?;
+    println!(
+        "replayed {} events in {:.1} s ({:.0} events/s, every one confirmed)",
+        result.events,
+        result.seconds,
+        result.events as f64 / result.seconds.max(1e-9)
+    );
+    Ok(())
 }

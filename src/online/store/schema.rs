@@ -12,7 +12,7 @@ use scylla::client::session::Session;
 use crate::config::{ReplicationStrategy, ScyllaSettings};
 
 /// The schema, with `{keyspace}` and `{replication}` placeholders.
-pub const SCHEMA_CQL: &str = include_str!("../../schema/propensity.cql");
+pub const SCHEMA_CQL: &str = include_str!("../../../schema/propensity.cql");
 
 const SIMPLE_STRATEGY: &str = "org.apache.cassandra.locator.SimpleStrategy";
 const NETWORK_TOPOLOGY_STRATEGY: &str = "org.apache.cassandra.locator.NetworkTopologyStrategy";
@@ -331,7 +331,7 @@ pub fn drop_keyspace(settings: &ScyllaSettings) -> Result<()> {
             .enable_all()
             .build()?;
         runtime.block_on(async {
-            let session = crate::store::scylla::connect(&settings).await?;
+            let session = crate::online::store::cluster::connect(&settings).await?;
             session
                 .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", settings.keyspace), ())
                 .await

@@ -16,7 +16,7 @@ use linfa_trees::TreeNode;
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// One node of a [`Tree`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -34,7 +34,6 @@ use propensity_actors::store::{
 };
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
@@ -45,10 +44,11 @@ use scylla::value::MaybeUnset;
 use scylla::{DeserializeRow, SerializeRow};
 
 use crate::config::{ConsistencyLevel, ScyllaSettings};
-use crate::store::schema;
+use crate::online::store::cluster::connect;
+use crate::online::store::schema;
 
 /// The statements, each after a `-- name:` line, with a `{keyspace}` placeholder.
-pub const QUERIES_CQL: &str = include_str!("../../schema/queries.cql");
+pub const QUERIES_CQL: &str = include_str!("../../../schema/queries.cql");
 
 /// The ScyllaDB store; cheap to clone.
 #[derive(Clone)]
@@ -89,23 +89,6 @@ struct Core {
     /// Reads in flight over the whole store: entities activate one by one, and a burst of
     /// activations must queue here rather than in the cluster.
     reads: tokio::sync::Semaphore,
-}
-
-/// Connects to the configured contact points, with the driver's default 30 s request timeout
-/// (the store's statements carry their own), for schema work and the store.
-pub async fn connect(settings: &ScyllaSettings) -> Result<Session> {
-    SessionBuilder::new()
-        .known_nodes(&settings.nodes)
-        .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .build()
-        .await
-        .map_err(|error| {
-            // The driver's message already holds its causes.
-            anyhow::anyhow!(
-                "ScyllaDB/Cassandra is not reachable at {} (store.scylla.nodes): {error}",
-                settings.nodes.join(", ")
-            )
-        })
 }
 
 impl ScyllaStore {

@@ -10,7 +10,7 @@ use propensity_actors::features::FeatureVector;
 use serde::Serialize;
 
 use crate::config::ScoringSettings;
-use crate::model::Model;
+use crate::offline::model::Model;
 
 /// How likely a purchase is, in three bands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

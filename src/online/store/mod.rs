@@ -1,6 +1,7 @@
 //! Online stores behind the actors' `StateStore` seam: an embedded redb file by default, or
 //! ScyllaDB (or Cassandra) with its schema in schema/propensity.cql.
 
+pub mod cluster;
 pub mod embedded;
 pub mod schema;
 pub mod scylla;

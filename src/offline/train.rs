@@ -15,8 +15,8 @@ use propensity_actors::features::{FEATURE_COUNT, Outcome, SessionState, feature_
 use propensity_actors::{Applied, ReplayEngine};
 use serde::Serialize;
 
-use crate::model::{self, Dataset, Metrics, Model, TrainOptions};
-use crate::replay::{Inventory, ordered_events};
+use crate::offline::history::{HistoryFiles, ordered_events};
+use crate::offline::model::{self, Dataset, Metrics, Model, TrainOptions};
 
 /// Which part of the time split a row falls in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,7 +179,7 @@ pub fn replay<I: Iterator<Item = Event>>(
     (rows, stats, engine)
 }
 
-/// An event stream that knows how many events it holds at most (from the inventory's count).
+/// An event stream that knows how many events it holds at most (from the history's count).
 struct SizedEvents<I> {
     events: I,
     remaining: usize,
@@ -330,8 +330,8 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     if request.events.is_empty() {
         bail!("no event files given: pass --events FILE...");
     }
-    let inventory = Inventory::scan(&request.events)?;
-    let Some((first, last)) = inventory.span() else {
+    let history = HistoryFiles::scan(&request.events)?;
+    let Some((first, last)) = history.span() else {
         bail!("the event files hold no valid rows");
     };
     let split_at = request.split_at.unwrap_or(first + (last - first) * 4 / 5);
@@ -345,12 +345,12 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     }
 
     let spill = tempfile::tempdir().context("failed to create a directory for sort runs")?;
-    let progress = progress_bar(request.show_progress, inventory.rows(), "features");
+    let progress = progress_bar(request.show_progress, history.rows(), "features");
     let started = std::time::Instant::now();
     let (rows, stats, _engine) = replay(
         SizedEvents {
-            events: ordered_events(&inventory, spill.path())?,
-            remaining: inventory.rows() as usize,
+            events: ordered_events(&history, spill.path())?,
+            remaining: history.rows() as usize,
         },
         request.session_timeout,
         &progress,
@@ -444,7 +444,7 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         model_version: model.version.clone(),
         model_path: request.model_out.clone(),
         events: stats.events,
-        bad_rows: inventory.bad_rows(),
+        bad_rows: history.bad_rows(),
         duplicates: stats.duplicates,
         scoring_points: rows.len(),
         fit_rows: fit_indices.len(),

@@ -1,5 +1,5 @@
 //! Publishes events to the exchange with publisher confirms: `POST /v1/events` when the bus is
-//! RabbitMQ, and the load tool's replay. A publish resolves only once the broker has confirmed
+//! RabbitMQ, and the load tool's `publish`. A publish resolves only once the broker has confirmed
 //! every message, so a producer that saw success knows the events are in durable queues.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -8,7 +8,7 @@ use propensity_actors::event::Event;
 use tokio::sync::Mutex;
 
 use crate::config::RabbitmqSettings;
-use crate::ingest::topology;
+use crate::online::ingest::topology;
 
 /// Why events could not be published.
 #[derive(Debug, thiserror::Error)]

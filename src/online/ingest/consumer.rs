@@ -26,9 +26,9 @@ use propensity_actors::engine::{Engine, EngineError};
 use tokio::sync::watch;
 
 use crate::config::RabbitmqSettings;
-use crate::ingest::message::{self, Rejection};
-use crate::ingest::topology;
 use crate::metrics::Metrics;
+use crate::online::ingest::message::{self, Rejection};
+use crate::online::ingest::topology;
 
 /// How often queue depths are read for the backlog gauge.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);

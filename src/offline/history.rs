@@ -1,6 +1,7 @@
-//! Event-time-ordered streams over REES46 CSV files. Real files are not always sorted, so each file
-//! is checked first; sorted files stream as they are, unsorted ones go through an external merge
-//! sort in bounded memory. Bad rows are reported with their file and line and skipped.
+//! The history reader: REES46 CSV files of past events, read as one event-time-ordered stream
+//! for training and the demo. Real files are not always sorted, so each file is checked first;
+//! sorted files stream as they are, unsorted ones go through an external merge sort in bounded
+//! memory. Bad rows are reported with their file and line and skipped.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,20 +29,20 @@ pub struct FileSummary {
     pub bytes: u64,
 }
 
-/// Summaries of a set of files and their overall time span.
+/// The history files of a run: what a first pass learned about each, and their time span.
 #[derive(Clone, Debug)]
-pub struct Inventory {
+pub struct HistoryFiles {
     pub files: Vec<FileSummary>,
 }
 
-impl Inventory {
+impl HistoryFiles {
     /// Reads every file once: counts rows and bad rows, checks order and finds the time span.
-    pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
+    pub fn scan(paths: &[PathBuf]) -> Result<HistoryFiles> {
         let files = paths
             .iter()
             .map(|path| scan_file(path))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Inventory { files })
+        Ok(HistoryFiles { files })
     }
 
     /// Earliest and latest event time over every file.
@@ -167,14 +168,15 @@ fn sort_runs(path: &Path, spill_dir: &Path, run_counter: &mut usize) -> Result<V
     Ok(runs)
 }
 
-/// Merges sorted sources by event time; ties go to the earlier source, so output is deterministic.
-pub struct Merge {
+/// The events of every history file in event-time order: a merge of sorted sources, where ties go
+/// to the earlier source, so output is deterministic.
+pub struct OrderedEvents {
     sources: Vec<Source>,
     heads: BinaryHeap<Reverse<(Millis, usize)>>,
     pending: Vec<Option<Event>>,
 }
 
-impl Merge {
+impl OrderedEvents {
     fn new(mut sources: Vec<Source>) -> Self {
         let mut heads = BinaryHeap::new();
         let mut pending = Vec::with_capacity(sources.len());
@@ -185,7 +187,7 @@ impl Merge {
             }
             pending.push(next);
         }
-        Merge {
+        OrderedEvents {
             sources,
             heads,
             pending,
@@ -193,7 +195,7 @@ impl Merge {
     }
 }
 
-impl Iterator for Merge {
+impl Iterator for OrderedEvents {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
@@ -208,12 +210,12 @@ impl Iterator for Merge {
     }
 }
 
-/// Opens every file of the inventory as one event-time-ordered stream. Unsorted files are sorted
+/// Opens every file of the history as one event-time-ordered stream. Unsorted files are sorted
 /// through run files in `spill_dir`, which must outlive the stream.
-pub fn ordered_events(inventory: &Inventory, spill_dir: &Path) -> Result<Merge> {
+pub fn ordered_events(history: &HistoryFiles, spill_dir: &Path) -> Result<OrderedEvents> {
     let mut sources = Vec::new();
     let mut run_counter = 0;
-    for file in &inventory.files {
+    for file in &history.files {
         if file.sorted {
             sources.push(good_events(file.path.clone())?);
         } else {
@@ -224,7 +226,7 @@ pub fn ordered_events(inventory: &Inventory, spill_dir: &Path) -> Result<Merge> 
             sources.extend(sort_runs(&file.path, spill_dir, &mut run_counter)?);
         }
     }
-    Ok(Merge::new(sources))
+    Ok(OrderedEvents::new(sources))
 }
 
 #[cfg(test)]
@@ -257,15 +259,15 @@ mod tests {
             &[&row(8, 4), "garbage", &row(2, 5), &row(5, 6)],
         );
         let also_unsorted = write(dir.path(), "c.csv", &[&row(7, 8), &row(3, 7)]);
-        let inventory = Inventory::scan(&[sorted, unsorted, also_unsorted]).unwrap();
-        assert!(inventory.files[0].sorted);
-        assert!(!inventory.files[1].sorted);
-        assert_eq!(inventory.rows(), 8);
-        assert_eq!(inventory.bad_rows(), 1);
-        let (first, last) = inventory.span().unwrap();
+        let history = HistoryFiles::scan(&[sorted, unsorted, also_unsorted]).unwrap();
+        assert!(history.files[0].sorted);
+        assert!(!history.files[1].sorted);
+        assert_eq!(history.rows(), 8);
+        assert_eq!(history.bad_rows(), 1);
+        let (first, last) = history.span().unwrap();
         assert_eq!(last - first, 8_000);
         let spill = tempfile::tempdir().unwrap();
-        let products: Vec<u64> = ordered_events(&inventory, spill.path())
+        let products: Vec<u64> = ordered_events(&history, spill.path())
             .unwrap()
             .map(|event| event.product_id)
             .collect();
@@ -278,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.csv");
         std::fs::write(&path, "a,b,c\n1,2,3\n").unwrap();
-        let error = Inventory::scan(&[path]).unwrap_err().to_string();
+        let error = HistoryFiles::scan(&[path]).unwrap_err().to_string();
         assert!(error.contains("bad header"), "{error}");
     }
 }

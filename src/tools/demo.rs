@@ -12,8 +12,8 @@ use propensity_actors::features::Outcome;
 use propensity_actors::features::SessionKey;
 
 use crate::config::Settings;
-use crate::replay::{Inventory, ordered_events};
-use crate::serve::Service;
+use crate::offline::history::{HistoryFiles, ordered_events};
+use crate::online::serve::Service;
 
 /// Options of `propensity demo`.
 #[derive(Clone, Debug)]
@@ -74,7 +74,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
                 options.seed,
                 path.display()
             );
-            let summary = crate::generate::generate_files(
+            let summary = crate::tools::generate::generate_files(
                 options.users,
                 options.days,
                 options.seed,
@@ -92,7 +92,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     let model_path = options.work_dir.join("model.json");
     println!("2/4 training on the first 80% of the time span");
     let truth = options.work_dir.join("truth.csv");
-    let request = crate::train::TrainRequest {
+    let request = crate::offline::train::TrainRequest {
         events: vec![events_path.clone()],
         model_out: model_path.clone(),
         split_at: None,
@@ -100,11 +100,11 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         report_dir: Some(options.work_dir.join("report")),
         truth: (options.events.is_none() && truth.exists()).then_some(truth),
         session_timeout: settings.engine.session_timeout_millis(),
-        options: crate::model::TrainOptions::default(),
+        options: crate::offline::model::TrainOptions::default(),
         show_progress: true,
     };
-    let (report, _) = crate::train::run(&request)?;
-    crate::train::print_report(&report, false)?;
+    let (report, _) = crate::offline::train::run(&request)?;
+    crate::offline::train::print_report(&report, false)?;
 
     settings.model.path = model_path;
     settings.store.embedded_path = options.work_dir.join("state.redb");
@@ -116,9 +116,9 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     println!("3/4 starting the service");
     let service = Service::start(&settings).await?;
     let url = service.url();
-    let inventory = Inventory::scan(std::slice::from_ref(&events_path))?;
+    let history = HistoryFiles::scan(std::slice::from_ref(&events_path))?;
     let spill = tempfile::tempdir()?;
-    let mut events = ordered_events(&inventory, spill.path())?.peekable();
+    let mut events = ordered_events(&history, spill.path())?.peekable();
 
     // Warm the state with the training period at full speed: features need the users' history.
     let mut batch = Vec::with_capacity(4096);
@@ -199,7 +199,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
             let vectors = service.engine.features(key, vec![product_id]).await?;
             let result = service
                 .scoring
-                .send(crate::scoring::Score {
+                .send(crate::online::scoring::Score {
                     vectors,
                     explain: false,
                 })

@@ -1,0 +1,98 @@
+//! Memory measurement: a counting global allocator (live heap bytes), the resident set size, an
+//! estimate of the heap the input events hold, and a store that keeps nothing, so that memory per
+//! live session is what the entities' state holds.
+
+use std::sync::Arc;
+
+use propensity_actors::SessionKey;
+use propensity_actors::event::Event;
+use propensity_actors::store::{
+    LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreFuture,
+};
+
+/// Heap held by the events themselves (vector slots and their strings).
+pub fn events_heap_estimate(events: &[Event]) -> i64 {
+    let strings: usize = events
+        .iter()
+        .map(|event| {
+            event.user_session.capacity()
+                + event.category_code.as_ref().map_or(0, String::capacity)
+                + event.brand.as_ref().map_or(0, String::capacity)
+                + event.event_id.as_ref().map_or(0, String::capacity)
+        })
+        .sum();
+    (std::mem::size_of_val(events) + strings) as i64
+}
+
+/// A store that accepts every write and holds nothing: isolates the engine's own memory from the
+/// embedded store's page cache when memory per session is measured.
+pub struct DiscardStore;
+
+impl StateStore for DiscardStore {
+    fn save(&self, _: Arc<StateBatch>) -> StoreFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn load_user_side(&self, _: Vec<u64>, _: Vec<SessionKey>) -> StoreFuture<LoadedUserSide> {
+        Box::pin(async { Ok((Vec::new(), Vec::new())) })
+    }
+
+    fn load_catalog(&self, _: Vec<u64>, _: Vec<u64>) -> StoreFuture<LoadedCatalog> {
+        Box::pin(async { Ok((Vec::new(), Vec::new())) })
+    }
+}
+
+/// Counts live heap bytes, so memory per session is measured as what the state holds, not as
+/// resident pages the allocator kept after a burst.
+struct CountingAllocator;
+
+static LIVE_HEAP_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+// The only unsafe code of the workspace: a global allocator must implement an unsafe trait. It
+// forwards every call to the system allocator unchanged and only adds up sizes.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_HEAP_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: std::alloc::Layout) {
+        LIVE_HEAP_BYTES.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(pointer, layout) }
+    }
+
+    unsafe fn realloc(
+        &self,
+        pointer: *mut u8,
+        layout: std::alloc::Layout,
+        new_size: usize,
+    ) -> *mut u8 {
+        LIVE_HEAP_BYTES.fetch_add(
+            new_size as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        unsafe { std::alloc::System.realloc(pointer, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Live heap bytes now, as the counting allocator sees them.
+pub fn heap_bytes() -> i64 {
+    LIVE_HEAP_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The resident set size of this process, in bytes.
+pub fn resident_bytes() -> i64 {
+    // Second field of /proc/self/statm: resident pages.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| {
+            text.split_whitespace()
+                .nth(1)
+                .and_then(|pages| pages.parse::<i64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}

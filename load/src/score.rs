@@ -1,0 +1,252 @@
+//! `propensity-load score`: load on `/v1/score`. The open loop sends on a fixed schedule and
+//! measures latency from when each request was due (corrected for coordinated omission); the
+//! closed loop finds the throughput. Both can run on a thread and runtime of their own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use propensity_actors::event::Event;
+
+use crate::events::read_events;
+
+/// Options of `score`.
+#[derive(clap::Args, Clone)]
+pub struct ScoreArgs {
+    /// Base URL of the service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Requests per second, sent on a fixed schedule whatever the answers' speed.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Seconds of load (bounded: at most 300).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Requests allowed in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// A REES46 CSV whose (user, session, product) triples are scored; default: synthetic ids.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+}
+
+/// What a scoring run measured, in microseconds: from the scheduled time (corrected for
+/// coordinated omission) and, for comparison, from the moment the request was sent.
+pub struct ScoreResult {
+    pub sent_p50: u64,
+    pub sent_p99: u64,
+    pub rate: u64,
+    pub sent: u64,
+    pub errors: u64,
+    pub achieved_rate: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Open-loop load on `/v1/score` at `args.rate` requests/s for `args.seconds`, over `targets`.
+pub async fn score_load(
+    args: &ScoreArgs,
+    targets: Arc<Vec<(u64, String, u64)>>,
+) -> Result<ScoreResult> {
+    if args.seconds > 300 {
+        bail!("--seconds is bounded at 300");
+    }
+    if args.rate == 0 {
+        bail!("--rate must be positive");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let total = args.rate * args.seconds;
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let service_histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let url = format!("{}/v1/score", args.url.trim_end_matches('/'));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for index in 0..total {
+        // Latency counts from when the request was due, not from when it could be sent: a slow
+        // server delays the sender too, and that wait is the user's (coordinated omission).
+        let due = started + interval * index as u32;
+        // Tokio's timer ticks in milliseconds; sleep to just before the due time, then yield until
+        // it, so the schedule itself adds no millisecond of latency.
+        if let Some(wait) = due
+            .checked_duration_since(Instant::now())
+            .and_then(|wait| wait.checked_sub(Duration::from_millis(1)))
+        {
+            tokio::time::sleep(wait).await;
+        }
+        while Instant::now() < due {
+            tokio::task::yield_now().await;
+        }
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (user_id, user_session, product_id) = targets[index as usize % targets.len()].clone();
+        let (client, url, histogram, service_histogram, errors) = (
+            client.clone(),
+            url.clone(),
+            histogram.clone(),
+            service_histogram.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let body = serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false});
+            let sent = Instant::now();
+            let ok = match client.post(&url).json(&body).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let micros = due.elapsed().as_micros() as u64;
+            histogram.lock().expect("histogram lock").saturating_record(micros.max(1));
+            let service_micros = sent.elapsed().as_micros() as u64;
+            service_histogram.lock().expect("histogram lock").saturating_record(service_micros.max(1));
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let histogram = histogram.lock().expect("histogram lock");
+    let service_histogram = service_histogram.lock().expect("histogram lock");
+    Ok(ScoreResult {
+        sent_p50: service_histogram.value_at_quantile(0.5),
+        sent_p99: service_histogram.value_at_quantile(0.99),
+        rate: args.rate,
+        sent: total,
+        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+        achieved_rate: total as f64 / elapsed,
+        p50: histogram.value_at_quantile(0.5),
+        p99: histogram.value_at_quantile(0.99),
+        p999: histogram.value_at_quantile(0.999),
+        max: histogram.max(),
+    })
+}
+
+/// Runs a load generator on a thread and runtime of its own, so it does not share the
+/// service's actor thread.
+async fn in_own_thread<T, F>(load: impl FnOnce() -> F + Send + 'static) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>>,
+{
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(load()));
+        let _ = sender.send(result);
+    });
+    receiver.await.context("the load thread died")?
+}
+
+/// [`score_load`] on a thread of its own.
+pub async fn score_in_own_thread(
+    args: ScoreArgs,
+    targets: Arc<Vec<(u64, String, u64)>>,
+) -> Result<ScoreResult> {
+    in_own_thread(move || async move { score_load(&args, targets).await }).await
+}
+
+/// The (user, session, product) triples to score: every seventh scoring point of `events`.
+pub fn targets_from(events: &[Event]) -> Vec<(u64, String, u64)> {
+    events
+        .iter()
+        .filter(|event| event.event_type.is_scoring_point())
+        .step_by(7)
+        .map(|event| (event.user_id, event.user_session.clone(), event.product_id))
+        .collect()
+}
+
+/// Prints what a scoring run measured.
+pub fn print_score(result: &ScoreResult) {
+    println!(
+        "score at {}/s: sent {} ({} errors) at {:.0}/s achieved; latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        result.rate,
+        result.sent,
+        result.errors,
+        result.achieved_rate,
+        result.p50,
+        result.p99,
+        result.p999,
+        result.max
+    );
+}
+
+/// Closed loop on /v1/score: `concurrency` clients each send their next request as soon as the
+/// last one is answered, for `seconds`; returns the requests per second answered. Finds the
+/// throughput the open-loop run then holds the service to.
+async fn score_closed_loop(
+    url: String,
+    concurrency: usize,
+    seconds: u64,
+    targets: Arc<Vec<(u64, String, u64)>>,
+) -> Result<f64> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let url = format!("{}/v1/score", url.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let (client, url, targets) = (client.clone(), url.clone(), targets.clone());
+        tasks.spawn(async move {
+            let mut answered = 0u64;
+            let mut index = worker;
+            while Instant::now() < deadline {
+                let (user_id, user_session, product_id) = &targets[index % targets.len()];
+                index += concurrency;
+                let body = serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false});
+                let response = client.post(&url).json(&body).send().await?;
+                if response.status().is_success() && response.bytes().await.is_ok() {
+                    answered += 1;
+                }
+            }
+            anyhow::Ok(answered)
+        });
+    }
+    let mut answered = 0;
+    while let Some(result) = tasks.join_next().await {
+        answered += result??;
+    }
+    Ok(answered as f64 / started.elapsed().as_secs_f64())
+}
+
+/// [`score_closed_loop`] on a thread of its own.
+pub async fn closed_loop_in_own_thread(
+    url: String,
+    concurrency: usize,
+    seconds: u64,
+    targets: Arc<Vec<(u64, String, u64)>>,
+) -> Result<f64> {
+    in_own_thread(move || score_closed_loop(url, concurrency, seconds, targets)).await
+}
+
+/// `propensity-load score`: open-loop load on a running service, then the latencies.
+pub async fn run(args: ScoreArgs) -> Result<()> {
+    let targets = match &args.events {
+        Some(path) => targets_from(&read_events(path)?),
+        None => (0..1000)
+            .map(|index| (index, format!("session-{index}"), 1000 + index % 50))
+            .collect(),
+    };
+    let result = score_load(&args, Arc::new(targets)).await?;
+    print_score(&result);
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Offline training: read history in event-time order, replay it through the same feature code
+//! the service runs, label every scoring point, and fit, calibrate and report the model.
+
+pub mod history;
+pub mod model;
+pub mod train;
