@@ -5,7 +5,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use propensity_actors::delivery::Delivery;
+use propensity_actors::delivery::{BatchPart, Delivery};
 use propensity_actors::event::EventType;
 use propensity_actors::features::{Outcome, SessionState};
 use propensity_actors::store::{Observer, StoreError};
@@ -291,10 +291,10 @@ impl Observer for Metrics {
         }
     }
 
-    fn events_applied(&self, accepted: &[Delivery], duplicates: u64) {
+    fn events_applied(&self, accepted: &BatchPart, duplicates: u64) {
         let mut by_type = [0u64; 4];
         let mut latest = i64::MIN;
-        for Delivery { event, .. } in accepted {
+        for Delivery { event, .. } in accepted.iter() {
             by_type[EventType::ALL
                 .iter()
                 .position(|kind| *kind == event.event_type)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use crate::delivery::{Delivery, DeliveryGuard, Stored};
+use crate::delivery::{BatchPart, Delivery, DeliveryGuard, Stored};
 use crate::event::Event;
 use crate::features::{self, CategoryState, ProductState};
 use crate::messages::{DropAll, ForgetAcknowledged};
@@ -233,7 +233,7 @@ impl CatalogActor {
     }
 
     fn apply(&mut self, batch: &CatalogBatch) {
-        for delivery in batch.deliveries.iter() {
+        for delivery in batch.part.iter() {
             self.apply_delivery(delivery);
         }
     }
@@ -298,7 +298,7 @@ impl CatalogActor {
 
     /// Marks the sources of a batch as consumed here: their parts are written here from now on.
     fn take_sources(&mut self, batch: &CatalogBatch) {
-        for delivery in batch.deliveries.iter() {
+        for delivery in batch.part.iter() {
             let source = usize::from(delivery.source);
             if source >= self.local.len() {
                 // More partitions than configured: count them too rather than lose events.
@@ -559,14 +559,15 @@ impl Actor for CatalogActor {
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct CatalogBatch {
-    pub deliveries: Arc<Vec<Delivery>>,
+    pub part: BatchPart,
 }
 
 impl CatalogBatch {
     fn sourced(&self) -> impl Iterator<Item = (&Event, u16)> + Clone {
-        self.deliveries
-            .iter()
-            .map(|delivery| (&delivery.event, delivery.source))
+        self.part.positions().iter().map(|position| {
+            let delivery = self.part.at(*position);
+            (&delivery.event, delivery.source)
+        })
     }
 }
 

@@ -38,6 +38,61 @@ impl Delivery {
     }
 }
 
+/// Part of a batch of deliveries: the whole batch, shared by every actor that takes a part of
+/// it, and the positions of this part in it, in order. Deliveries are never copied on their way
+/// from the shard to users, sessions and catalog partitions.
+#[derive(Clone, Debug)]
+pub struct BatchPart {
+    batch: std::sync::Arc<[Delivery]>,
+    positions: Vec<u32>,
+}
+
+impl BatchPart {
+    /// The whole batch.
+    pub fn whole(batch: std::sync::Arc<[Delivery]>) -> BatchPart {
+        let positions = (0..batch.len() as u32).collect();
+        BatchPart { batch, positions }
+    }
+
+    /// The deliveries at `positions` (in the batch, in order) of the same batch.
+    pub fn part(&self, positions: Vec<u32>) -> BatchPart {
+        BatchPart {
+            batch: self.batch.clone(),
+            positions,
+        }
+    }
+
+    /// The positions of this part in the batch, in order.
+    pub fn positions(&self) -> &[u32] {
+        &self.positions
+    }
+
+    /// The delivery at a position of the batch.
+    pub fn at(&self, position: u32) -> &Delivery {
+        &self.batch[position as usize]
+    }
+
+    /// This part's deliveries, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> + '_ {
+        self.positions.iter().map(|position| self.at(*position))
+    }
+
+    /// How many deliveries this part holds.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether this part holds none.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Copies of this part's deliveries, for a caller that retries them.
+    pub fn to_vec(&self) -> Vec<Delivery> {
+        self.iter().cloned().collect()
+    }
+}
+
 /// An entity's state with the guard that rides with it: what the store saves and loads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stored<T> {

@@ -29,15 +29,15 @@ pub struct EntityContext {
     pub guard_deliveries: bool,
 }
 
-/// Where an entity actor is in its lifecycle (it is passivating once it stopped itself).
+/// Where an entity actor is once activated: while it activates, its mailbox waits, so no
+/// handler sees that phase; it is passivating once it stopped itself.
 #[derive(Debug)]
 pub enum Phase {
-    /// Its state is loading; its mailbox waits.
-    Activating,
     /// Its state is in memory.
     Active,
-    /// Its state could not be loaded: it refuses what it is sent.
-    Failed(StoreError),
+    /// Its state could not be loaded: it refuses what it is sent. Boxed: a million live
+    /// sessions pay a pointer for it, not the error's size.
+    Failed(Box<StoreError>),
 }
 
 /// Activates an actor: its mailbox waits until `load` resolves, then `loaded` puts the state in
@@ -53,13 +53,10 @@ pub fn activate<A, T>(
 {
     ctx.wait(
         fut::wrap_future::<_, A>(load).map(move |result, actor: &mut A, _| match result {
-            Ok(state) => {
-                loaded(actor, state);
-                *phase(actor) = Phase::Active;
-            }
+            Ok(state) => loaded(actor, state),
             Err(error) => {
                 tracing::warn!(%error, "an entity could not be loaded; its events are refused");
-                *phase(actor) = Phase::Failed(error);
+                *phase(actor) = Phase::Failed(Box::new(error));
             }
         }),
     );

@@ -91,7 +91,7 @@ impl UserSide {
         );
         self.watermark = self.watermark.max(event.time);
         Applied::Changed {
-            closed: step.closed,
+            closed: step.closed.map(|closed| *closed),
         }
     }
 

@@ -7,38 +7,56 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::delivery::{self, Delivery, DeliveryGuard, Stored};
+use crate::delivery::{self, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, SessionStep};
 use crate::lifecycle::{self, EntityContext, Phase};
-use crate::messages::{ForgetAcknowledged, Refused};
+use crate::messages::ForgetAcknowledged;
 use crate::store::StoreError;
 
 /// One session.
 pub struct SessionActor {
-    key: SessionKey,
     /// `None` until the session's first event, and after a stored session that had already
     /// ended is loaded: ended stays ended, it was counted when it closed.
     session: Option<SessionState>,
     guard: DeliveryGuard,
     phase: Phase,
-    /// The watermark when the actor was activated: stored sessions idle since before the
-    /// session timeout had ended by then.
-    activated_at: Millis,
     context: Arc<EntityContext>,
 }
 
 impl SessionActor {
-    /// A session actor that activates from the store; `watermark` is the shard's now.
-    pub fn new(key: SessionKey, watermark: Millis, context: Arc<EntityContext>) -> Self {
+    /// A session actor with no state yet.
+    fn new(context: Arc<EntityContext>) -> Self {
         SessionActor {
-            key,
             session: None,
             guard: DeliveryGuard::default(),
-            phase: Phase::Activating,
-            activated_at: watermark,
+            phase: Phase::Active,
             context,
         }
+    }
+
+    /// Starts a session actor on the current arbiter; `watermark` is its shard's now: a stored
+    /// session idle for longer than the timeout by then had ended.
+    pub fn activate(key: SessionKey, watermark: Millis, context: Arc<EntityContext>) -> Addr<Self> {
+        let ended_before = watermark.saturating_sub(context.session_timeout);
+        SessionActor::create(move |ctx| {
+            let load = context.store.load_session(key);
+            lifecycle::activate(
+                ctx,
+                load,
+                move |actor: &mut SessionActor, stored| {
+                    if let Some(stored) = stored {
+                        if stored.state.last_event_at >= ended_before {
+                            actor.session = Some(stored.state);
+                        }
+                        // Kept either way: a redelivered event of an ended session is known.
+                        actor.guard = stored.guard;
+                    }
+                },
+                |actor| &mut actor.phase,
+            );
+            SessionActor::new(context)
+        })
     }
 
     fn snapshot(&self) -> Option<Stored<SessionState>> {
@@ -51,59 +69,35 @@ impl SessionActor {
 
 impl Actor for SessionActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let load = self.context.store.load_session(self.key);
-        lifecycle::activate(
-            ctx,
-            load,
-            |actor: &mut SessionActor, stored| {
-                if let Some(stored) = stored {
-                    let ended_before = actor
-                        .activated_at
-                        .saturating_sub(actor.context.session_timeout);
-                    if stored.state.last_event_at >= ended_before {
-                        actor.session = Some(stored.state);
-                    }
-                    // Kept either way: a redelivered event of an ended session is still known.
-                    actor.guard = stored.guard;
-                }
-            },
-            |actor| &mut actor.phase,
-        );
-    }
 }
 
-/// The session's events of one batch, in order, each admitted by its user.
+/// The session's events of one batch, in order, each admitted by its user. A session that could
+/// not be loaded refuses them all, with the store's error.
 #[derive(Message)]
-#[rtype(result = "Result<SessionApplied, Refused>")]
+#[rtype(result = "Result<SessionApplied, StoreError>")]
 pub struct SessionEvents {
-    pub deliveries: Vec<Delivery>,
-    /// Each delivery's identity, by index (the user computed them).
+    pub part: BatchPart,
+    /// Each delivery's identity, in the part's order (the user computed them).
     pub identities: Vec<u64>,
 }
 
-/// What each event did to the session, by index; the deliveries come back.
+/// What each event did to the session, in the part's order.
 #[derive(MessageResponse)]
 pub struct SessionApplied {
-    pub deliveries: Vec<Delivery>,
     pub steps: Vec<SessionStep>,
     /// The session's latest event, for its deadline.
     pub last_event_at: Option<Millis>,
 }
 
 impl Handler<SessionEvents> for SessionActor {
-    type Result = Result<SessionApplied, Refused>;
+    type Result = Result<SessionApplied, StoreError>;
 
     fn handle(&mut self, message: SessionEvents, _: &mut Self::Context) -> Self::Result {
         if let Phase::Failed(error) = &self.phase {
-            return Err(Refused {
-                error: error.clone(),
-                deliveries: message.deliveries,
-            });
+            return Err(StoreError::clone(error));
         }
         let steps = message
-            .deliveries
+            .part
             .iter()
             .zip(&message.identities)
             .map(|(delivery, identity)| {
@@ -119,7 +113,6 @@ impl Handler<SessionEvents> for SessionActor {
             })
             .collect();
         Ok(SessionApplied {
-            deliveries: message.deliveries,
             steps,
             last_event_at: self.session.as_ref().map(|session| session.last_event_at),
         })
@@ -184,7 +177,7 @@ impl Handler<ReadSession> for SessionActor {
 
     fn handle(&mut self, _: ReadSession, _: &mut Self::Context) -> Self::Result {
         match &self.phase {
-            Phase::Failed(error) => Err(error.clone()),
+            Phase::Failed(error) => Err(StoreError::clone(error)),
             _ => Ok(self.session.clone()),
         }
     }
@@ -201,6 +194,7 @@ impl Handler<ForgetAcknowledged> for SessionActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Delivery;
     use crate::event::{Event, EventType};
     use crate::store::{LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreFuture};
 
@@ -243,7 +237,7 @@ mod tests {
             session_timeout: 30 * 60_000,
             guard_deliveries: false,
         });
-        SessionActor::new(SessionKey::new(7, "s"), watermark, context).start()
+        SessionActor::activate(SessionKey::new(7, "s"), watermark, context)
     }
 
     fn events(deliveries: Vec<Delivery>) -> SessionEvents {
@@ -252,7 +246,7 @@ mod tests {
             .map(|delivery| delivery.event.identity())
             .collect();
         SessionEvents {
-            deliveries,
+            part: BatchPart::whole(deliveries.into()),
             identities,
         }
     }
@@ -317,8 +311,7 @@ mod tests {
             .unwrap()
             .err()
             .expect("refused");
-        assert!(matches!(refused.error, StoreError::Timeout(100)));
-        assert_eq!(refused.deliveries, vec![cart(1), cart(2)]);
+        assert!(matches!(refused, StoreError::Timeout(100)));
         assert!(
             session.send(ReadSession).await.unwrap().is_err(),
             "nothing loaded"

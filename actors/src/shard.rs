@@ -15,7 +15,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures_util::future::{Either, join_all};
 
 use crate::catalog::{CatalogActor, CatalogBatch, Sources};
-use crate::delivery::{Delivery, Stored};
+use crate::delivery::{BatchPart, Delivery, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, UserState};
 use crate::lifecycle::EntityContext;
@@ -180,7 +180,7 @@ impl ShardActor {
         if let Some(entry) = self.sessions.get(&key) {
             return (key, entry.addr.clone());
         }
-        let addr = SessionActor::new(key, self.watermark, self.entities.clone()).start();
+        let addr = SessionActor::activate(key, self.watermark, self.entities.clone());
         let deadline = self.watermark.saturating_add(self.settings.session_timeout);
         self.session_deadlines.push(key, deadline, None);
         self.sessions.insert(
@@ -209,11 +209,10 @@ impl ShardActor {
     /// Records what a user's batch did; `sessions` are those handed over with it.
     fn user_applied(
         &mut self,
-        user_id: u64,
-        sessions: Vec<SessionKey>,
+        (user_id, sessions, batch): (u64, Vec<SessionKey>, &BatchPart),
         reply: UserApplied,
-        accepted: &mut Vec<Delivery>,
-        refused: &mut Option<Refused>,
+        accepted: &mut Vec<u32>,
+        refused: &mut Option<(StoreError, Vec<u32>)>,
         total: &mut BatchApplied,
     ) {
         total.duplicates += reply.duplicates;
@@ -221,7 +220,7 @@ impl ShardActor {
         let latest = reply
             .accepted
             .iter()
-            .map(|delivery| delivery.event.time)
+            .map(|position| batch.at(*position).event.time)
             .max();
         if let Some(latest) = latest {
             self.watermark = self.watermark.max(latest);
@@ -263,12 +262,11 @@ impl ShardActor {
             }
         }
         accepted.extend(reply.accepted);
-        if let Some(more) = reply.refused {
-            let into = refused.get_or_insert_with(|| Refused {
-                error: more.error.clone(),
-                deliveries: Vec::new(),
-            });
-            into.deliveries.extend(more.deliveries);
+        if let Some(error) = reply.refusal {
+            refused
+                .get_or_insert_with(|| (error, Vec::new()))
+                .1
+                .extend(reply.refused);
         }
     }
 
@@ -474,10 +472,11 @@ impl Handler<ApplyBatch> for ShardActor {
     type Result = ResponseActFuture<Self, Result<BatchApplied, Refused>>;
 
     fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
-        // One message per user, its deliveries in their order.
+        let batch = BatchPart::whole(message.deliveries.into());
+        // One message per user: the positions of its deliveries, in their order.
         let mut order: Vec<u64> = Vec::new();
-        let mut by_user: HashMap<u64, Vec<Delivery>> = HashMap::new();
-        for delivery in message.deliveries {
+        let mut by_user: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (position, delivery) in batch.iter().enumerate() {
             let user_id = delivery.event.user_id;
             by_user
                 .entry(user_id)
@@ -485,15 +484,15 @@ impl Handler<ApplyBatch> for ShardActor {
                     order.push(user_id);
                     Vec::new()
                 })
-                .push(delivery);
+                .push(position as u32);
         }
         let mut sends = Vec::with_capacity(order.len());
         for user_id in order {
-            let deliveries = by_user.remove(&user_id).expect("grouped above");
+            let positions = by_user.remove(&user_id).expect("grouped above");
             self.user(user_id);
             let mut sessions: Vec<SessionHandle> = Vec::new();
-            for delivery in &deliveries {
-                let key = SessionKey::of(&delivery.event);
+            for position in &positions {
+                let key = SessionKey::of(&batch.at(*position).event);
                 if !sessions.iter().any(|(known, _)| *known == key) {
                     sessions.push(self.session(key));
                 }
@@ -502,7 +501,7 @@ impl Handler<ApplyBatch> for ShardActor {
             let user = self.user(user_id);
             user.in_flight += 1;
             let sent = user.addr.send(UserEvents {
-                deliveries,
+                part: batch.part(positions),
                 sessions,
             });
             sends.push(async move { (user_id, keys, sent.await) });
@@ -519,13 +518,12 @@ impl Handler<ApplyBatch> for ShardActor {
                     });
                 }
                 let mut total = BatchApplied::default();
-                let mut accepted = Vec::new();
+                let mut accepted = Vec::with_capacity(batch.len());
                 let mut refused = None;
                 for (user_id, sessions, answer) in answers {
                     match answer {
                         Ok(reply) => actor.user_applied(
-                            user_id,
-                            sessions,
+                            (user_id, sessions, &batch),
                             reply,
                             &mut accepted,
                             &mut refused,
@@ -543,18 +541,25 @@ impl Handler<ApplyBatch> for ShardActor {
                         }
                     }
                 }
+                // The catalog applies them in the order they came in.
+                accepted.sort_unstable();
+                let accepted = batch.part(accepted);
                 actor.observer.events_applied(&accepted, total.duplicates);
                 if !accepted.is_empty() {
-                    let batch = CatalogBatch {
-                        deliveries: Arc::new(accepted),
-                    };
+                    let batch = CatalogBatch { part: accepted };
                     for catalog in actor.catalogs.iter() {
                         catalog.do_send(batch.clone());
                     }
                 }
                 actor.expire(ctx);
                 match refused {
-                    Some(refused) => Err(refused),
+                    Some((error, mut positions)) => {
+                        positions.sort_unstable();
+                        Err(Refused {
+                            error,
+                            deliveries: batch.part(positions).to_vec(),
+                        })
+                    }
                     None => Ok(total),
                 }
             },

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::delivery::{Delivery, Stored};
+use crate::delivery::{BatchPart, Stored};
 use crate::features::{CategoryState, ProductState, SessionKey, SessionState, UserState};
 
 /// A boxed future a store returns; stores run on any runtime thread.
@@ -120,7 +120,7 @@ pub trait Observer: Send + Sync + 'static {
     /// A session ended with this outcome and cart value.
     fn session_closed(&self, _session: &SessionState) {}
     /// Events were applied (those given) and duplicates dropped.
-    fn events_applied(&self, _accepted: &[Delivery], _duplicates: u64) {}
+    fn events_applied(&self, _accepted: &BatchPart, _duplicates: u64) {}
     /// A flush finished.
     fn flushed(&self, _rows: usize, _seconds: f64, _error: Option<&StoreError>) {}
 }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use crate::delivery::{self, Admission, Delivery, DeliveryGuard, Stored};
+use crate::delivery::{self, Admission, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{self, RECENT_IDENTITIES, SessionKey, SessionState, SessionStep, UserState};
 use crate::lifecycle::{self, EntityContext, Phase};
-use crate::messages::{ForgetAcknowledged, Refused};
+use crate::messages::ForgetAcknowledged;
 use crate::session::{
     CloseSession, Closing, ReadSession, SessionActor, SessionApplied, SessionEvents,
     SessionSnapshot,
@@ -48,7 +48,7 @@ impl UserActor {
             user_id,
             user: None,
             guard: DeliveryGuard::default(),
-            phase: Phase::Activating,
+            phase: Phase::Active,
             dirty: false,
             dirty_sessions: Vec::new(),
             guarded_sessions: Vec::new(),
@@ -58,14 +58,13 @@ impl UserActor {
 
     /// Decides, in order, which deliveries are new to the user, as applying them one by one
     /// would: an identity counts as seen from the event that first brought it.
-    fn admit(&self, deliveries: &[Delivery], identities: &[u64]) -> Vec<Admission> {
+    fn admit(&self, part: &BatchPart, identities: &[u64]) -> Vec<Admission> {
         let mut recent: Vec<u64> = self
             .user
             .as_ref()
             .map(|user| user.recent_identities.clone())
             .unwrap_or_default();
-        deliveries
-            .iter()
+        part.iter()
             .zip(identities)
             .map(|(delivery, identity)| {
                 if delivery.redelivered && self.guard.contains(*identity) {
@@ -84,32 +83,41 @@ impl UserActor {
     }
 
     /// Applies the admitted deliveries to the user's history, in their original order, with
-    /// what their sessions said of each.
+    /// what their sessions said of each: `applied[i]` is the step of the part's `i`-th delivery,
+    /// `None` for a duplicate or a delivery its session refused.
     fn apply(
         &mut self,
-        deliveries: Vec<(Delivery, u64, Admission, SessionStep)>,
+        part: &BatchPart,
+        identities: &[u64],
+        admissions: &[Admission],
+        applied: Vec<Option<SessionStep>>,
         reply: &mut UserApplied,
     ) {
-        for (delivery, identity, admission, mut step) in deliveries {
-            if admission == Admission::New {
+        for (index, step) in applied.into_iter().enumerate() {
+            let Some(mut step) = step else {
+                continue;
+            };
+            let position = part.positions()[index];
+            let event = &part.at(position).event;
+            if admissions[index] == Admission::New {
                 let user = self
                     .user
-                    .get_or_insert_with(|| UserState::new(self.user_id, delivery.event.time));
+                    .get_or_insert_with(|| UserState::new(self.user_id, event.time));
                 delivery::apply_to_user(
                     user,
                     &mut self.guard,
-                    &delivery.event,
-                    identity,
-                    admission,
+                    event,
+                    identities[index],
+                    admissions[index],
                     &step,
                     self.context.guard_deliveries,
                 );
                 self.dirty = true;
             }
             if let Some(closed) = step.closed.take() {
-                reply.closed.push(closed);
+                reply.closed.push(*closed);
             }
-            reply.accepted.push(delivery);
+            reply.accepted.push(position);
         }
     }
 
@@ -139,22 +147,36 @@ impl Actor for UserActor {
     }
 }
 
+/// One session's part of a user's batch.
+#[derive(Default)]
+struct SessionPart {
+    /// The session's index among the batch's session handles.
+    session: usize,
+    /// Positions in the batch.
+    positions: Vec<u32>,
+    /// Indexes in the user's part.
+    indexes: Vec<usize>,
+    identities: Vec<u64>,
+}
+
 /// The user's events of one batch, in order, and the actors of the sessions they name.
 #[derive(Message)]
 #[rtype(result = "UserApplied")]
 pub struct UserEvents {
-    pub deliveries: Vec<Delivery>,
+    pub part: BatchPart,
     pub sessions: Vec<SessionHandle>,
 }
 
 /// What a batch did to a user and its sessions.
 #[derive(Default, MessageResponse)]
 pub struct UserApplied {
-    /// Deliveries applied (to at least the entities that lacked them), in order: for the catalog.
-    pub accepted: Vec<Delivery>,
+    /// Positions in the batch of the deliveries applied (to at least the entities that lacked
+    /// them), in order: for the catalog.
+    pub accepted: Vec<u32>,
     pub duplicates: u64,
-    /// What was not applied, for want of the store.
-    pub refused: Option<Refused>,
+    /// Positions of the deliveries not applied, for want of the store, and why.
+    pub refused: Vec<u32>,
+    pub refusal: Option<StoreError>,
     /// The user could not be loaded: its shard drops it.
     pub user_failed: bool,
     /// Sessions that could not be loaded: the shard drops them.
@@ -171,82 +193,74 @@ impl Handler<UserEvents> for UserActor {
     type Result = AtomicResponse<Self, UserApplied>;
 
     fn handle(&mut self, message: UserEvents, _: &mut Self::Context) -> Self::Result {
+        let UserEvents { part, sessions } = message;
         if let Phase::Failed(error) = &self.phase {
             let reply = UserApplied {
-                refused: Some(Refused {
-                    error: error.clone(),
-                    deliveries: message.deliveries,
-                }),
+                refused: part.positions().to_vec(),
+                refusal: Some(StoreError::clone(error)),
                 user_failed: true,
                 ..UserApplied::default()
             };
             return AtomicResponse::new(Box::pin(fut::ready(reply)));
         }
-        let identities: Vec<u64> = message
-            .deliveries
+        let identities: Vec<u64> = part
             .iter()
             .map(|delivery| delivery.event.identity())
             .collect();
-        let admissions = self.admit(&message.deliveries, &identities);
-        // Each session's part, in order, with each delivery's position in the batch.
-        let mut parts: Vec<(usize, SessionEvents, Vec<usize>)> = Vec::new();
+        let admissions = self.admit(&part, &identities);
+        let mut parts: Vec<SessionPart> = Vec::new();
         let mut duplicates = 0;
-        for (position, (delivery, admission)) in
-            message.deliveries.into_iter().zip(&admissions).enumerate()
-        {
+        for (index, (delivery, admission)) in part.iter().zip(&admissions).enumerate() {
             if *admission == Admission::Duplicate {
                 duplicates += 1;
                 continue;
             }
             let key = SessionKey::of(&delivery.event);
-            let session = message
-                .sessions
+            let session = sessions
                 .iter()
                 .position(|(candidate, _)| *candidate == key)
                 .expect("the shard hands over every session of the batch");
-            let part = match parts.iter_mut().find(|(index, _, _)| *index == session) {
-                Some(part) => part,
+            let slot = match parts.iter().position(|of| of.session == session) {
+                Some(slot) => slot,
                 None => {
-                    parts.push((
+                    parts.push(SessionPart {
                         session,
-                        SessionEvents {
-                            deliveries: Vec::new(),
-                            identities: Vec::new(),
-                        },
-                        Vec::new(),
-                    ));
-                    parts.last_mut().expect("just pushed")
+                        ..SessionPart::default()
+                    });
+                    parts.len() - 1
                 }
             };
-            part.1.deliveries.push(delivery);
-            part.1.identities.push(identities[position]);
-            part.2.push(position);
+            let session_part = &mut parts[slot];
+            session_part.positions.push(part.positions()[index]);
+            session_part.indexes.push(index);
+            session_part.identities.push(identities[index]);
         }
-        let sends = parts.into_iter().map(|(session, events, positions)| {
-            let handle = message.sessions[session].clone();
-            let sent = handle.1.send(events);
-            async move { (handle, positions, sent.await) }
+        let sends = parts.into_iter().map(|session_part| {
+            let handle = sessions[session_part.session].clone();
+            let sent = handle.1.send(SessionEvents {
+                part: part.part(session_part.positions),
+                identities: session_part.identities,
+            });
+            let indexes = session_part.indexes;
+            async move { (handle, indexes, sent.await) }
         });
-        let count = identities.len();
         AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(join_all(sends)).map(
             move |answers, actor, _| {
                 let mut reply = UserApplied {
                     duplicates,
                     ..UserApplied::default()
                 };
-                let mut ordered: Vec<Option<(Delivery, SessionStep)>> =
-                    (0..count).map(|_| None).collect();
-                for (handle, positions, answer) in answers {
+                let mut applied: Vec<Option<SessionStep>> = (0..part.len()).map(|_| None).collect();
+                for (handle, indexes, answer) in answers {
+                    let answer = answer
+                        .unwrap_or_else(|error| Err(StoreError::Unavailable(error.to_string())));
                     match answer {
-                        Ok(Ok(SessionApplied {
-                            deliveries,
+                        Ok(SessionApplied {
                             steps,
                             last_event_at,
-                        })) => {
-                            for ((position, delivery), step) in
-                                positions.into_iter().zip(deliveries).zip(steps)
-                            {
-                                ordered[position] = Some((delivery, step));
+                        }) => {
+                            for (index, step) in indexes.into_iter().zip(steps) {
+                                applied[index] = Some(step);
                             }
                             if let Some(last_event_at) = last_event_at {
                                 reply.last_events.push((handle.0, last_event_at));
@@ -259,34 +273,18 @@ impl Handler<UserEvents> for UserActor {
                                 actor.guarded_sessions.push((handle.clone(), 2));
                             }
                         }
-                        Ok(Err(refused)) => {
-                            reply.failed_sessions.push(handle.0);
-                            let into = reply.refused.get_or_insert_with(|| Refused {
-                                error: refused.error.clone(),
-                                deliveries: Vec::new(),
-                            });
-                            into.deliveries.extend(refused.deliveries);
-                        }
                         Err(error) => {
-                            // A session actor that stopped under its events; its shard dropped it
-                            // and the events are retried on a new one.
+                            // A session that could not be loaded (or whose actor stopped): its
+                            // shard drops it, and the events are retried on a new one.
                             reply.failed_sessions.push(handle.0);
-                            reply.refused.get_or_insert_with(|| Refused {
-                                error: StoreError::Unavailable(error.to_string()),
-                                deliveries: Vec::new(),
-                            });
+                            reply
+                                .refused
+                                .extend(indexes.into_iter().map(|index| part.positions()[index]));
+                            reply.refusal.get_or_insert(error);
                         }
                     }
                 }
-                let applied = ordered
-                    .into_iter()
-                    .zip(identities)
-                    .zip(admissions)
-                    .filter_map(|((slot, identity), admission)| {
-                        slot.map(|(delivery, step)| (delivery, identity, admission, step))
-                    })
-                    .collect();
-                actor.apply(applied, &mut reply);
+                actor.apply(&part, &identities, &admissions, applied, &mut reply);
                 reply.changed = actor.dirty || !actor.dirty_sessions.is_empty();
                 reply
             },
@@ -419,7 +417,7 @@ impl Handler<ReadUser> for UserActor {
 
     fn handle(&mut self, _: ReadUser, _: &mut Self::Context) -> Self::Result {
         match &self.phase {
-            Phase::Failed(error) => Err(error.clone()),
+            Phase::Failed(error) => Err(StoreError::clone(error)),
             _ => Ok(self.user.clone()),
         }
     }

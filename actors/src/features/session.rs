@@ -36,7 +36,6 @@ impl SessionKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionProduct {
     pub product_id: u64,
-    pub category_id: u64,
     /// The latest price seen for the product in this session.
     pub price: f64,
     pub counts: Counts,
@@ -79,8 +78,9 @@ pub struct SessionStep {
     pub started: bool,
     /// The event is the session's first purchase.
     pub first_purchase: bool,
-    /// The session the event ended by arriving after a gap longer than the timeout.
-    pub closed: Option<SessionState>,
+    /// The session the event ended by arriving after a gap longer than the timeout (boxed:
+    /// steps travel between actors, and this is rare).
+    pub closed: Option<Box<SessionState>>,
 }
 
 /// Applies an event to the live session of its user and session string (`None`: there is
@@ -118,7 +118,7 @@ pub fn continue_or_restart(
 ) -> SessionStep {
     if event.time - session.last_event_at > timeout {
         let (fresh, mut step) = start(event);
-        step.closed = Some(std::mem::replace(session, fresh));
+        step.closed = Some(Box::new(std::mem::replace(session, fresh)));
         return step;
     }
     let step = SessionStep {
@@ -185,7 +185,6 @@ impl SessionState {
                     &mut self.products,
                     SessionProduct {
                         product_id: event.product_id,
-                        category_id: event.category_id,
                         price: event.price,
                         counts: Counts::default(),
                         in_cart: 0,

@@ -1,8 +1,6 @@
 //! A shopper's history across sessions and their per-product history: the state machine behind
 //! the user and user-product features.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::counts::Counts;
@@ -33,7 +31,10 @@ pub struct UserState {
     pub last_purchase_at: Option<Millis>,
     /// Identities of the latest events applied, newest last.
     pub recent_identities: Vec<u64>,
-    pub products: BTreeMap<u64, UserProduct>,
+    /// Every product the user touched, by id, ascending: a sorted vector takes two thirds of
+    /// the memory of a B-tree map at the few dozen products a shopper touches (and stores the
+    /// same bytes).
+    pub products: Vec<(u64, UserProduct)>,
 }
 
 impl UserState {
@@ -49,7 +50,7 @@ impl UserState {
             last_event_at: time,
             last_purchase_at: None,
             recent_identities: Vec::with_capacity(RECENT_IDENTITIES),
-            products: BTreeMap::new(),
+            products: Vec::new(),
         }
     }
 
@@ -66,7 +67,19 @@ impl UserState {
             self.recent_identities.remove(0);
         }
         self.recent_identities.push(identity);
-        let product = self.products.entry(event.product_id).or_default();
+        let index = match self
+            .products
+            .binary_search_by_key(&event.product_id, |(id, _)| *id)
+        {
+            Ok(index) => index,
+            Err(index) => {
+                self.products.reserve_exact(1);
+                self.products
+                    .insert(index, (event.product_id, UserProduct::default()));
+                index
+            }
+        };
+        let product = &mut self.products[index].1;
         product.counts.record(event.event_type);
         product.last_event_at = product.last_event_at.max(event.time);
         if event.event_type == EventType::Purchase {
@@ -88,7 +101,10 @@ impl UserState {
 
     /// The user's history with one product.
     pub fn product(&self, product_id: u64) -> Option<&UserProduct> {
-        self.products.get(&product_id)
+        self.products
+            .binary_search_by_key(&product_id, |(id, _)| *id)
+            .ok()
+            .map(|index| &self.products[index].1)
     }
 }
 

@@ -1,9 +1,11 @@
-//! The RabbitMQ consumer: one `select!` loop over shutdown, deliveries, batch and acknowledgement
-//! ticks. Valid events go to the actor engine in batches; a message is acknowledged only once a
-//! flush that started after it was applied has made its state durable, so a crash at any instant
-//! loses nothing, and redelivered events are applied only where they are missing (see
-//! `propensity_actors::features::DeliveryGuard`). Invalid messages are republished to the
-//! dead-letter exchange with their reason, confirmed, and then acknowledged.
+//! The RabbitMQ consumer: one `select!` loop per connection over shutdown, deliveries, the batch
+//! linger, retries, acknowledgement ticks, standby and backlog reads, each handled by a method of
+//! [`Consuming`], the connection's state. Valid events go to the actor engine in batches; a
+//! message is acknowledged only once a flush that started after it was applied has made its
+//! state durable, so a crash at any instant loses nothing, and redelivered events are applied
+//! only where they are missing (see `propensity_actors::delivery::DeliveryGuard`). Invalid
+//! messages are republished to the dead-letter exchange with their reason, confirmed, and then
+//! acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -161,202 +163,348 @@ async fn session(
     stopped: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), SessionError> {
-    let settings = &context.settings;
-    let connection = Connection::connect(
-        &settings.url,
-        ConnectionProperties::default().with_connection_name(
-            format!(
-                "{}-{}-consumer",
-                settings.connection_name, settings.instance_index
-            )
-            .into(),
-        ),
-    )
-    .await?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel, settings).await?;
-    let dead_letters = connection.create_channel().await?;
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut consumers = SelectAll::new();
-    let mut channels = BTreeMap::new();
-    let (preferred, standby): (Vec<u16>, Vec<u16>) =
-        (0..settings.partitions).partition(|partition| settings.prefers(*partition));
-    for partition in &preferred {
-        let (channel, deliveries) = consume(&connection, settings, *partition).await?;
-        channels.insert(*partition, channel);
-        consumers.push(deliveries);
-    }
+    let mut connection = Consuming::connect(context).await?;
     *connected = true;
     context.ready.store(true, Ordering::Relaxed);
     context.metrics.bus_connected.set(1);
-    tracing::info!(
-        partitions = ?preferred,
-        standby = ?standby,
-        "consuming from RabbitMQ"
-    );
-
+    let settings = &context.settings;
     let mut standby_due = Box::pin(tokio::time::sleep(Duration::from_millis(
         settings.standby_delay_ms,
     )));
-    let mut standby_pending = !standby.is_empty();
-    let mut pending = Pending::default();
+    let mut standby_pending = !connection.standby.is_empty();
     let mut linger = Box::pin(tokio::time::sleep(BATCH_LINGER));
-    let mut lingering = false;
-    let mut applied = Applied::default();
-    // Partitions that may still redeliver: settled by a fresh delivery, or by two backlog reads
-    // in a row that find nothing ready.
-    let mut unsettled: BTreeSet<u16> = preferred.iter().copied().collect();
-    let mut found_empty: BTreeSet<u16> = BTreeSet::new();
-    let mut barrier: Option<Barrier> = None;
-    // Events the engine refused because the store could not load their users or sessions.
-    // Deliveries wait until a retry applies them; the prefetch limit then stops the broker, which
-    // keeps memory bounded however long the store is away.
-    let mut refused: Option<Pending> = None;
     let mut retry_due = Box::pin(tokio::time::sleep(Duration::ZERO));
-    let mut retry_wait = RETRY_FIRST;
-    let mut retry_armed = false;
     let mut ack_tick = tokio::time::interval(Duration::from_millis(settings.ack_interval_ms));
     let mut backlog_tick = tokio::time::interval(BACKLOG_INTERVAL);
-
     loop {
+        let refused = connection.refused.is_some();
         tokio::select! {
-            _ = stopped.wait_for(|stop| *stop) => {
-                // Whatever the engine refuses now, the broker redelivers to the next consumer.
-                apply(context, &mut pending, &mut applied).await?;
-                if let Some(running) = barrier.take() {
-                    let (covered, result) = running.await;
-                    if result.is_ok() {
-                        acknowledge(context, &channels, covered).await?;
-                    }
-                }
-                if applied.count > 0 {
-                    match context.engine.flush(false).await {
-                        Ok(_) => acknowledge(context, &channels, std::mem::take(&mut applied)).await?,
-                        Err(error) => tracing::warn!(%error, "final flush failed; the broker redelivers what was not acknowledged"),
-                    }
-                }
-                let _ = connection.close(200, "shutting down".into()).await;
-                return Ok(());
-            }
-            delivery = consumers.next(), if refused.is_none() => {
-                let (partition, delivery) = match delivery {
-                    Some((partition, delivery)) => (partition, delivery?),
-                    None => return Err(SessionError::Cancelled),
-                };
-                context.metrics.bus_deliveries.inc();
-                context.metrics.bus_unacked.inc();
-                if delivery.redelivered {
-                    // Redeliveries come first in a queue: until a fresh delivery follows, more
-                    // may come. A standby subscription taking over a dead instance's partition
-                    // starts this way, whatever its backlog reads said before.
-                    context.metrics.bus_redeliveries.inc();
-                    unsettled.insert(partition);
-                    found_empty.remove(&partition);
-                } else {
-                    unsettled.remove(&partition);
-                }
-                let content_type = delivery.properties.content_type().as_ref().map(|value| value.as_str());
-                match message::parse(&delivery.data, delivery.routing_key.as_str(), content_type, settings.max_message_bytes) {
-                    Ok(event) => {
-                        pending.deliveries.push(EventDelivery { event, redelivered: delivery.redelivered, source: partition });
-                        pending.newest.insert(partition, delivery.acker);
-                        pending.count += 1;
-                        if pending.deliveries.len() >= settings.batch_size {
-                            refused = apply(context, &mut pending, &mut applied).await?;
-                        } else if !lingering {
-                            linger.as_mut().reset(tokio::time::Instant::now() + BATCH_LINGER);
-                            lingering = true;
-                        }
-                    }
-                    Err(rejection) => {
-                        dead_letter(&dead_letters, settings, &delivery, &rejection).await?;
-                        delivery.acker.ack(BasicAckOptions { multiple: false }).await?;
-                        context.metrics.bus_unacked.dec();
-                        context.metrics.events_rejected.with_label_values(&[rejection.reason]).inc();
-                        tracing::debug!(reason = rejection.reason, detail = %rejection.detail, "dead-lettered a message");
-                    }
+            _ = stopped.wait_for(|stop| *stop) => return connection.stop().await,
+            delivery = connection.consumers.next(), if !refused => {
+                let (partition, delivery) = delivery.ok_or(SessionError::Cancelled)?;
+                if connection.delivered(partition, delivery?).await? {
+                    linger.as_mut().reset(tokio::time::Instant::now() + BATCH_LINGER);
                 }
             }
-            _ = &mut linger, if lingering && refused.is_none() => {
-                lingering = false;
-                refused = apply(context, &mut pending, &mut applied).await?;
+            _ = &mut linger, if connection.lingering && !refused => connection.linger_over().await?,
+            _ = &mut retry_due, if refused => connection.retry_refused().await?,
+            _ = ack_tick.tick(), if connection.barrier.is_none() && connection.applied.count > 0 => {
+                connection.start_barrier();
             }
-            _ = &mut retry_due, if refused.is_some() => {
-                let mut batch = refused.take().expect("guarded");
-                retry_armed = false;
-                refused = apply(context, &mut batch, &mut applied).await?;
-                if refused.is_none() {
-                    tracing::info!("the store answers again; taking deliveries");
-                    retry_wait = RETRY_FIRST;
-                    context.ready.store(true, Ordering::Relaxed);
-                }
-            }
-            _ = ack_tick.tick(), if barrier.is_none() && applied.count > 0 => {
-                // Everything applied so far is in the flush this starts.
-                let (mut covered, engine) = (std::mem::take(&mut applied), context.engine.clone());
-                covered.settled = unsettled.is_empty();
-                barrier = Some(Box::pin(async move { let result = engine.flush(false).await; (covered, result) }));
-            }
-            (covered, result) = async { barrier.as_mut().expect("guarded").await }, if barrier.is_some() => {
-                barrier = None;
-                match result {
-                    Ok(_) => acknowledge(context, &channels, covered).await?,
-                    // Not acknowledged: the broker stops delivering at the prefetch limit, which
-                    // bounds memory until the store is back.
-                    Err(error) => {
-                        tracing::warn!(%error, "flush failed; holding acknowledgements");
-                        // Acknowledged with what is applied next, after a flush that works.
-                        let newer = std::mem::replace(&mut applied, covered);
-                        applied.count += newer.count;
-                        applied.newest.extend(newer.newest);
-                    }
-                }
+            (covered, result) = async { connection.barrier.as_mut().expect("guarded").await }, if connection.barrier.is_some() => {
+                connection.barrier_done(covered, result).await?;
             }
             _ = &mut standby_due, if standby_pending => {
                 standby_pending = false;
-                for partition in &standby {
-                    let (channel, deliveries) = consume(&connection, settings, *partition).await?;
-                    channels.insert(*partition, channel);
-                    consumers.push(deliveries);
-                    unsettled.insert(*partition);
-                }
-                tracing::info!(partitions = ?standby, "standing by for other instances' partitions");
+                connection.stand_by().await?;
             }
-            _ = backlog_tick.tick() => {
-                for partition in 0..settings.partitions {
-                    let queue = settings.queue(partition);
-                    let declared = channel.queue_declare(
-                        queue.as_str().into(),
-                        QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-                        FieldTable::default(),
-                    ).await?;
-                    context.metrics.bus_backlog.with_label_values(&[&partition.to_string()]).set(i64::from(declared.message_count()));
-                    if declared.message_count() > 0 {
-                        found_empty.remove(&partition);
-                    } else if !found_empty.insert(partition) {
-                        unsettled.remove(&partition);
-                    }
+            _ = backlog_tick.tick() => connection.read_backlog().await?,
+        }
+        if let Some(wait) = connection.arm_retry() {
+            retry_due.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+    }
+}
+
+/// What one connection consumes and holds: its channels, the events received and not applied,
+/// those applied and not acknowledged, and those the engine refused.
+struct Consuming<'a> {
+    context: &'a Context,
+    connection: Connection,
+    /// The channel the topology and backlog reads use.
+    channel: Channel,
+    dead_letters: Channel,
+    consumers: SelectAll<PartitionDeliveries>,
+    /// One channel per partition consumed, so its deliveries arrive in tag order.
+    channels: BTreeMap<u16, Channel>,
+    /// Partitions subscribed to after `standby_delay_ms`, for when their owner stops.
+    standby: Vec<u16>,
+    pending: Pending,
+    lingering: bool,
+    applied: Applied,
+    /// Partitions that may still redeliver: settled by a fresh delivery, or by two backlog reads
+    /// in a row that find nothing ready.
+    unsettled: BTreeSet<u16>,
+    found_empty: BTreeSet<u16>,
+    /// A flush under way, and the deliveries it covers.
+    barrier: Option<Barrier>,
+    /// Events the engine refused because the store could not load their state. Deliveries wait
+    /// until a retry applies them; the prefetch limit then stops the broker, which keeps memory
+    /// bounded however long the store is away.
+    refused: Option<Pending>,
+    retry_wait: Duration,
+    retry_armed: bool,
+}
+
+/// One partition's deliveries, tagged with the partition.
+type PartitionDeliveries =
+    Pin<Box<dyn futures_util::Stream<Item = (u16, lapin::Result<Delivery>)> + Send>>;
+
+impl<'a> Consuming<'a> {
+    /// Connects, declares the topology and consumes the partitions this instance prefers.
+    async fn connect(context: &'a Context) -> Result<Consuming<'a>, SessionError> {
+        let settings = &context.settings;
+        let connection = Connection::connect(
+            &settings.url,
+            ConnectionProperties::default().with_connection_name(
+                format!(
+                    "{}-{}-consumer",
+                    settings.connection_name, settings.instance_index
+                )
+                .into(),
+            ),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        topology::declare(&channel, settings).await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (preferred, standby): (Vec<u16>, Vec<u16>) =
+            (0..settings.partitions).partition(|partition| settings.prefers(*partition));
+        let mut consuming = Consuming {
+            context,
+            connection,
+            channel,
+            dead_letters,
+            consumers: SelectAll::new(),
+            channels: BTreeMap::new(),
+            standby,
+            pending: Pending::default(),
+            lingering: false,
+            applied: Applied::default(),
+            unsettled: preferred.iter().copied().collect(),
+            found_empty: BTreeSet::new(),
+            barrier: None,
+            refused: None,
+            retry_wait: RETRY_FIRST,
+            retry_armed: false,
+        };
+        for partition in &preferred {
+            consuming.consume(*partition).await?;
+        }
+        tracing::info!(
+            partitions = ?preferred,
+            standby = ?consuming.standby,
+            "consuming from RabbitMQ"
+        );
+        Ok(consuming)
+    }
+
+    /// Consumes one partition queue on a channel of its own.
+    async fn consume(&mut self, partition: u16) -> Result<(), SessionError> {
+        let (channel, deliveries) =
+            consume(&self.connection, &self.context.settings, partition).await?;
+        self.channels.insert(partition, channel);
+        self.consumers.push(Box::pin(deliveries));
+        Ok(())
+    }
+
+    /// Takes a delivery: a valid event joins the pending batch (applied once it is full), an
+    /// invalid one is dead-lettered. Returns whether the batch has just started lingering.
+    async fn delivered(
+        &mut self,
+        partition: u16,
+        delivery: Delivery,
+    ) -> Result<bool, SessionError> {
+        let (context, settings) = (self.context, &self.context.settings);
+        context.metrics.bus_deliveries.inc();
+        context.metrics.bus_unacked.inc();
+        if delivery.redelivered {
+            // Redeliveries come first in a queue: until a fresh delivery follows, more may come.
+            // A standby subscription taking over a dead instance's partition starts this way,
+            // whatever its backlog reads said before.
+            context.metrics.bus_redeliveries.inc();
+            self.unsettled.insert(partition);
+            self.found_empty.remove(&partition);
+        } else {
+            self.unsettled.remove(&partition);
+        }
+        let content_type = delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|value| value.as_str());
+        match message::parse(
+            &delivery.data,
+            delivery.routing_key.as_str(),
+            content_type,
+            settings.max_message_bytes,
+        ) {
+            Ok(event) => {
+                self.pending.deliveries.push(EventDelivery {
+                    event,
+                    redelivered: delivery.redelivered,
+                    source: partition,
+                });
+                self.pending.newest.insert(partition, delivery.acker);
+                self.pending.count += 1;
+                if self.pending.deliveries.len() >= settings.batch_size {
+                    self.refused = apply(context, &mut self.pending, &mut self.applied).await?;
+                } else if !self.lingering {
+                    self.lingering = true;
+                    return Ok(true);
+                }
+            }
+            Err(rejection) => {
+                dead_letter(&self.dead_letters, settings, &delivery, &rejection).await?;
+                delivery
+                    .acker
+                    .ack(BasicAckOptions { multiple: false })
+                    .await?;
+                context.metrics.bus_unacked.dec();
+                context
+                    .metrics
+                    .events_rejected
+                    .with_label_values(&[rejection.reason])
+                    .inc();
+                tracing::debug!(reason = rejection.reason, detail = %rejection.detail, "dead-lettered a message");
+            }
+        }
+        Ok(false)
+    }
+
+    /// A partial batch waited long enough: apply it.
+    async fn linger_over(&mut self) -> Result<(), SessionError> {
+        self.lingering = false;
+        self.refused = apply(self.context, &mut self.pending, &mut self.applied).await?;
+        Ok(())
+    }
+
+    /// Retries what the engine refused, as redeliveries.
+    async fn retry_refused(&mut self) -> Result<(), SessionError> {
+        let mut batch = self.refused.take().expect("guarded");
+        self.retry_armed = false;
+        self.refused = apply(self.context, &mut batch, &mut self.applied).await?;
+        if self.refused.is_none() {
+            tracing::info!("the store answers again; taking deliveries");
+            self.retry_wait = RETRY_FIRST;
+            self.context.ready.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// When a refused batch waits and no retry is set, how long until the next one (backing
+    /// off exponentially); deliveries and readiness wait meanwhile.
+    fn arm_retry(&mut self) -> Option<Duration> {
+        let batch = self.refused.as_ref()?;
+        if self.retry_armed {
+            return None;
+        }
+        self.retry_armed = true;
+        if self.retry_wait == RETRY_FIRST {
+            tracing::warn!(
+                events = batch.deliveries.len(),
+                "the store could not load the state of a batch; deliveries wait until it answers"
+            );
+        }
+        self.context.ready.store(false, Ordering::Relaxed);
+        let wait = self.retry_wait;
+        self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+        Some(wait)
+    }
+
+    /// Starts a flush covering everything applied so far.
+    fn start_barrier(&mut self) {
+        let (mut covered, engine) = (
+            std::mem::take(&mut self.applied),
+            self.context.engine.clone(),
+        );
+        covered.settled = self.unsettled.is_empty();
+        self.barrier = Some(Box::pin(async move {
+            let result = engine.flush(false).await;
+            (covered, result)
+        }));
+    }
+
+    /// A flush ended: acknowledge what it made durable, or keep it for the next one.
+    async fn barrier_done(
+        &mut self,
+        covered: Applied,
+        result: Result<usize, EngineError>,
+    ) -> Result<(), SessionError> {
+        self.barrier = None;
+        match result {
+            Ok(_) => acknowledge(self.context, &self.channels, covered).await,
+            // Not acknowledged: the broker stops delivering at the prefetch limit, which bounds
+            // memory until the store is back.
+            Err(error) => {
+                tracing::warn!(%error, "flush failed; holding acknowledgements");
+                // Acknowledged with what is applied next, after a flush that works.
+                let newer = std::mem::replace(&mut self.applied, covered);
+                self.applied.count += newer.count;
+                self.applied.newest.extend(newer.newest);
+                Ok(())
+            }
+        }
+    }
+
+    /// Subscribes to the other instances' partitions, idle until their owner stops.
+    async fn stand_by(&mut self) -> Result<(), SessionError> {
+        for partition in self.standby.clone() {
+            self.consume(partition).await?;
+            self.unsettled.insert(partition);
+        }
+        tracing::info!(partitions = ?self.standby, "standing by for other instances' partitions");
+        Ok(())
+    }
+
+    /// Reads each partition's backlog for the gauge; two empty reads in a row settle it.
+    async fn read_backlog(&mut self) -> Result<(), SessionError> {
+        let settings = &self.context.settings;
+        for partition in 0..settings.partitions {
+            let queue = settings.queue(partition);
+            let declared = self
+                .channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            self.context
+                .metrics
+                .bus_backlog
+                .with_label_values(&[&partition.to_string()])
+                .set(i64::from(declared.message_count()));
+            if declared.message_count() > 0 {
+                self.found_empty.remove(&partition);
+            } else if !self.found_empty.insert(partition) {
+                self.unsettled.remove(&partition);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what is pending, makes everything applied durable, acknowledges it and closes
+    /// the connection. Whatever the engine refuses now, the broker redelivers to the next
+    /// consumer.
+    async fn stop(mut self) -> Result<(), SessionError> {
+        let context = self.context;
+        apply(context, &mut self.pending, &mut self.applied).await?;
+        if let Some(running) = self.barrier.take() {
+            let (covered, result) = running.await;
+            if result.is_ok() {
+                acknowledge(context, &self.channels, covered).await?;
+            }
+        }
+        if self.applied.count > 0 {
+            match context.engine.flush(false).await {
+                Ok(_) => {
+                    let applied = std::mem::take(&mut self.applied);
+                    acknowledge(context, &self.channels, applied).await?;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "final flush failed; the broker redelivers what was not acknowledged")
                 }
             }
         }
-        if let Some(batch) = &refused
-            && !retry_armed
-        {
-            retry_armed = true;
-            if retry_wait == RETRY_FIRST {
-                tracing::warn!(
-                    events = batch.deliveries.len(),
-                    "the store could not load the state of a batch; deliveries wait until it answers"
-                );
-            }
-            context.ready.store(false, Ordering::Relaxed);
-            retry_due
-                .as_mut()
-                .reset(tokio::time::Instant::now() + retry_wait);
-            retry_wait = (retry_wait * 2).min(RETRY_MAX);
-        }
+        let _ = self.connection.close(200, "shutting down".into()).await;
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 //! another layout is refused with what to do rather than misread.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use propensity_actors::delivery::Stored;
@@ -12,7 +12,7 @@ use propensity_actors::features::{ProductState, SessionKey};
 use propensity_actors::store::{
     LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture,
 };
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -26,13 +26,39 @@ const CATEGORIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("cat
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
 /// The layout of the values this version reads and writes. Files written before the version
-/// was recorded have layout 1, the same bytes.
-pub const LAYOUT: u32 = 1;
+/// was recorded have layout 1; layout 2 dropped the category of each product of a session (no
+/// feature reads it, and a million live sessions saved its bytes) and keeps a user's product
+/// history as a sorted list (the same bytes as the map before).
+pub const LAYOUT: u32 = 2;
 
 /// A redb-backed store; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     database: Arc<Database>,
+    /// The tables as of the latest commit, for reads: an entity actor activates with one
+    /// lookup, without opening a transaction and its tables each time. Taken again after every
+    /// commit, so a read never misses a write that has completed.
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+}
+
+/// Every table as one read transaction sees it.
+struct Snapshot {
+    sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    users: ReadOnlyTable<u64, &'static [u8]>,
+    products: ReadOnlyTable<(u64, u16), &'static [u8]>,
+    categories: ReadOnlyTable<(u64, u16), &'static [u8]>,
+}
+
+impl Snapshot {
+    fn take(database: &Database) -> Result<Snapshot, StoreError> {
+        let transaction = database.begin_read().map_err(unavailable)?;
+        Ok(Snapshot {
+            sessions: transaction.open_table(SESSIONS).map_err(unavailable)?,
+            users: transaction.open_table(USERS).map_err(unavailable)?,
+            products: transaction.open_table(PRODUCTS).map_err(unavailable)?,
+            categories: transaction.open_table(CATEGORIES).map_err(unavailable)?,
+        })
+    }
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -60,9 +86,12 @@ impl EmbeddedStore {
         let database = Database::create(path)
             .with_context(|| format!("failed to open the embedded store {}", path.display()))?;
         let transaction = database.begin_write()?;
+        // A new file has no table yet; one with tables and no recorded layout has layout 1.
+        let new_file = transaction.list_tables()?.next().is_none();
         {
             let mut meta = transaction.open_table(META)?;
-            let layout = meta.get("layout")?.map_or(1, |version| version.value());
+            let recorded = meta.get("layout")?.map(|version| version.value());
+            let layout = recorded.unwrap_or(if new_file { LAYOUT } else { 1 });
             if layout != LAYOUT {
                 anyhow::bail!(
                     "the embedded store {} has layout {layout}, and this version reads layout {LAYOUT}: \
@@ -78,8 +107,10 @@ impl EmbeddedStore {
         transaction.open_table(PRODUCTS)?;
         transaction.open_table(CATEGORIES)?;
         transaction.commit()?;
+        let snapshot = Snapshot::take(&database)?;
         Ok(EmbeddedStore {
             database: Arc::new(database),
+            snapshot: Arc::new(RwLock::new(Arc::new(snapshot))),
         })
     }
 
@@ -118,7 +149,15 @@ impl EmbeddedStore {
                     .map_err(unavailable)?;
             }
         }
-        transaction.commit().map_err(unavailable)
+        transaction.commit().map_err(unavailable)?;
+        let snapshot = Snapshot::take(&self.database)?;
+        *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
+        Ok(())
+    }
+
+    /// The tables as of the latest commit.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
     }
 
     fn load_user_side_now(
@@ -126,18 +165,17 @@ impl EmbeddedStore {
         user_ids: &[u64],
         keys: &[SessionKey],
     ) -> Result<LoadedUserSide, StoreError> {
-        let transaction = self.database.begin_read().map_err(unavailable)?;
-        let users_table = transaction.open_table(USERS).map_err(unavailable)?;
+        let snapshot = self.snapshot();
         let mut users = Vec::new();
         for user_id in user_ids {
-            if let Some(bytes) = users_table.get(user_id).map_err(unavailable)? {
+            if let Some(bytes) = snapshot.users.get(user_id).map_err(unavailable)? {
                 users.push(decode(bytes.value())?);
             }
         }
-        let sessions_table = transaction.open_table(SESSIONS).map_err(unavailable)?;
         let mut sessions = Vec::new();
         for key in keys {
-            if let Some(bytes) = sessions_table
+            if let Some(bytes) = snapshot
+                .sessions
                 .get((key.user_id, key.session_hash))
                 .map_err(unavailable)?
             {
@@ -152,11 +190,11 @@ impl EmbeddedStore {
         product_ids: &[u64],
         category_ids: &[u64],
     ) -> Result<LoadedCatalog, StoreError> {
-        let transaction = self.database.begin_read().map_err(unavailable)?;
-        let products_table = transaction.open_table(PRODUCTS).map_err(unavailable)?;
+        let snapshot = self.snapshot();
         let mut products: Vec<Stored<ProductState>> = Vec::new();
         for product_id in product_ids {
-            for row in products_table
+            for row in snapshot
+                .products
                 .range((*product_id, 0)..=(*product_id, u16::MAX))
                 .map_err(unavailable)?
             {
@@ -168,10 +206,10 @@ impl EmbeddedStore {
         category_ids.extend(products.iter().map(|product| product.state.category_id));
         category_ids.sort_unstable();
         category_ids.dedup();
-        let categories_table = transaction.open_table(CATEGORIES).map_err(unavailable)?;
         let mut categories = Vec::new();
         for category_id in &category_ids {
-            for row in categories_table
+            for row in snapshot
+                .categories
                 .range((*category_id, 0)..=(*category_id, u16::MAX))
                 .map_err(unavailable)?
             {

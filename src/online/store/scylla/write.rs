@@ -1,0 +1,338 @@
+//! Saves: each entity as one request (a single-partition batch for sessions and users), in two
+//! stages, under an explicit write timestamp.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use propensity_actors::delivery::Stored;
+use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
+use propensity_actors::store::{StateBatch, StoreError};
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::MaybeUnset;
+
+use super::values::*;
+use super::{Core, store_error};
+
+/// Write timestamps in microseconds, increasing by at least 2 per save across the process, so a
+/// partition delete at `t - 1` never shadows the rows of an earlier save's `t`.
+pub(super) fn next_write_timestamp() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as i64);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 2);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
+}
+
+/// One request of a save: a single statement or a single-partition batch.
+pub(super) enum Write {
+    Single {
+        table: &'static str,
+        statement: PreparedStatement,
+        values: Values,
+    },
+    Batch {
+        table: &'static str,
+        batch: Batch,
+        values: Vec<Values>,
+    },
+}
+
+impl Core {
+    /// Every statement of one entity's partition in one batch. A single-partition batch is
+    /// applied atomically, so a crash never leaves part of an entity written: its delivery
+    /// guard always matches its data.
+    pub(super) fn partition_batch(
+        &self,
+        table: &'static str,
+        rows: Vec<(&PreparedStatement, Values)>,
+    ) -> Write {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        let mut values = Vec::with_capacity(rows.len());
+        for (statement, row) in rows {
+            batch.append_statement(statement.clone());
+            values.push(row);
+        }
+        batch.set_execution_profile_handle(Some(self.write_profile.clone()));
+        batch.set_is_idempotent(true);
+        Write::Batch {
+            table,
+            batch,
+            values,
+        }
+    }
+
+    pub(super) fn session_write(&self, stored: &Stored<SessionState>, written_at: i64) -> Write {
+        let (session, statements) = (&stored.state, &self.statements);
+        let key = session.key();
+        let (user_id, session_hash) = (to_bigint(key.user_id), to_bigint(key.session_hash));
+        let ttl = ttl(if session.counts.purchases > 0 {
+            self.settings.purchased_session_ttl_seconds
+        } else {
+            self.settings.session_ttl_seconds
+        });
+        let [events, views, carts, removes, purchases] = counts_values(&session.counts);
+        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
+            (
+                &statements.delete_session,
+                Box::new(DeleteSession {
+                    deleted_at: written_at - 1,
+                    user_id,
+                    session_hash,
+                }),
+            ),
+            (
+                &statements.insert_session,
+                Box::new(InsertSession {
+                    user_id,
+                    session_hash,
+                    session_id: session.session_id.to_string(),
+                    started_at: session.started_at,
+                    last_event_at: session.last_event_at,
+                    events,
+                    views,
+                    carts,
+                    removes,
+                    purchases,
+                    revenue: session.revenue,
+                    categories_viewed: session
+                        .categories_viewed
+                        .iter()
+                        .copied()
+                        .map(to_bigint)
+                        .collect(),
+                    view_sequence: session
+                        .view_sequence
+                        .iter()
+                        .copied()
+                        .map(to_bigint)
+                        .collect(),
+                    guard: encode_guard(&stored.guard),
+                    ttl,
+                    written_at,
+                }),
+            ),
+        ];
+        for (position, product) in session.products.iter().enumerate() {
+            let [events, views, carts, removes, purchases] = counts_values(&product.counts);
+            rows.push((
+                &statements.insert_session_product,
+                Box::new(InsertSessionProduct {
+                    user_id,
+                    session_hash,
+                    product_id: to_bigint(product.product_id),
+                    position: position as i32,
+                    price: product.price,
+                    product_events: events,
+                    product_views: views,
+                    product_carts: carts,
+                    product_removes: removes,
+                    product_purchases: purchases,
+                    in_cart: i64::from(product.in_cart),
+                    // The partition delete already cleared it: no need for a tombstone.
+                    last_view_at: product
+                        .last_view_at
+                        .map_or(MaybeUnset::Unset, MaybeUnset::Set),
+                    ttl,
+                    written_at,
+                }),
+            ));
+        }
+        self.partition_batch("sessions", rows)
+    }
+
+    pub(super) fn user_write(&self, stored: &Stored<UserState>, written_at: i64) -> Write {
+        let (user, statements) = (&stored.state, &self.statements);
+        let user_id = to_bigint(user.user_id);
+        let ttl = ttl(self.settings.user_ttl_seconds);
+        let [events, views, carts, removes, purchases] = counts_values(&user.counts);
+        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
+            (
+                &statements.delete_user,
+                Box::new(DeleteUser {
+                    deleted_at: written_at - 1,
+                    user_id,
+                }),
+            ),
+            (
+                &statements.insert_user,
+                Box::new(InsertUser {
+                    user_id,
+                    events,
+                    views,
+                    carts,
+                    removes,
+                    purchases,
+                    sessions: i64::from(user.sessions),
+                    purchase_sessions: i64::from(user.purchase_sessions),
+                    revenue: user.revenue,
+                    first_event_at: user.first_event_at,
+                    last_event_at: user.last_event_at,
+                    last_purchase_at: user.last_purchase_at,
+                    recent_identities: user
+                        .recent_identities
+                        .iter()
+                        .copied()
+                        .map(to_bigint)
+                        .collect(),
+                    guard: encode_guard(&stored.guard),
+                    ttl,
+                    written_at,
+                }),
+            ),
+        ];
+        for (product_id, product) in &user.products {
+            let [events, views, carts, removes, purchases] = counts_values(&product.counts);
+            rows.push((
+                &statements.insert_user_product,
+                Box::new(InsertUserProduct {
+                    user_id,
+                    product_id: to_bigint(*product_id),
+                    product_events: events,
+                    product_views: views,
+                    product_carts: carts,
+                    product_removes: removes,
+                    product_purchases: purchases,
+                    product_last_event_at: product.last_event_at,
+                    ttl,
+                    written_at,
+                }),
+            ));
+        }
+        self.partition_batch("users", rows)
+    }
+
+    pub(super) fn product_write(&self, stored: &Stored<ProductState>, written_at: i64) -> Write {
+        let product = &stored.state;
+        let [events, views, carts, removes, purchases] = counts_values(&product.counts);
+        let hours = &product.hours;
+        Write::Single {
+            table: "products",
+            statement: self.statements.insert_product.clone(),
+            values: Box::new(InsertProduct {
+                product_id: to_bigint(product.product_id),
+                source: i32::from(product.source),
+                category_id: to_bigint(product.category_id),
+                price: product.price,
+                events,
+                views,
+                carts,
+                removes,
+                purchases,
+                revenue: product.revenue,
+                last_event_at: product.last_event_at,
+                hours: hours.iter().map(|bucket| bucket.hour).collect(),
+                hour_views: hours.iter().map(|bucket| i64::from(bucket.views)).collect(),
+                hour_carts: hours.iter().map(|bucket| i64::from(bucket.carts)).collect(),
+                hour_purchases: hours
+                    .iter()
+                    .map(|bucket| i64::from(bucket.purchases))
+                    .collect(),
+                hour_revenue: hours.iter().map(|bucket| bucket.revenue).collect(),
+                guard: encode_guard(&stored.guard),
+                ttl: ttl(self.settings.product_ttl_seconds),
+                written_at,
+            }),
+        }
+    }
+
+    pub(super) fn category_write(&self, stored: &Stored<CategoryState>, written_at: i64) -> Write {
+        let category = &stored.state;
+        Write::Single {
+            table: "categories",
+            statement: self.statements.insert_category.clone(),
+            values: Box::new(InsertCategory {
+                category_id: to_bigint(category.category_id),
+                source: i32::from(category.source),
+                views: i64::from(category.views),
+                price_buckets: category
+                    .price_buckets
+                    .iter()
+                    .copied()
+                    .map(i64::from)
+                    .collect(),
+                guard: encode_guard(&stored.guard),
+                ttl: ttl(self.settings.category_ttl_seconds),
+                written_at,
+            }),
+        }
+    }
+
+    pub(super) async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let _in_flight = self.enter();
+        let (table, result) = match &write {
+            Write::Single {
+                table,
+                statement,
+                values,
+            } => (
+                *table,
+                self.session.execute_unpaged(statement, values).await,
+            ),
+            Write::Batch {
+                table,
+                batch,
+                values,
+            } => (*table, self.session.batch(batch, values).await),
+        };
+        result.map(drop).map_err(|error| {
+            store_error(
+                error,
+                &format!("writing {table}"),
+                self.settings.write_timeout_ms,
+            )
+        })
+    }
+
+    /// Runs the writes, `max_concurrency` at a time; the first failure ends the stage.
+    pub(super) async fn write_all(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        stream::iter(writes)
+            .map(|write| self.write(write))
+            .buffer_unordered(self.settings.max_concurrency)
+            .try_for_each(|()| std::future::ready(Ok(())))
+            .await
+    }
+
+    pub(super) async fn save(&self, batch: &StateBatch) -> Result<(), StoreError> {
+        let written_at = next_write_timestamp();
+        // Stage 1: users and categories. Stage 2, only once stage 1 is durable: sessions and
+        // products (see the module documentation).
+        let mut first = Vec::new();
+        for user in &batch.users {
+            first.push(self.user_write(user, written_at));
+        }
+        for category in &batch.categories {
+            first.push(self.category_write(category, written_at));
+        }
+        self.write_all(first).await?;
+        let mut second = Vec::new();
+        for session in &batch.sessions {
+            second.push(self.session_write(session, written_at));
+        }
+        for product in &batch.products {
+            second.push(self.product_write(product, written_at));
+        }
+        self.write_all(second).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_timestamps_leave_room_for_the_partition_delete() {
+        let first = next_write_timestamp();
+        let second = next_write_timestamp();
+        assert!(second - 1 > first, "{first} {second}");
+    }
+}
