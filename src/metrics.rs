@@ -7,7 +7,8 @@ use prometheus::{
 };
 use propensity_actors::delivery::{BatchPart, Delivery};
 use propensity_actors::event::EventType;
-use propensity_actors::features::{Outcome, SessionState};
+use propensity_actors::features::Outcome;
+use propensity_actors::outcomes::SessionEnd;
 use propensity_actors::store::{Observer, StoreError};
 
 /// The service's metrics and their registry.
@@ -281,13 +282,12 @@ impl Default for Metrics {
 }
 
 impl Observer for Metrics {
-    fn session_closed(&self, session: &SessionState) {
-        let outcome = session.outcome();
+    fn session_ended(&self, end: &SessionEnd) {
         self.sessions_closed
-            .with_label_values(&[outcome.as_str()])
+            .with_label_values(&[end.outcome.as_str()])
             .inc();
-        if outcome == Outcome::Abandoned {
-            self.abandoned_cart_value.inc_by(session.cart_value());
+        if end.outcome == Outcome::Abandoned {
+            self.abandoned_cart_value.inc_by(end.cart_value);
         }
     }
 
@@ -330,6 +330,7 @@ mod tests {
 
     #[test]
     fn renders_names_with_help_and_no_ids() {
+        use propensity_actors::features::SessionState;
         let metrics = Metrics::new();
         let mut session = SessionState::new(1, "s", 0);
         session.apply(&propensity_actors::event::Event {
@@ -344,7 +345,7 @@ mod tests {
             user_session: "s".into(),
             event_id: None,
         });
-        metrics.session_closed(&session);
+        metrics.session_ended(&SessionEnd::of(&session, 0, 0));
         let text = metrics.render();
         assert!(text.contains("# HELP propensity_sessions_closed_total"));
         assert!(text.contains("propensity_sessions_closed_total{outcome=\"abandoned\"} 1"));

@@ -1,6 +1,7 @@
 //! End to end on embedded defaults: 100k synthetic events through the HTTP collector and the
-//! actors must give exactly the offline replay's state, abandonment count and propensities, and
-//! the state must survive a restart.
+//! actors must give exactly the offline replay's state, abandonment count, outcome tallies and
+//! propensities, with the real 30-minute session timeout; and state and outcomes must survive a
+//! restart in the middle of a replay.
 
 mod common;
 
@@ -12,9 +13,8 @@ use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::SessionState;
 
-/// Sessions never time out inside this replay, so both paths hold every session at the end and
-/// the comparison covers all of them; the timeout logic has its own unit tests.
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay, on both paths.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 
 /// Abandoned carts computed straight from the events: per (user, session), the cart at the end.
 /// A session's cart (units per product) and whether it purchased.
@@ -54,14 +54,11 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let dir = tempfile::tempdir().unwrap();
     let (events_path, events) = common::synthetic_events(dir.path(), 3300, 7, 7);
     assert!(events.len() >= 100_000, "only {} events", events.len());
-    let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
+    let (model_path, model) = common::train_model(dir.path(), &events_path, TIMEOUT);
 
     // Offline: the training replay's engine.
-    let (_, stats, offline) = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    );
+    let (_, stats, mut offline) =
+        propensity::offline::train::replay(events.iter().cloned(), TIMEOUT, &ProgressBar::hidden());
     let abandoned = abandoned_directly(&events);
     assert!(abandoned > 100, "the data has abandoned carts: {abandoned}");
     assert_eq!(
@@ -71,7 +68,7 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
 
     // Online: the same events through the HTTP collector in batches.
     let mut settings = common::settings(dir.path(), &model_path);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.session_timeout_seconds = (TIMEOUT / 1000) as u64;
     settings.engine.shards = 2;
     let service = Service::start(&settings).await.expect("the service starts");
     let url = service.url();
@@ -79,7 +76,9 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     for chunk in events.chunks(2000) {
         common::post_events(&client, &url, chunk).await;
     }
-    service.engine.flush(false).await.unwrap();
+    // Both end exactly the sessions idle for longer than the timeout at the last event.
+    service.engine.end_due_sessions().await.unwrap();
+    offline.users.end_due();
 
     // Every entity's state equals the offline one (users may be answered from the store).
     for (user_id, user) in &offline.users.users {
@@ -170,7 +169,65 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     assert!(metrics_text.contains(&format!(
         "propensity_sessions_closed_total{{outcome=\"abandoned\"}} {abandoned}"
     )));
+
+    // The stored tallies hold every session's end in its hour, as the offline replay's; the
+    // counters count each end once.
+    let expected = common::offline_tallies(&events, TIMEOUT);
+    let stored = all_outcomes(&service, &events).await;
+    common::assert_same_tallies(&stored, &expected, "after the replay");
+    assert_counters_match(&service, &stored);
+    let response: serde_json::Value = client
+        .get(format!("{url}/v1/outcomes"))
+        .query(&[
+            ("from", "2019-10-01 00:00:00 UTC"),
+            ("to", "2019-10-01 23:59:59 UTC"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let day = expected
+        .range(..expected.keys().next().unwrap() + 24)
+        .fold(0, |sum, (_, tally)| sum + tally.sessions[1]);
+    assert_eq!(
+        response["total"]["abandoned"].as_u64(),
+        Some(day),
+        "{response}"
+    );
     service.stop().await.unwrap();
+}
+
+/// Every stored tally over the span of `events`, by hour.
+async fn all_outcomes(
+    service: &Service,
+    events: &[Event],
+) -> BTreeMap<i64, propensity_actors::outcomes::OutcomeTally> {
+    use propensity_actors::outcomes::HOUR;
+    let first = events.first().unwrap().time.div_euclid(HOUR);
+    let last = events.last().unwrap().time.div_euclid(HOUR);
+    service.engine.outcomes(first, last).await.unwrap()
+}
+
+/// The ends the counters counted equal the stored tallies.
+fn assert_counters_match(
+    service: &Service,
+    stored: &BTreeMap<i64, propensity_actors::outcomes::OutcomeTally>,
+) {
+    use propensity_actors::features::Outcome;
+    for outcome in Outcome::ALL {
+        let counted = service
+            .metrics
+            .sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .get();
+        let tallied: u64 = stored
+            .values()
+            .map(|tally| tally.sessions_with(outcome))
+            .sum();
+        assert_eq!(counted, tallied, "{} sessions", outcome.as_str());
+    }
 }
 
 async fn get_text(client: &reqwest::Client, url: String) -> String {
@@ -215,9 +272,9 @@ async fn snapshot(
 async fn a_restarted_service_keeps_its_state_and_scores() {
     let dir = tempfile::tempdir().unwrap();
     let (events_path, events) = common::synthetic_events(dir.path(), 300, 3, 11);
-    let (model_path, _) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
+    let (model_path, _) = common::train_model(dir.path(), &events_path, TIMEOUT);
     let mut settings = common::settings(dir.path(), &model_path);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.session_timeout_seconds = (TIMEOUT / 1000) as u64;
     let client = reqwest::Client::new();
     let probe = events
         .iter()
@@ -261,6 +318,66 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     assert_eq!(
         user["counts"]["events"].as_u64().unwrap(),
         user_before["counts"]["events"].as_u64().unwrap() + 1
+    );
+    service.stop().await.unwrap();
+}
+
+/// Sessions open when the service stops end after it starts again, once their shoppers have
+/// been idle for the timeout: the stored tallies equal the offline replay's, and the counters of
+/// the two lifetimes add up to them.
+#[actix_rt::test]
+async fn outcomes_survive_a_restart_in_the_middle_of_a_replay() {
+    use propensity_actors::features::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, events) = common::synthetic_events(dir.path(), 600, 3, 13);
+    let model_path = common::small_model(dir.path(), TIMEOUT);
+    let settings = common::settings(dir.path(), &model_path);
+    assert_eq!(settings.engine.session_timeout_seconds, 1800, "the default");
+    let client = reqwest::Client::new();
+    let counted = |metrics: &propensity::metrics::Metrics, outcome: Outcome| {
+        metrics
+            .sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .get()
+    };
+    let (first, second) = events.split_at(events.len() / 2);
+    let first_lifetime = {
+        let service = Service::start(&settings).await.unwrap();
+        for chunk in first.chunks(500) {
+            common::post_events(&client, &service.url(), chunk).await;
+        }
+        let live = service.engine.stats().await.unwrap().live_sessions;
+        assert!(live > 10, "sessions are open at the stop: {live}");
+        let metrics = service.metrics.clone();
+        service.stop().await.unwrap();
+        metrics
+    };
+    let service = Service::start(&settings).await.unwrap();
+    for chunk in second.chunks(500) {
+        common::post_events(&client, &service.url(), chunk).await;
+    }
+    service.engine.flush(true).await.unwrap();
+    let stored = all_outcomes(&service, &events).await;
+    common::assert_same_tallies(
+        &stored,
+        &common::offline_tallies(&events, TIMEOUT),
+        "after a restart",
+    );
+    for outcome in Outcome::ALL {
+        let tallied: u64 = stored
+            .values()
+            .map(|tally| tally.sessions_with(outcome))
+            .sum();
+        assert_eq!(
+            counted(&first_lifetime, outcome) + counted(&service.metrics, outcome),
+            tallied,
+            "{} sessions counted over both lifetimes",
+            outcome.as_str()
+        );
+    }
+    assert!(
+        counted(&first_lifetime, Outcome::Abandoned) > 0,
+        "sessions ended before the restart too"
     );
     service.stop().await.unwrap();
 }

@@ -15,6 +15,7 @@ use propensity::online::store::{EmbeddedStore, ScyllaStore};
 use propensity_actors::delivery::{DeliveryGuard, Stored};
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
+use propensity_actors::outcomes::SessionEnd;
 use propensity_actors::store::{StateBatch, StateStore, StoreError};
 use propensity_actors::{Applied, ReplayEngine, SessionKey};
 use serde::Serialize;
@@ -156,6 +157,7 @@ impl Guarded {
             sessions: sessions.into_iter().map(|key| self.session(key)).collect(),
             products: self.products.values().cloned().collect(),
             categories: self.categories.values().cloned().collect(),
+            transitions: Vec::new(),
         };
         sort(&mut batch);
         batch
@@ -163,7 +165,7 @@ impl Guarded {
 }
 
 /// Saves a copy of the batch.
-async fn save(store: &dyn StateStore, batch: &StateBatch) -> Result<(), StoreError> {
+async fn save(store: &dyn StateStore, batch: &StateBatch) -> Result<Vec<SessionEnd>, StoreError> {
     store.save(Arc::new(batch.clone())).await
 }
 
@@ -206,6 +208,7 @@ async fn load_everything(store: &dyn StateStore, world: &World) -> StateBatch {
         users,
         products,
         categories,
+        transitions: Vec::new(),
     };
     sort(&mut loaded);
     loaded
@@ -364,6 +367,7 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
             users: vec![guarded.user(user_id)],
             products: vec![product],
             categories: vec![category],
+            transitions: Vec::new(),
         }
     };
     save(store, &snapshot(&mut guarded)).await.unwrap();
@@ -483,8 +487,109 @@ async fn a_large_batch_round_trips(store: &dyn StateStore) -> f64 {
     rate
 }
 
+/// Session ends count once: an open indexes a session; an end counts it in its tally and takes
+/// it out of the index, in one step; an end (or open) of a session that ended already changes
+/// nothing, whether it comes again in the same batch, in a batch made again, or later.
+async fn session_ends_count_once(store: &dyn StateStore) {
+    use propensity_actors::features::Outcome;
+    use propensity_actors::outcomes::{OpenSession, OutcomeTally, TallyKey};
+    use propensity_actors::store::Transition;
+    let source = 3;
+    let (first, second) = (
+        SessionKey::new(9_600_000, "a"),
+        SessionKey::new(9_600_001, "b"),
+    );
+    let open = |key, started_at| {
+        Transition::Open(OpenSession {
+            key,
+            source,
+            started_at,
+            deadline: started_at + TIMEOUT,
+        })
+    };
+    let tally = TallyKey {
+        hour: 500_000,
+        source,
+        writer: 1,
+    };
+    let end = |key, started_at, outcome| {
+        Transition::End(SessionEnd {
+            key,
+            started_at,
+            outcome,
+            cart_value: 2.5,
+            tally,
+        })
+    };
+    let transitions = |transitions: Vec<Transition>| StateBatch {
+        transitions,
+        ..StateBatch::default()
+    };
+    let tallies = || async {
+        store
+            .load_tallies(tally.hour, tally.hour)
+            .await
+            .expect("tallies load")
+    };
+
+    let opened = transitions(vec![open(first, 1_000), open(second, 2_000)]);
+    assert!(save(store, &opened).await.unwrap().is_empty());
+    let mut live = store.load_open_sessions(source).await.unwrap();
+    live.sort_by_key(|open| open.started_at);
+    assert_eq!(
+        live.iter().map(|open| open.key).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert!(
+        store
+            .load_open_sessions(source + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let ended = transitions(vec![end(first, 1_000, Outcome::Abandoned)]);
+    assert_eq!(save(store, &ended).await.unwrap().len(), 1, "counted");
+    assert_eq!(
+        save(store, &ended).await.unwrap().len(),
+        0,
+        "made again: nothing"
+    );
+    let again = transitions(vec![
+        open(first, 1_000),
+        end(first, 1_000, Outcome::Abandoned),
+    ]);
+    assert!(
+        save(store, &again).await.unwrap().is_empty(),
+        "ended stays ended"
+    );
+    let rows = tallies().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let mut expected = OutcomeTally::default();
+    expected.sessions[1] = 1;
+    expected.cart_value[1] = 2.5;
+    assert_eq!(rows[0], (tally, expected));
+    let entry = store.load_index_entry(first, source).await.unwrap();
+    assert!(entry.open.is_none() && entry.has_ended(1_000));
+
+    // The same key, later: a new session, opened and ended within one batch, and the second
+    // one ending twice in the same batch.
+    let later = transitions(vec![
+        open(first, 9_000),
+        end(first, 9_000, Outcome::Purchased),
+        end(second, 2_000, Outcome::Browsed),
+        end(second, 2_000, Outcome::Browsed),
+    ]);
+    assert_eq!(save(store, &later).await.unwrap().len(), 2);
+    let rows = tallies().await;
+    assert_eq!(rows[0].1.sessions, [1, 1, 1], "{rows:?}");
+    assert!(store.load_open_sessions(source).await.unwrap().is_empty());
+}
+
 /// Runs every contract check against one store, naming each as it goes.
 async fn honours_the_contract(store: &dyn StateStore) -> f64 {
+    eprintln!("contract: session ends count once");
+    session_ends_count_once(store).await;
     eprintln!("contract: saved state loads back exactly");
     saved_state_loads_back_exactly(store).await;
     eprintln!("contract: missing entities load as nothing");
@@ -684,7 +789,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .iter()
             .filter(|line| line.ends_with(": created"))
             .count(),
-        4
+        5
     );
     let again = propensity::online::store::schema::apply(&session, settings)
         .await
@@ -694,7 +799,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
             .iter()
             .filter(|line| line.ends_with(": up to date"))
             .count(),
-        4,
+        5,
         "{again:?}"
     );
 

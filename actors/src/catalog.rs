@@ -194,7 +194,7 @@ impl CatalogActor {
         let batch = self.take_dirty();
         let save = self.write_behind.begin(batch)?;
         Some(Box::pin(fut::wrap_future::<_, Self>(save).map(
-            |done: SaveDone, actor, _| actor.write_behind.finish(done),
+            |done: SaveDone, actor, _| actor.write_behind.finish(done).map(|saved| saved.rows),
         )))
     }
 

@@ -22,7 +22,7 @@ use crate::features::{
 use crate::lifecycle::EntityContext;
 use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused};
 use crate::shard::{
-    ApplyBatch, FlushNow, GetSession, GetShardStats, GetUser, ScoreFeatures, ShardActor,
+    ApplyBatch, Due, FlushNow, GetSession, GetShardStats, GetUser, ScoreFeatures, ShardActor,
     ShardSettings,
 };
 use crate::store::{Observer, StateStore, StoreError};
@@ -61,6 +61,7 @@ pub struct EngineStats {
 pub struct Engine {
     shards: Arc<Vec<Addr<ShardActor>>>,
     catalogs: Arc<Vec<Addr<CatalogActor>>>,
+    store: Arc<dyn StateStore>,
     arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
 }
 
@@ -101,7 +102,7 @@ impl Engine {
                 .collect(),
         );
         let entities = Arc::new(EntityContext {
-            store,
+            store: store.clone(),
             session_timeout: settings.session_timeout,
             guard_deliveries: settings.guard_deliveries,
         });
@@ -116,13 +117,14 @@ impl Engine {
                     observer.clone(),
                 );
                 ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    ShardActor::new(index, settings, entities, catalogs, observer)
+                    ShardActor::new((index, count), settings, entities, catalogs, observer)
                 })
             })
             .collect();
         Engine {
             shards: Arc::new(shards),
             catalogs,
+            store,
             arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
         }
     }
@@ -259,8 +261,19 @@ impl Engine {
         Ok(vectors)
     }
 
-    /// A session's state.
+    /// A session's state, live or last.
     pub async fn session(&self, key: SessionKey) -> Result<Option<SessionState>, EngineError> {
+        Ok(self
+            .session_view(key)
+            .await?
+            .map(|view| view.state().clone()))
+    }
+
+    /// A session as reads see it: live, or ended with its last state.
+    pub async fn session_view(
+        &self,
+        key: SessionKey,
+    ) -> Result<Option<crate::session::SessionView>, EngineError> {
         Ok(self.shard(key.user_id).send(GetSession { key }).await??)
     }
 
@@ -278,12 +291,28 @@ impl Engine {
     }
 
     /// Makes everything applied so far durable; with `close_sessions`, ends every live session
-    /// first. Returns the number of sessions closed.
+    /// first (the end of a replay, or shutdown). Returns the number of sessions ended.
     pub async fn flush(&self, close_sessions: bool) -> Result<usize, EngineError> {
+        self.flush_ending(if close_sessions {
+            Due::All
+        } else {
+            Due::Buckets
+        })
+        .await
+    }
+
+    /// Ends every session whose deadline is before its partition's watermark, to the
+    /// millisecond, then makes everything durable: the stored sessions, index and tallies are
+    /// then exactly those of the events applied. Returns the number of sessions ended.
+    pub async fn end_due_sessions(&self) -> Result<usize, EngineError> {
+        self.flush_ending(Due::Exactly).await
+    }
+
+    async fn flush_ending(&self, due: Due) -> Result<usize, EngineError> {
         let mut closed = 0;
         for shard in self.shards.iter() {
             loop {
-                match shard.send(FlushNow { close_sessions }).await? {
+                match shard.send(FlushNow { due }).await? {
                     Ok(done) => {
                         closed += done.sessions_closed;
                         break;
@@ -307,6 +336,19 @@ impl Engine {
             }
         }
         Ok(closed)
+    }
+
+    /// Outcome tallies of the hours `from_hour..=to_hour` (hours since the epoch), as stored,
+    /// summed over partitions and shards.
+    pub async fn outcomes(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<std::collections::BTreeMap<i64, crate::outcomes::OutcomeTally>, EngineError> {
+        let rows = self.store.load_tallies(from_hour, to_hour).await?;
+        Ok(crate::outcomes::by_hour(
+            rows.iter().map(|(key, tally)| (key, tally)),
+        ))
     }
 
     /// Tells every actor that the bus acknowledged everything applied before the last
@@ -384,6 +426,7 @@ mod tests {
     use crate::delivery::Stored;
     use crate::event::EventType;
     use crate::features::CategoryState;
+    use crate::outcomes::{IndexEntry, OpenSession, OutcomeTally, SessionEnd, TallyKey};
     use crate::replay::{DEFAULT_SESSION_TIMEOUT, ReplayEngine};
     use crate::store::{LoadedCatalog, LoadedUserSide, NoObserver, StateBatch, StoreFuture};
     use std::collections::{BTreeMap, HashMap};
@@ -407,6 +450,8 @@ mod tests {
         sessions: Mutex<HashMap<SessionKey, Stored<SessionState>>>,
         products: Mutex<BTreeMap<(u64, u16), Stored<ProductState>>>,
         categories: Mutex<BTreeMap<(u64, u16), Stored<CategoryState>>>,
+        index: Mutex<HashMap<SessionKey, IndexEntry>>,
+        tallies: Mutex<HashMap<TallyKey, OutcomeTally>>,
         durable: Mutex<Durable>,
         user_side_down: AtomicBool,
         catalog_down: AtomicBool,
@@ -422,6 +467,8 @@ mod tests {
                 sessions: Mutex::default(),
                 products: Mutex::default(),
                 categories: Mutex::default(),
+                index: Mutex::default(),
+                tallies: Mutex::default(),
                 durable: Mutex::new(Durable::Everything),
                 user_side_down: AtomicBool::new(false),
                 catalog_down: AtomicBool::new(false),
@@ -432,7 +479,7 @@ mod tests {
     }
 
     impl StateStore for Arc<TestStore> {
-        fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+        fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
             use Durable::*;
             let durable = *self.durable.lock().unwrap();
             if matches!(durable, Users | UsersAndSessions | Everything) {
@@ -466,7 +513,55 @@ mod tests {
                     self.products.lock().unwrap().insert(key, product.clone());
                 }
             }
-            Box::pin(async { Ok(()) })
+            let counted = if durable == Everything {
+                crate::store::apply_transitions(
+                    &mut self.index.lock().unwrap(),
+                    &mut self.tallies.lock().unwrap(),
+                    &batch.transitions,
+                )
+            } else {
+                Vec::new()
+            };
+            Box::pin(async move { Ok(counted) })
+        }
+
+        fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>> {
+            let open = self
+                .index
+                .lock()
+                .unwrap()
+                .values()
+                .filter_map(|entry| entry.open)
+                .filter(|open| open.source == source)
+                .collect();
+            Box::pin(async move { Ok(open) })
+        }
+
+        fn load_index_entry(&self, key: SessionKey, _: u16) -> StoreFuture<IndexEntry> {
+            let entry = self
+                .index
+                .lock()
+                .unwrap()
+                .get(&key)
+                .copied()
+                .unwrap_or_default();
+            Box::pin(async move { Ok(entry) })
+        }
+
+        fn load_tallies(
+            &self,
+            from_hour: i64,
+            to_hour: i64,
+        ) -> StoreFuture<Vec<(TallyKey, OutcomeTally)>> {
+            let rows = self
+                .tallies
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(key, _)| (from_hour..=to_hour).contains(&key.hour))
+                .map(|(key, tally)| (*key, *tally))
+                .collect();
+            Box::pin(async move { Ok(rows) })
         }
 
         fn load_user_side(

@@ -9,6 +9,8 @@
 //!   states ([`delivery::Stored`]), and the three steps every event goes through (user admission,
 //!   session, user history), shared by training replay and the actors.
 //! - [`replay`]: history replay's single-threaded engine, as training uses it.
+//! - [`outcomes`]: how sessions ended, tallied by hour of event time, and the index of live
+//!   sessions their owners end them by.
 //! - [`store`]: the store and observer seams the actors talk through.
 //! - [`write_behind`]: the one flushing mechanism of every stateful actor.
 //!
@@ -28,6 +30,7 @@ pub mod event;
 pub mod features;
 pub mod lifecycle;
 pub mod messages;
+pub mod outcomes;
 pub mod replay;
 pub mod session;
 pub mod shard;

@@ -4,7 +4,31 @@
 use actix::prelude::*;
 
 use crate::delivery::Delivery;
+use crate::event::Millis;
+use crate::features::{PreviousSession, SessionKey, SessionState};
 use crate::store::StoreError;
+
+/// A live session as its actor last saw it: which one (its key and start), its latest event, and
+/// the session it replaced under the same key, whose end must be counted if it is not yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionSeen {
+    pub key: SessionKey,
+    pub started_at: Millis,
+    pub last_event_at: Millis,
+    pub previous: Option<PreviousSession>,
+}
+
+impl SessionSeen {
+    /// How `session` looks now.
+    pub fn of(session: &SessionState) -> SessionSeen {
+        SessionSeen {
+            key: session.key(),
+            started_at: session.started_at,
+            last_event_at: session.last_event_at,
+            previous: session.previous.as_deref().cloned(),
+        }
+    }
+}
 
 /// What a batch did.
 #[derive(Clone, Copy, Debug, Default, MessageResponse)]

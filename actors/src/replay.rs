@@ -115,6 +115,13 @@ impl UserSide {
             .collect()
     }
 
+    /// Ends and removes every session idle for longer than the timeout at the watermark, now:
+    /// what the online engine ends when asked to end what is due exactly.
+    pub fn end_due(&mut self) -> Vec<SessionState> {
+        self.next_expiry_scan = Millis::MIN;
+        self.expire_sessions()
+    }
+
     /// The user-side half of the feature vector.
     pub fn features(&self, key: SessionKey, product_id: u64, out: &mut [f64]) {
         features::user_side_features(

@@ -1,7 +1,7 @@
 //! `SessionActor`: one live session (cart, view sequence, per-product state) on the arbiter of
 //! the shard that owns its user. Its user actor hands it the session's part of each batch and
-//! hears back what each event did; the shard ends it when the watermark passes its deadline.
-//! Its lifecycle is that of [`crate::lifecycle`].
+//! hears back what each event did; the shard ends it when its partition's watermark passes its
+//! deadline. Its lifecycle is that of [`crate::lifecycle`].
 
 use std::sync::Arc;
 
@@ -11,14 +11,26 @@ use crate::delivery::{self, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, SessionStep};
 use crate::lifecycle::{self, EntityContext, Phase};
-use crate::messages::ForgetAcknowledged;
+use crate::messages::{ForgetAcknowledged, SessionSeen};
 use crate::store::StoreError;
+
+/// What a shard knows of the sessions under a key when it activates its actor.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Known {
+    /// The start of the live session, if the shard knows one.
+    pub open: Option<Millis>,
+    /// The start of a session that ended and is not written yet.
+    pub ended: Option<Millis>,
+}
 
 /// One session.
 pub struct SessionActor {
-    /// `None` until the session's first event, and after a stored session that had already
-    /// ended is loaded: ended stays ended, it was counted when it closed.
+    /// `None` until the session's first event, and when the stored session under this key
+    /// has ended: ended stays ended, it was counted when it ended.
     session: Option<SessionState>,
+    /// A stored session that had ended, kept for reads (`GET /v1/sessions`) until an event
+    /// starts a new one.
+    ended: Option<Box<SessionState>>,
     guard: DeliveryGuard,
     phase: Phase,
     context: Arc<EntityContext>,
@@ -29,25 +41,54 @@ impl SessionActor {
     fn new(context: Arc<EntityContext>) -> Self {
         SessionActor {
             session: None,
+            ended: None,
             guard: DeliveryGuard::default(),
             phase: Phase::Active,
             context,
         }
     }
 
-    /// Starts a session actor on the current arbiter; `watermark` is its shard's now: a stored
-    /// session idle for longer than the timeout by then had ended.
-    pub fn activate(key: SessionKey, watermark: Millis, context: Arc<EntityContext>) -> Addr<Self> {
-        let ended_before = watermark.saturating_sub(context.session_timeout);
+    /// Starts a session actor on the current arbiter; `source` is its user's bus partition. A
+    /// stored session is live if its shard knows it (or a later one) to be; ended if its shard
+    /// knows it (or a later one) to have ended; when the shard knows neither, the store's index
+    /// says.
+    pub fn activate(
+        key: SessionKey,
+        known: Known,
+        source: u16,
+        context: Arc<EntityContext>,
+    ) -> Addr<Self> {
         SessionActor::create(move |ctx| {
-            let load = context.store.load_session(key);
+            let store = context.store.clone();
+            let load: crate::store::StoreFuture<Option<(Stored<SessionState>, bool)>> =
+                Box::pin(async move {
+                    let Some(stored) = store.load_session(key).await? else {
+                        return Ok(None);
+                    };
+                    let started_at = stored.state.started_at;
+                    let live = match known {
+                        Known {
+                            ended: Some(ended), ..
+                        } if started_at <= ended => false,
+                        Known {
+                            open: Some(open), ..
+                        } => started_at >= open,
+                        _ => !store
+                            .load_index_entry(key, source)
+                            .await?
+                            .has_ended(started_at),
+                    };
+                    Ok(Some((stored, live)))
+                });
             lifecycle::activate(
                 ctx,
                 load,
                 move |actor: &mut SessionActor, stored| {
-                    if let Some(stored) = stored {
-                        if stored.state.last_event_at >= ended_before {
+                    if let Some((stored, live)) = stored {
+                        if live {
                             actor.session = Some(stored.state);
+                        } else {
+                            actor.ended = Some(Box::new(stored.state));
                         }
                         // Kept either way: a redelivered event of an ended session is known.
                         actor.guard = stored.guard;
@@ -85,8 +126,8 @@ pub struct SessionEvents {
 #[derive(MessageResponse)]
 pub struct SessionApplied {
     pub steps: Vec<SessionStep>,
-    /// The session's latest event, for its deadline.
-    pub last_event_at: Option<Millis>,
+    /// The session now: its deadline follows its latest event.
+    pub seen: Option<SessionSeen>,
 }
 
 impl Handler<SessionEvents> for SessionActor {
@@ -96,6 +137,7 @@ impl Handler<SessionEvents> for SessionActor {
         if let Phase::Failed(error) = &self.phase {
             return Err(StoreError::clone(error));
         }
+        self.ended = None;
         let steps = message
             .part
             .iter()
@@ -114,7 +156,7 @@ impl Handler<SessionEvents> for SessionActor {
             .collect();
         Ok(SessionApplied {
             steps,
-            last_event_at: self.session.as_ref().map(|session| session.last_event_at),
+            seen: self.session.as_ref().map(SessionSeen::of),
         })
     }
 }
@@ -167,7 +209,7 @@ impl Handler<CloseSession> for SessionActor {
     }
 }
 
-/// The session's state now, for reads and scoring; an error when it could not be loaded.
+/// The live session now, for scoring; an error when it could not be loaded.
 #[derive(Message)]
 #[rtype(result = "Result<Option<SessionState>, StoreError>")]
 pub struct ReadSession;
@@ -180,6 +222,42 @@ impl Handler<ReadSession> for SessionActor {
             Phase::Failed(error) => Err(StoreError::clone(error)),
             _ => Ok(self.session.clone()),
         }
+    }
+}
+
+/// The session as `GET /v1/sessions` shows it: live, or ended (with its last state).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionView {
+    Live(SessionState),
+    Ended(SessionState),
+}
+
+impl SessionView {
+    /// The session's state, live or last.
+    pub fn state(&self) -> &SessionState {
+        match self {
+            SessionView::Live(state) | SessionView::Ended(state) => state,
+        }
+    }
+}
+
+/// The session as a read sees it: the live one, else the ended one kept from the store.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SessionView>, StoreError>")]
+pub struct ViewSession;
+
+impl Handler<ViewSession> for SessionActor {
+    type Result = Result<Option<SessionView>, StoreError>;
+
+    fn handle(&mut self, _: ViewSession, _: &mut Self::Context) -> Self::Result {
+        if let Phase::Failed(error) = &self.phase {
+            return Err(StoreError::clone(error));
+        }
+        Ok(match (&self.session, &self.ended) {
+            (Some(live), _) => Some(SessionView::Live(live.clone())),
+            (None, Some(ended)) => Some(SessionView::Ended(SessionState::clone(ended))),
+            (None, None) => None,
+        })
     }
 }
 
@@ -202,8 +280,34 @@ mod tests {
     struct OneSession(Result<Option<Stored<SessionState>>, StoreError>);
 
     impl StateStore for OneSession {
-        fn save(&self, _: Arc<StateBatch>) -> StoreFuture<()> {
-            Box::pin(async { Ok(()) })
+        fn save(&self, _: Arc<StateBatch>) -> StoreFuture<Vec<crate::outcomes::SessionEnd>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn load_open_sessions(&self, _: u16) -> StoreFuture<Vec<crate::outcomes::OpenSession>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn load_index_entry(
+            &self,
+            _: SessionKey,
+            _: u16,
+        ) -> StoreFuture<crate::outcomes::IndexEntry> {
+            // The stored session ended at minute 0 and was counted.
+            Box::pin(async {
+                Ok(crate::outcomes::IndexEntry {
+                    open: None,
+                    ended_through: Some(0),
+                })
+            })
+        }
+
+        fn load_tallies(
+            &self,
+            _: i64,
+            _: i64,
+        ) -> StoreFuture<Vec<(crate::outcomes::TallyKey, crate::outcomes::OutcomeTally)>> {
+            Box::pin(async { Ok(Vec::new()) })
         }
 
         fn load_user_side(&self, _: Vec<u64>, _: Vec<SessionKey>) -> StoreFuture<LoadedUserSide> {
@@ -231,13 +335,14 @@ mod tests {
         })
     }
 
-    fn start(store: OneSession, watermark: Millis) -> Addr<SessionActor> {
+    fn start(store: OneSession, open: Option<Millis>) -> Addr<SessionActor> {
         let context = Arc::new(EntityContext {
             store: Arc::new(store),
             session_timeout: 30 * 60_000,
             guard_deliveries: false,
         });
-        SessionActor::activate(SessionKey::new(7, "s"), watermark, context)
+        let known = Known { open, ended: None };
+        SessionActor::activate(SessionKey::new(7, "s"), known, 0, context)
     }
 
     fn events(deliveries: Vec<Delivery>) -> SessionEvents {
@@ -255,10 +360,10 @@ mod tests {
     async fn continues_a_stored_session_and_closes_once_idle() {
         let mut stored = SessionState::new(7, "s", 0);
         stored.apply(&cart(0).event);
-        let session = start(OneSession(Ok(Some(Stored::new(stored)))), 10 * 60_000);
+        let session = start(OneSession(Ok(Some(Stored::new(stored)))), Some(0));
         let applied = session.send(events(vec![cart(20)])).await.unwrap().unwrap();
         assert!(!applied.steps[0].started, "the stored session continues");
-        assert_eq!(applied.last_event_at, Some(20 * 60_000));
+        assert_eq!(applied.seen.unwrap().last_event_at, 20 * 60_000);
         let state = session.send(ReadSession).await.unwrap().unwrap().unwrap();
         assert_eq!(state.cart_items(), 2);
 
@@ -287,11 +392,12 @@ mod tests {
         );
     }
 
+    /// Its shard knows no live session under the key: the stored one had ended.
     #[actix::test]
     async fn a_stored_session_that_had_ended_stays_ended() {
         let mut stored = SessionState::new(7, "s", 0);
         stored.apply(&cart(0).event);
-        let session = start(OneSession(Ok(Some(Stored::new(stored)))), 40 * 60_000);
+        let session = start(OneSession(Ok(Some(Stored::new(stored)))), None);
         let applied = session.send(events(vec![cart(41)])).await.unwrap().unwrap();
         assert!(applied.steps[0].started, "a new session under the same key");
         assert!(
@@ -304,7 +410,7 @@ mod tests {
 
     #[actix::test]
     async fn a_failed_load_refuses_events_without_applying_them() {
-        let session = start(OneSession(Err(StoreError::Timeout(100))), 0);
+        let session = start(OneSession(Err(StoreError::Timeout(100))), None);
         let refused = session
             .send(events(vec![cart(1), cart(2)]))
             .await

@@ -19,9 +19,10 @@ use crate::delivery::{BatchPart, Delivery, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, UserState};
 use crate::lifecycle::EntityContext;
-use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused};
-use crate::session::{Closing, SessionActor};
-use crate::store::{Observer, StateBatch, StoreError};
+use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused, SessionSeen};
+use crate::outcomes::{OpenSession, SessionEnd};
+use crate::session::{Closing, Known, SessionActor, SessionView};
+use crate::store::{Observer, StateBatch, StoreError, Transition};
 use crate::user::{
     CloseSessions, Passivate, ReadUser, ReadUserSession, SessionHandle, UserActor, UserApplied,
     UserEvents, UserSideFeatures, UserSnapshot, UserSnapshotTaken,
@@ -52,13 +53,37 @@ struct UserEntry {
     live_sessions: u32,
     /// Its latest event (or, activated by a read, the watermark then).
     last_active: Millis,
+    /// Its bus partition, once an event of it came (0 until then).
+    source: u16,
 }
 
-/// A live session.
+/// A live session: in memory, or only in the store's index of live sessions (after a restart
+/// or a takeover) until its next event or its end activates it.
 struct SessionEntry {
-    addr: Addr<SessionActor>,
-    /// It ends once the watermark passes this: its latest event plus the session timeout.
+    addr: Option<Addr<SessionActor>>,
+    /// It ends once its partition's watermark passes this: its latest event plus the session
+    /// timeout. Read from the index, it may be early; ending then checks the session itself.
     deadline: Millis,
+    /// The bus partition of its user.
+    source: u16,
+    /// The start of the session the index holds under this key, once known.
+    indexed: Option<Millis>,
+}
+
+/// A session on its way to its end.
+#[derive(Clone)]
+struct Ending {
+    key: SessionKey,
+    addr: Addr<SessionActor>,
+    source: u16,
+    indexed: Option<Millis>,
+}
+
+/// Event time of one bus partition, and the sessions it ends.
+struct SourceClock {
+    /// The latest event time the partition's events brought.
+    watermark: Millis,
+    deadlines: Deadlines<SessionKey>,
 }
 
 /// Keys by the coarse time their deadline falls in: ending what is due costs what is due, not
@@ -90,6 +115,19 @@ impl<K> Deadlines<K> {
         self.buckets.entry(bucket).or_default().push(key);
     }
 
+    /// The keys of every bucket that starts at or before `now`: every key due by `now`, and
+    /// some due later, for a caller that checks each and queues those again.
+    fn due_through(&mut self, now: Millis) -> Vec<K> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.buckets.first_entry() {
+            if entry.key().saturating_mul(self.width) > now {
+                break;
+            }
+            due.extend(entry.remove());
+        }
+        due
+    }
+
     /// The keys of every bucket that lies wholly before `now`.
     fn due(&mut self, now: Millis) -> Vec<K> {
         let mut due = Vec::new();
@@ -103,6 +141,19 @@ impl<K> Deadlines<K> {
     }
 }
 
+/// Which sessions a flush ends first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Those in deadline buckets wholly before their partition's watermark: cheap, and late by
+    /// at most a bucket.
+    Buckets,
+    /// Every session whose deadline is before its partition's watermark, to the millisecond (a
+    /// flush asked for: what is durable is exactly what is due).
+    Exactly,
+    /// Every live session (the end of a replay, or shutdown).
+    All,
+}
+
 /// One partition of users.
 pub struct ShardActor {
     index: usize,
@@ -110,19 +161,26 @@ pub struct ShardActor {
     entities: Arc<EntityContext>,
     observer: Arc<dyn Observer>,
     catalogs: Arc<Vec<Addr<CatalogActor>>>,
+    /// How many shards share the users, for this one to know its own.
+    shards: usize,
     users: HashMap<u64, UserEntry>,
     sessions: HashMap<SessionKey, SessionEntry>,
-    session_deadlines: Deadlines<SessionKey>,
+    /// Per bus partition: each partition's events come in order, so each has its own event time.
+    clocks: HashMap<u16, SourceClock>,
     idle_users: Deadlines<u64>,
+    /// The latest event time over every partition, for users' idleness.
     watermark: Millis,
     write_behind: WriteBehind,
+    /// Session transitions since the last flush, in order, for the store's index and tallies.
+    transitions: Vec<Transition>,
     /// Users that changed since their last snapshot.
     dirty: HashSet<u64>,
     /// Users whose guards (or their sessions') may remember deliveries, with the
     /// acknowledgements left before they remember none.
     guarded: HashMap<u64, u8>,
-    /// Sessions that ended, to be written with the next flush.
-    ended: Vec<Stored<SessionState>>,
+    /// Sessions that ended, to be written with the next flush; reads and activations see them
+    /// here until then.
+    ended: HashMap<SessionKey, Stored<SessionState>>,
     /// A flush is taking snapshots or writing.
     flushing: bool,
     /// Bumped by [`DropAll`]: answers from actors of an earlier generation are ignored.
@@ -130,9 +188,9 @@ pub struct ShardActor {
 }
 
 impl ShardActor {
-    /// A shard with no entity yet.
+    /// Shard `index` of `shards`, with no entity yet.
     pub fn new(
-        index: usize,
+        (index, shards): (usize, usize),
         settings: ShardSettings,
         entities: Arc<EntityContext>,
         catalogs: Arc<Vec<Addr<CatalogActor>>>,
@@ -141,7 +199,9 @@ impl ShardActor {
         let minute = 60_000;
         ShardActor {
             index,
-            session_deadlines: Deadlines::new(minute.max(settings.session_timeout / 8)),
+            shards,
+            clocks: HashMap::new(),
+            transitions: Vec::new(),
             idle_users: Deadlines::new(minute.max(settings.user_idle / 8)),
             settings,
             write_behind: WriteBehind::new(entities.store.clone(), observer.clone()),
@@ -153,7 +213,7 @@ impl ShardActor {
             watermark: Millis::MIN,
             dirty: HashSet::new(),
             guarded: HashMap::new(),
-            ended: Vec::new(),
+            ended: HashMap::new(),
             flushing: false,
             generation: 0,
         }
@@ -171,37 +231,159 @@ impl ShardActor {
                 in_flight: 0,
                 live_sessions: 0,
                 last_active: watermark,
+                source: 0,
             }
         })
     }
 
-    /// The session's actor, activating it if it has none (its user must be live).
-    fn session(&mut self, key: SessionKey) -> SessionHandle {
-        if let Some(entry) = self.sessions.get(&key) {
-            return (key, entry.addr.clone());
+    /// A partition's clock, started at the first event time it sees.
+    fn clock(&mut self, source: u16) -> &mut SourceClock {
+        let width = 60_000.max(self.settings.session_timeout / 8);
+        self.clocks.entry(source).or_insert_with(|| SourceClock {
+            watermark: Millis::MIN,
+            deadlines: Deadlines::new(width),
+        })
+    }
+
+    /// The session's actor, activating it if it has none (its user must be live); `source` is
+    /// its user's bus partition.
+    fn session(&mut self, key: SessionKey, source: u16) -> SessionHandle {
+        if let Some(addr) = self.sessions.get(&key).and_then(|entry| entry.addr.clone()) {
+            return (key, addr);
         }
-        let addr = SessionActor::activate(key, self.watermark, self.entities.clone());
-        let deadline = self.watermark.saturating_add(self.settings.session_timeout);
-        self.session_deadlines.push(key, deadline, None);
-        self.sessions.insert(
-            key,
-            SessionEntry {
-                addr: addr.clone(),
-                deadline,
-            },
-        );
+        let watermark = self.clock(source).watermark;
+        let known = Known {
+            open: self.sessions.get(&key).and_then(|entry| entry.indexed),
+            ended: self.ended.get(&key).map(|last| last.state.started_at),
+        };
+        let addr = SessionActor::activate(key, known, source, self.entities.clone());
+        match self.sessions.get_mut(&key) {
+            // Known from the index: it stays due when the index says.
+            Some(entry) => {
+                entry.addr = Some(addr.clone());
+                entry.source = source;
+            }
+            None => {
+                let deadline = watermark.saturating_add(self.settings.session_timeout);
+                self.clock(source).deadlines.push(key, deadline, None);
+                self.sessions.insert(
+                    key,
+                    SessionEntry {
+                        addr: Some(addr.clone()),
+                        deadline,
+                        source,
+                        indexed: None,
+                    },
+                );
+            }
+        }
         self.user(key.user_id).live_sessions += 1;
         (key, addr)
     }
 
-    /// Moves a session's deadline after it applied events.
-    fn session_active(&mut self, key: SessionKey, last_event_at: Millis) {
-        if let Some(entry) = self.sessions.get_mut(&key) {
-            let deadline = last_event_at.saturating_add(self.settings.session_timeout);
-            if deadline > entry.deadline {
-                self.session_deadlines
-                    .push(key, deadline, Some(entry.deadline));
-                entry.deadline = deadline;
+    /// Records how a session looks after it applied events: its deadline moves with its latest
+    /// event, and a session the index does not hold yet is indexed, after the end of the one it
+    /// replaced, if any, which the store counts unless it did already.
+    fn session_seen(&mut self, seen: &SessionSeen) {
+        let timeout = self.settings.session_timeout;
+        let writer = self.index as u16;
+        let Some(entry) = self.sessions.get_mut(&seen.key) else {
+            return;
+        };
+        let source = entry.source;
+        let deadline = seen.last_event_at.saturating_add(timeout);
+        if entry.indexed != Some(seen.started_at) {
+            if let Some(previous) = &seen.previous {
+                self.transitions
+                    .push(Transition::End(SessionEnd::of_previous(
+                        seen.key, previous, source, writer,
+                    )));
+            }
+            self.transitions.push(Transition::Open(OpenSession {
+                key: seen.key,
+                source,
+                started_at: seen.started_at,
+                deadline,
+            }));
+            entry.indexed = Some(seen.started_at);
+        }
+        if deadline > entry.deadline {
+            let previous = entry.deadline;
+            entry.deadline = deadline;
+            self.clock(source)
+                .deadlines
+                .push(seen.key, deadline, Some(previous));
+        }
+    }
+
+    /// Reads the index of live sessions of the partitions this shard sees for the first time,
+    /// so that their sessions end when their deadline passes even if no event of theirs comes
+    /// again (after a restart or a takeover); `then` runs once they are registered. The shard
+    /// takes no other message meanwhile: an event of an indexed session must find it known.
+    fn claim(
+        &mut self,
+        sources: Vec<u16>,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        for source in &sources {
+            self.clock(*source);
+        }
+        let store = self.entities.store.clone();
+        let loads = join_all(sources.into_iter().map(move |source| {
+            let load = store.load_open_sessions(source);
+            async move { (source, load.await) }
+        }));
+        let generation = self.generation;
+        ctx.wait(
+            fut::wrap_future::<_, Self>(loads).map(move |loaded, actor, ctx| {
+                if generation == actor.generation {
+                    for (source, open) in loaded {
+                        actor.index_open(source, open);
+                    }
+                }
+                then(actor, ctx);
+            }),
+        );
+    }
+
+    /// Registers a partition's live sessions as the index holds them.
+    fn index_open(&mut self, source: u16, loaded: Result<Vec<OpenSession>, StoreError>) {
+        let (index, shards) = (self.index, self.shards);
+        match loaded {
+            Ok(open) => {
+                let mut indexed = 0;
+                for open in open {
+                    if crate::engine::shard_of(open.key.user_id, shards) != index
+                        || self.sessions.contains_key(&open.key)
+                    {
+                        continue;
+                    }
+                    indexed += 1;
+                    self.clock(source)
+                        .deadlines
+                        .push(open.key, open.deadline, None);
+                    self.sessions.insert(
+                        open.key,
+                        SessionEntry {
+                            addr: None,
+                            deadline: open.deadline,
+                            source,
+                            indexed: Some(open.started_at),
+                        },
+                    );
+                }
+                tracing::debug!(
+                    shard = index,
+                    source,
+                    indexed,
+                    "live sessions of a partition indexed"
+                );
+            }
+            Err(error) => {
+                // Its sessions still end when an event of theirs comes; after a reconnection
+                // the index is read again.
+                tracing::warn!(shard = index, source, %error, "could not read the index of live sessions");
             }
         }
     }
@@ -217,11 +399,13 @@ impl ShardActor {
     ) {
         total.duplicates += reply.duplicates;
         total.applied += reply.accepted.len() as u64;
-        let latest = reply
-            .accepted
-            .iter()
-            .map(|position| batch.at(*position).event.time)
-            .max();
+        let mut latest = None;
+        for position in &reply.accepted {
+            let delivery = batch.at(*position);
+            let clock = self.clock(delivery.source);
+            clock.watermark = clock.watermark.max(delivery.event.time);
+            latest = latest.max(Some(delivery.event.time));
+        }
         if let Some(latest) = latest {
             self.watermark = self.watermark.max(latest);
         }
@@ -239,21 +423,22 @@ impl ShardActor {
             // nothing of this batch.
             self.users.remove(&user_id);
             for key in &sessions {
-                self.sessions.remove(key);
+                if let Some(entry) = self.sessions.get_mut(key) {
+                    entry.addr = None;
+                }
             }
         }
         for key in reply.failed_sessions {
-            if self.sessions.remove(&key).is_some()
+            // The next message activates it again (an indexed session stays known).
+            if let Some(entry) = self.sessions.get_mut(&key)
+                && entry.addr.take().is_some()
                 && let Some(user) = self.users.get_mut(&user_id)
             {
                 user.live_sessions = user.live_sessions.saturating_sub(1);
             }
         }
-        for (key, last_event_at) in reply.last_events {
-            self.session_active(key, last_event_at);
-        }
-        for closed in &reply.closed {
-            self.observer.session_closed(closed);
+        for seen in &reply.sessions {
+            self.session_seen(seen);
         }
         if reply.changed {
             self.dirty.insert(user_id);
@@ -270,22 +455,34 @@ impl ShardActor {
         }
     }
 
-    /// Ends the sessions whose deadline the watermark passed (every session, with `force`):
-    /// through their users, so that every event routed to them before is applied first.
-    /// Resolves to the number of sessions ended.
-    fn close_sessions(&mut self, force: bool) -> impl ActorFuture<Self, Output = usize> + use<> {
-        let due: Vec<SessionKey> = if force {
-            self.sessions.keys().copied().collect()
+    /// Ends the sessions that are due (all of them, with [`Due::All`]): through their users, so
+    /// that every event routed to them before is applied first. Resolves to the number ended.
+    fn close_sessions(&mut self, due: Due) -> impl ActorFuture<Self, Output = usize> + use<> {
+        let force = due == Due::All;
+        let mut candidates: Vec<SessionKey> = Vec::new();
+        if force {
+            candidates.extend(self.sessions.keys().copied());
         } else {
-            self.session_deadlines.due(self.watermark)
-        };
-        let mut by_user: HashMap<u64, Vec<SessionHandle>> = HashMap::new();
-        for key in due {
+            for clock in self.clocks.values_mut() {
+                candidates.extend(match due {
+                    Due::Buckets => clock.deadlines.due(clock.watermark),
+                    _ => clock.deadlines.due_through(clock.watermark),
+                });
+            }
+        }
+        let mut by_user: HashMap<u64, (Millis, Vec<Ending>)> = HashMap::new();
+        for key in candidates {
             let Some(entry) = self.sessions.get(&key) else {
                 continue;
             };
-            if !force && entry.deadline >= self.watermark {
-                // Its deadline moved; it is queued again under the new one.
+            let (source, deadline) = (entry.source, entry.deadline);
+            let watermark = self.clock(source).watermark;
+            if !force && deadline >= watermark {
+                if due == Due::Exactly {
+                    // Not due yet: back in its bucket.
+                    self.clock(source).deadlines.push(key, deadline, None);
+                }
+                // Otherwise its deadline moved, and it is queued again under the new one.
                 continue;
             }
             let user_busy = self
@@ -294,31 +491,38 @@ impl ShardActor {
                 .is_some_and(|user| user.in_flight > 0);
             if !force && user_busy {
                 // Events on their way may move its deadline: look again once they are applied.
-                self.session_deadlines
-                    .buckets
-                    .entry(self.session_deadlines.bucket(self.watermark))
-                    .or_default()
-                    .push(key);
+                self.clock(source).deadlines.push(key, watermark, None);
                 continue;
             }
+            // A session known only from the index activates to end.
+            let (_, addr) = self.session(key, source);
             let entry = self.sessions.remove(&key).expect("checked above");
             by_user
                 .entry(key.user_id)
-                .or_default()
-                .push((key, entry.addr));
+                .or_insert_with(|| (watermark, Vec::new()))
+                .1
+                .push(Ending {
+                    key,
+                    addr,
+                    source,
+                    indexed: entry.indexed,
+                });
         }
-        let (watermark, generation) = (self.watermark, self.generation);
+        let generation = self.generation;
         let closes: Vec<_> = by_user
             .into_iter()
-            .filter_map(|(user_id, sessions)| {
+            .filter_map(|(user_id, (watermark, ending))| {
                 let user = self.users.get(&user_id)?;
-                let handles = sessions.clone();
+                let sessions: Vec<SessionHandle> = ending
+                    .iter()
+                    .map(|ending| (ending.key, ending.addr.clone()))
+                    .collect();
                 let sent = user.addr.send(CloseSessions {
                     sessions,
                     watermark,
                     force,
                 });
-                Some(async move { (user_id, handles, sent.await) })
+                Some(async move { (user_id, ending, sent.await) })
             })
             .collect();
         fut::wrap_future::<_, Self>(join_all(closes)).map(move |answers, actor, _| {
@@ -326,30 +530,44 @@ impl ShardActor {
                 return 0;
             }
             let mut ended = 0;
-            for (user_id, handles, answer) in answers {
-                let closings = answer.unwrap_or_default();
-                for (key, closing) in closings {
+            for (user_id, ending, answer) in answers {
+                for (key, closing) in answer.unwrap_or_default() {
+                    let Ending {
+                        addr,
+                        source,
+                        indexed,
+                        ..
+                    } = ending
+                        .iter()
+                        .find(|ending| ending.key == key)
+                        .cloned()
+                        .expect("an answer per session asked");
                     match closing {
                         Closing::Closed(last) => {
-                            ended += 1;
                             if let Some(user) = actor.users.get_mut(&user_id) {
                                 user.live_sessions = user.live_sessions.saturating_sub(1);
                             }
+                            // A session with no state (read or scored, never an event) ends
+                            // without an outcome.
                             if let Some(last) = last {
-                                actor.observer.session_closed(&last.state);
-                                actor.ended.push(last);
+                                ended += 1;
+                                actor.session_ended(source, indexed, &last.state);
+                                actor.ended.insert(key, last);
                             }
                         }
                         Closing::Open { last_event_at } => {
-                            let addr = handles
-                                .iter()
-                                .find(|(handle, _)| *handle == key)
-                                .map(|(_, addr)| addr.clone())
-                                .expect("a handle per session closed");
                             let deadline =
                                 last_event_at.saturating_add(actor.settings.session_timeout);
-                            actor.session_deadlines.push(key, deadline, None);
-                            actor.sessions.insert(key, SessionEntry { addr, deadline });
+                            actor.clock(source).deadlines.push(key, deadline, None);
+                            actor.sessions.insert(
+                                key,
+                                SessionEntry {
+                                    addr: Some(addr),
+                                    deadline,
+                                    source,
+                                    indexed,
+                                },
+                            );
                         }
                     }
                 }
@@ -358,17 +576,44 @@ impl ShardActor {
         })
     }
 
+    /// Records the end of a session (its last state): the store counts it once. A session the
+    /// index never held (it was restored from before the index knew it) is indexed first.
+    fn session_ended(&mut self, source: u16, indexed: Option<Millis>, last: &SessionState) {
+        let writer = self.index as u16;
+        let key = last.key();
+        if indexed != Some(last.started_at) {
+            if let Some(previous) = &last.previous {
+                self.transitions
+                    .push(Transition::End(SessionEnd::of_previous(
+                        key, previous, source, writer,
+                    )));
+            }
+            self.transitions.push(Transition::Open(OpenSession {
+                key,
+                source,
+                started_at: last.started_at,
+                deadline: last
+                    .last_event_at
+                    .saturating_add(self.settings.session_timeout),
+            }));
+        }
+        self.transitions
+            .push(Transition::End(SessionEnd::of(last, source, writer)));
+    }
+
     /// Ends what is due, in the background.
     fn expire(&mut self, ctx: &mut Context<Self>) {
-        if self
-            .session_deadlines
-            .buckets
-            .first_key_value()
-            .is_some_and(|(bucket, _)| {
-                (bucket + 1).saturating_mul(self.session_deadlines.width) <= self.watermark
-            })
-        {
-            ctx.spawn(self.close_sessions(false).map(|_, _, _| ()));
+        let due = self.clocks.values().any(|clock| {
+            clock
+                .deadlines
+                .buckets
+                .first_key_value()
+                .is_some_and(|(bucket, _)| {
+                    (bucket + 1).saturating_mul(clock.deadlines.width) <= clock.watermark
+                })
+        });
+        if due {
+            ctx.spawn(self.close_sessions(Due::Buckets).map(|_, _, _| ()));
         }
     }
 
@@ -392,9 +637,11 @@ impl ShardActor {
                 }
                 // Ended sessions go after the live ones: a key ended and started again in
                 // this batch keeps the new session.
-                let mut ended = std::mem::take(&mut actor.ended);
+                let mut ended: Vec<Stored<SessionState>> =
+                    std::mem::take(&mut actor.ended).into_values().collect();
                 ended.append(&mut batch.sessions);
                 batch.sessions = ended;
+                batch.transitions = std::mem::take(&mut actor.transitions);
             }
             match actor.write_behind.begin(batch) {
                 Some(save) => Either::Left(fut::wrap_future::<_, Self>(save).map(
@@ -404,7 +651,7 @@ impl ShardActor {
                         if result.is_ok() {
                             actor.passivate_idle_users();
                         }
-                        result
+                        result.map(|saved| saved.rows)
                     },
                 )),
                 None => {
@@ -447,9 +694,17 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
+        if matches!(self.settings.sources, Sources::Single) {
+            // Every event comes to this instance: its sessions are this shard's from the start.
+            self.claim(vec![0], ctx, |_, _| {});
+        }
         ctx.run_interval(self.settings.flush_interval, |actor, ctx| {
             if actor.settings.live_watermark {
-                actor.watermark = actor.watermark.max(chrono::Utc::now().timestamp_millis());
+                let now = chrono::Utc::now().timestamp_millis();
+                actor.watermark = actor.watermark.max(now);
+                for clock in actor.clocks.values_mut() {
+                    clock.watermark = clock.watermark.max(now);
+                }
                 actor.expire(ctx);
             }
             if !actor.flushing && !actor.write_behind.is_saving() {
@@ -471,8 +726,43 @@ pub struct ApplyBatch {
 impl Handler<ApplyBatch> for ShardActor {
     type Result = ResponseActFuture<Self, Result<BatchApplied, Refused>>;
 
-    fn handle(&mut self, message: ApplyBatch, _: &mut Self::Context) -> Self::Result {
-        let batch = BatchPart::whole(message.deliveries.into());
+    fn handle(&mut self, message: ApplyBatch, ctx: &mut Self::Context) -> Self::Result {
+        let mut unclaimed: Vec<u16> = message
+            .deliveries
+            .iter()
+            .map(|delivery| delivery.source)
+            .filter(|source| !self.clocks.contains_key(source))
+            .collect();
+        if unclaimed.is_empty() {
+            return Box::pin(self.dispatch(message.deliveries));
+        }
+        unclaimed.sort_unstable();
+        unclaimed.dedup();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.claim(unclaimed, ctx, move |actor, ctx| {
+            let dispatched = actor.dispatch(message.deliveries);
+            ctx.spawn(dispatched.map(move |result, _, _| {
+                let _ = reply.send(result);
+            }));
+        });
+        Box::pin(fut::wrap_future::<_, Self>(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(Refused {
+                    error: StoreError::Unavailable("the shard stopped".into()),
+                    deliveries: Vec::new(),
+                })
+            })
+        }))
+    }
+}
+
+impl ShardActor {
+    /// Hands each user of the batch its part, and gathers what they did.
+    fn dispatch(
+        &mut self,
+        deliveries: Vec<Delivery>,
+    ) -> impl ActorFuture<Self, Output = Result<BatchApplied, Refused>> + use<> {
+        let batch = BatchPart::whole(deliveries.into());
         // One message per user: the positions of its deliveries, in their order.
         let mut order: Vec<u64> = Vec::new();
         let mut by_user: HashMap<u64, Vec<u32>> = HashMap::new();
@@ -492,14 +782,17 @@ impl Handler<ApplyBatch> for ShardActor {
             self.user(user_id);
             let mut sessions: Vec<SessionHandle> = Vec::new();
             for position in &positions {
-                let key = SessionKey::of(&batch.at(*position).event);
+                let delivery = batch.at(*position);
+                let key = SessionKey::of(&delivery.event);
                 if !sessions.iter().any(|(known, _)| *known == key) {
-                    sessions.push(self.session(key));
+                    sessions.push(self.session(key, delivery.source));
                 }
             }
             let keys: Vec<SessionKey> = sessions.iter().map(|(key, _)| *key).collect();
+            let source = batch.at(positions[0]).source;
             let user = self.user(user_id);
             user.in_flight += 1;
+            user.source = source;
             let sent = user.addr.send(UserEvents {
                 part: batch.part(positions),
                 sessions,
@@ -507,7 +800,7 @@ impl Handler<ApplyBatch> for ShardActor {
             sends.push(async move { (user_id, keys, sent.await) });
         }
         let generation = self.generation;
-        Box::pin(fut::wrap_future::<_, Self>(join_all(sends)).map(
+        fut::wrap_future::<_, Self>(join_all(sends)).map(
             move |answers, actor, ctx| {
                 if generation != actor.generation {
                     return Err(Refused {
@@ -563,7 +856,7 @@ impl Handler<ApplyBatch> for ShardActor {
                     None => Ok(total),
                 }
             },
-        ))
+        )
     }
 }
 
@@ -579,7 +872,16 @@ impl Handler<ScoreFeatures> for ShardActor {
     type Result = ResponseFuture<Vec<f64>>;
 
     fn handle(&mut self, message: ScoreFeatures, _: &mut Self::Context) -> Self::Result {
-        let session = self.session(message.key);
+        // A session scored before any event of it belongs to its user's partition, if known.
+        let user_source = self
+            .users
+            .get(&message.key.user_id)
+            .map_or(0, |user| user.source);
+        let source = self
+            .sessions
+            .get(&message.key)
+            .map_or(user_source, |entry| entry.source);
+        let session = self.session(message.key, source);
         let width = crate::features::USER_SIDE_COUNT * message.product_ids.len();
         let sent = self.user(message.key.user_id).addr.send(UserSideFeatures {
             session,
@@ -589,31 +891,50 @@ impl Handler<ScoreFeatures> for ShardActor {
     }
 }
 
-/// A session's state, from its actor or the store; a store failure is an error, not "unknown".
+/// A session as reads see it, live or ended, from its actor or the store; a store failure is an
+/// error, not "unknown".
 #[derive(Message)]
-#[rtype(result = "Result<Option<SessionState>, StoreError>")]
+#[rtype(result = "Result<Option<SessionView>, StoreError>")]
 pub struct GetSession {
     pub key: SessionKey,
 }
 
 impl Handler<GetSession> for ShardActor {
-    type Result = ResponseFuture<Result<Option<SessionState>, StoreError>>;
+    type Result = ResponseFuture<Result<Option<SessionView>, StoreError>>;
 
     fn handle(&mut self, message: GetSession, _: &mut Self::Context) -> Self::Result {
-        let live = self.sessions.get(&message.key).and_then(|session| {
+        let entry = self.sessions.get(&message.key);
+        // The start of the live session the shard knows under this key, if any.
+        let open = entry.and_then(|entry| entry.indexed);
+        // A session that ended and is not written yet.
+        let pending = self
+            .ended
+            .get(&message.key)
+            .map(|last| SessionView::Ended(last.state.clone()));
+        let live = entry.and_then(|session| {
             let user = self.users.get(&message.key.user_id)?;
-            Some(user.addr.send(ReadUserSession(session.addr.clone())))
+            Some(user.addr.send(ReadUserSession(session.addr.clone()?)))
         });
-        match live {
-            Some(read) => Box::pin(async move {
-                read.await
-                    .map_err(|error| StoreError::Unavailable(error.to_string()))?
-            }),
-            None => {
-                let load = self.entities.store.load_session(message.key);
-                Box::pin(async move { Ok(load.await?.map(|stored| stored.state)) })
+        let load = self.entities.store.load_session(message.key);
+        Box::pin(async move {
+            if let Some(read) = live
+                && let Some(view) = read
+                    .await
+                    .map_err(|error| StoreError::Unavailable(error.to_string()))??
+            {
+                return Ok(Some(view));
             }
-        }
+            if pending.is_some() {
+                return Ok(pending);
+            }
+            Ok(load.await?.map(|stored| {
+                if open == Some(stored.state.started_at) {
+                    SessionView::Live(stored.state)
+                } else {
+                    SessionView::Ended(stored.state)
+                }
+            }))
+        })
     }
 }
 
@@ -644,12 +965,11 @@ impl Handler<GetUser> for ShardActor {
     }
 }
 
-/// Makes everything applied so far durable; with `close_sessions`, first ends every live
-/// session (end of a replay, or shutdown).
+/// Ends the sessions that are due, then makes everything applied so far durable.
 #[derive(Message)]
 #[rtype(result = "Result<FlushDone, StoreError>")]
 pub struct FlushNow {
-    pub close_sessions: bool,
+    pub due: Due,
 }
 
 /// What a forced flush did.
@@ -667,23 +987,17 @@ impl Handler<FlushNow> for ShardActor {
             return Box::pin(fut::ready(Err(StoreError::Busy)));
         }
         self.flushing = true;
-        let closing = message.close_sessions.then(|| self.close_sessions(true));
-        Box::pin(
-            async {}
-                .into_actor(self)
-                .then(move |_, _, _| match closing {
-                    Some(closing) => Either::Left(closing),
-                    None => Either::Right(fut::ready(0)),
-                })
-                .then(|sessions_closed, actor, _| {
-                    actor.flush().map(move |result, _, _| {
-                        result.map(|rows| FlushDone {
-                            rows,
-                            sessions_closed,
-                        })
+        let closing = self.close_sessions(message.due);
+        Box::pin(async {}.into_actor(self).then(move |_, _, _| closing).then(
+            |sessions_closed, actor, _| {
+                actor.flush().map(move |result, _, _| {
+                    result.map(|rows| FlushDone {
+                        rows,
+                        sessions_closed,
                     })
-                }),
-        )
+                })
+            },
+        ))
     }
 }
 
@@ -711,11 +1025,12 @@ impl Handler<DropAll> for ShardActor {
         // Dropping the addresses stops the actors once their mailboxes are empty.
         self.users = HashMap::new();
         self.sessions = HashMap::new();
-        self.session_deadlines.buckets.clear();
+        self.clocks = HashMap::new();
+        self.transitions = Vec::new();
         self.idle_users.buckets.clear();
         self.dirty = HashSet::new();
         self.guarded = HashMap::new();
-        self.ended = Vec::new();
+        self.ended = HashMap::new();
         self.write_behind.drop_pending();
     }
 }

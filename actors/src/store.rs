@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::delivery::{BatchPart, Stored};
 use crate::features::{CategoryState, ProductState, SessionKey, SessionState, UserState};
+use crate::outcomes::{IndexEntry, OpenSession, OutcomeTally, SessionEnd, TallyKey};
 
 /// A boxed future a store returns; stores run on any runtime thread.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
@@ -25,13 +26,26 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Dirty state coalesced per entity since the last flush, with each entity's delivery guard.
+/// A change to the index of live sessions that the owner of a bus partition finds and ends them
+/// by after a restart or a takeover.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    /// A session started: index it, with its deadline.
+    Open(OpenSession),
+    /// A session ended: if the index still holds this very session, take it out and count it
+    /// in its tally, in one atomic step; otherwise it was counted already, and nothing happens.
+    End(SessionEnd),
+}
+
+/// Dirty state coalesced per entity since the last flush, with each entity's delivery guard,
+/// and the session transitions since, in the order they happened.
 #[derive(Debug, Default, Clone)]
 pub struct StateBatch {
     pub sessions: Vec<Stored<SessionState>>,
     pub users: Vec<Stored<UserState>>,
     pub products: Vec<Stored<ProductState>>,
     pub categories: Vec<Stored<CategoryState>>,
+    pub transitions: Vec<Transition>,
 }
 
 impl StateBatch {
@@ -41,16 +55,24 @@ impl StateBatch {
             && self.users.is_empty()
             && self.products.is_empty()
             && self.categories.is_empty()
+            && self.transitions.is_empty()
     }
 
-    /// Entities in the batch.
+    /// Entities and transitions in the batch.
     pub fn len(&self) -> usize {
-        self.sessions.len() + self.users.len() + self.products.len() + self.categories.len()
+        self.sessions.len()
+            + self.users.len()
+            + self.products.len()
+            + self.categories.len()
+            + self.transitions.len()
     }
 
     /// Adds the entities of an older batch (one whose write failed) that this batch does not
-    /// already hold: newer state of the same entity wins, and each entity is written once.
-    pub fn absorb_older(&mut self, older: StateBatch) {
+    /// already hold: newer state of the same entity wins, and each entity is written once. The
+    /// older batch's transitions go first: they happened first.
+    pub fn absorb_older(&mut self, mut older: StateBatch) {
+        older.transitions.append(&mut self.transitions);
+        self.transitions = older.transitions;
         fn keep_missing<T, K: std::hash::Hash + Eq>(
             newer: &mut Vec<T>,
             older: Vec<T>,
@@ -76,6 +98,46 @@ impl StateBatch {
     }
 }
 
+/// Applies session transitions, in order, to the index entries and tallies they touch, as every
+/// store must. An open indexes the session, unless it has ended already. An end of a session
+/// that has not ended yet counts it in its tally and records it as ended (taking it out of the
+/// index if the index holds it); an end of one that has, counts nothing. `index` holds the
+/// entries of the transitions' keys (absent: nothing known) and `tallies` the rows of their ends
+/// (absent: nothing counted yet); both are updated in place. Returns the ends counted.
+pub fn apply_transitions(
+    index: &mut std::collections::HashMap<SessionKey, IndexEntry>,
+    tallies: &mut std::collections::HashMap<TallyKey, OutcomeTally>,
+    transitions: &[Transition],
+) -> Vec<SessionEnd> {
+    let mut counted = Vec::new();
+    for transition in transitions {
+        match transition {
+            Transition::Open(open) => {
+                let entry = index.entry(open.key).or_default();
+                if !entry.has_ended(open.started_at) {
+                    entry.open = Some(*open);
+                }
+            }
+            Transition::End(end) => {
+                let entry = index.entry(end.key).or_default();
+                if entry.has_ended(end.started_at) {
+                    continue;
+                }
+                if entry
+                    .open
+                    .is_some_and(|open| open.started_at <= end.started_at)
+                {
+                    entry.open = None;
+                }
+                entry.ended_through = Some(end.started_at);
+                tallies.entry(end.tally).or_default().count(end);
+                counted.push(end.clone());
+            }
+        }
+    }
+    counted
+}
+
 /// Users and sessions as loaded, each with its guard.
 pub type LoadedUserSide = (Vec<Stored<UserState>>, Vec<Stored<SessionState>>);
 /// Product and category parts as loaded, each with its guard.
@@ -83,15 +145,19 @@ pub type LoadedCatalog = (Vec<Stored<ProductState>>, Vec<Stored<CategoryState>>)
 
 /// Durable home of the entities' state: actors flush to it and activate from it.
 pub trait StateStore: Send + Sync + 'static {
-    /// Writes the batch durably; resolves once it is safe to acknowledge the events behind it.
+    /// Writes the batch durably; resolves, with the session ends it counted, once it is safe to
+    /// acknowledge the events behind it.
     ///
     /// A store that cannot write the batch atomically writes it in stages, each starting only
-    /// once the one before is durable: users before sessions, categories before products. A
-    /// redelivered event is then applied only where it is missing (see
-    /// [`crate::delivery::DeliveryGuard`]). The embedded store writes a batch in one
-    /// transaction; the ScyllaDB store writes users (their per-product rows included) and
-    /// categories, and only once all of those succeeded, sessions and products.
-    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()>;
+    /// once the one before is durable: users before sessions, categories before products,
+    /// sessions before the transitions of the session index. A redelivered event is then
+    /// applied only where it is missing (see [`crate::delivery::DeliveryGuard`]), and a session
+    /// end is counted once (see [`Transition::End`]): a session's state is durable before its
+    /// end is counted, and a session that replaced another under the same key keeps what
+    /// counting that end needs ([`crate::features::PreviousSession`]). Transitions apply in
+    /// order, each end with its tally in one atomic step. The embedded store writes a batch in
+    /// one transaction.
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>>;
     /// Loads the users and sessions that exist among those asked for.
     fn load_user_side(
         &self,
@@ -101,6 +167,19 @@ pub trait StateStore: Send + Sync + 'static {
     /// Loads every stored part (one per source) of the products and categories asked for, plus
     /// every part of the categories of the loaded products.
     fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<LoadedCatalog>;
+
+    /// Every live session the index holds for a bus partition.
+    fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>>;
+
+    /// What the index holds for one session key of a bus partition.
+    fn load_index_entry(&self, key: SessionKey, source: u16) -> StoreFuture<IndexEntry>;
+
+    /// Every tally row of the hours `from_hour..=to_hour`.
+    fn load_tallies(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> StoreFuture<Vec<(TallyKey, OutcomeTally)>>;
 
     /// Loads one user; `None` when the store has never seen them.
     fn load_user(&self, user_id: u64) -> StoreFuture<Option<Stored<UserState>>> {
@@ -117,8 +196,8 @@ pub trait StateStore: Send + Sync + 'static {
 
 /// Hears about what the engine does, for metrics; every method defaults to nothing.
 pub trait Observer: Send + Sync + 'static {
-    /// A session ended with this outcome and cart value.
-    fn session_closed(&self, _session: &SessionState) {}
+    /// A session ended, and its end was counted in the store (once, whatever instance counts it).
+    fn session_ended(&self, _end: &SessionEnd) {}
     /// Events were applied (those given) and duplicates dropped.
     fn events_applied(&self, _accepted: &BatchPart, _duplicates: u64) {}
     /// A flush finished.

@@ -14,10 +14,10 @@ use crate::delivery::{self, Admission, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{self, RECENT_IDENTITIES, SessionKey, SessionState, SessionStep, UserState};
 use crate::lifecycle::{self, EntityContext, Phase};
-use crate::messages::ForgetAcknowledged;
+use crate::messages::{ForgetAcknowledged, SessionSeen};
 use crate::session::{
     CloseSession, Closing, ReadSession, SessionActor, SessionApplied, SessionEvents,
-    SessionSnapshot,
+    SessionSnapshot, SessionView, ViewSession,
 };
 use crate::store::StoreError;
 
@@ -114,9 +114,9 @@ impl UserActor {
                 );
                 self.dirty = true;
             }
-            if let Some(closed) = step.closed.take() {
-                reply.closed.push(*closed);
-            }
+            // The shard learns of a session that replaced another from the new one's
+            // `previous`, whether or not this step is the one that replaced it.
+            step.closed = None;
             reply.accepted.push(position);
         }
     }
@@ -181,10 +181,8 @@ pub struct UserApplied {
     pub user_failed: bool,
     /// Sessions that could not be loaded: the shard drops them.
     pub failed_sessions: Vec<SessionKey>,
-    /// The latest event of each session that applied events, for its deadline.
-    pub last_events: Vec<(SessionKey, Millis)>,
-    /// Sessions ended by an event arriving after a gap longer than the timeout.
-    pub closed: Vec<SessionState>,
+    /// Each session that applied events, as it is now.
+    pub sessions: Vec<SessionSeen>,
     /// Whether the user or its sessions changed: the shard marks it dirty.
     pub changed: bool,
 }
@@ -255,16 +253,11 @@ impl Handler<UserEvents> for UserActor {
                     let answer = answer
                         .unwrap_or_else(|error| Err(StoreError::Unavailable(error.to_string())));
                     match answer {
-                        Ok(SessionApplied {
-                            steps,
-                            last_event_at,
-                        }) => {
+                        Ok(SessionApplied { steps, seen }) => {
                             for (index, step) in indexes.into_iter().zip(steps) {
                                 applied[index] = Some(step);
                             }
-                            if let Some(last_event_at) = last_event_at {
-                                reply.last_events.push((handle.0, last_event_at));
-                            }
+                            reply.sessions.extend(seen);
                             UserActor::remember(&mut actor.dirty_sessions, &handle);
                             if actor.context.guard_deliveries {
                                 actor
@@ -425,14 +418,14 @@ impl Handler<ReadUser> for UserActor {
 
 /// One of the user's sessions now, after every event routed before this request.
 #[derive(Message)]
-#[rtype(result = "Result<Option<SessionState>, StoreError>")]
+#[rtype(result = "Result<Option<SessionView>, StoreError>")]
 pub struct ReadUserSession(pub Addr<SessionActor>);
 
 impl Handler<ReadUserSession> for UserActor {
-    type Result = AtomicResponse<Self, Result<Option<SessionState>, StoreError>>;
+    type Result = AtomicResponse<Self, Result<Option<SessionView>, StoreError>>;
 
     fn handle(&mut self, message: ReadUserSession, _: &mut Self::Context) -> Self::Result {
-        let read = message.0.send(ReadSession);
+        let read = message.0.send(ViewSession);
         AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(read).map(
             |session, _, _| session.map_err(|error| StoreError::Unavailable(error.to_string()))?,
         )))

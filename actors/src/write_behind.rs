@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::outcomes::SessionEnd;
 use crate::store::{Observer, StateBatch, StateStore, StoreError};
 
 /// Write-behind state of one actor.
@@ -22,8 +23,17 @@ pub struct WriteBehind {
 /// A finished write, to hand back to [`WriteBehind::finish`].
 pub struct SaveDone {
     batch: Arc<StateBatch>,
-    result: Result<(), StoreError>,
+    result: Result<Vec<SessionEnd>, StoreError>,
     started: Instant,
+}
+
+/// What a write did.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// Entities and transitions written.
+    pub rows: usize,
+    /// The session ends it counted; the observer heard of each.
+    pub ended: Vec<SessionEnd>,
 }
 
 impl WriteBehind {
@@ -83,9 +93,9 @@ impl WriteBehind {
         })
     }
 
-    /// Records how a write ended: the rows written, or the error (the batch is kept to write
-    /// again).
-    pub fn finish(&mut self, done: SaveDone) -> Result<usize, StoreError> {
+    /// Records how a write ended: what it wrote, or the error (the batch is kept to write
+    /// again). The observer hears of every session end the write counted.
+    pub fn finish(&mut self, done: SaveDone) -> Result<Saved, StoreError> {
         self.saving = false;
         let rows = done.batch.len();
         self.observer.flushed(
@@ -94,9 +104,12 @@ impl WriteBehind {
             done.result.as_ref().err(),
         );
         match done.result {
-            Ok(()) => {
+            Ok(ended) => {
                 self.last_error = None;
-                Ok(rows)
+                for end in &ended {
+                    self.observer.session_ended(end);
+                }
+                Ok(Saved { rows, ended })
             }
             Err(error) => {
                 self.failed = Some(done.batch);
@@ -129,7 +142,7 @@ mod tests {
     }
 
     impl StateStore for Arc<Recorder> {
-        fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+        fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
             let down = self.down.load(Ordering::SeqCst);
             if !down {
                 let users = batch.users.iter().map(|user| user.state.user_id).collect();
@@ -139,9 +152,29 @@ mod tests {
                 if down {
                     Err(StoreError::Timeout(1))
                 } else {
-                    Ok(())
+                    Ok(Vec::new())
                 }
             })
+        }
+
+        fn load_open_sessions(&self, _: u16) -> StoreFuture<Vec<crate::outcomes::OpenSession>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn load_tallies(
+            &self,
+            _: i64,
+            _: i64,
+        ) -> StoreFuture<Vec<(crate::outcomes::TallyKey, crate::outcomes::OutcomeTally)>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn load_index_entry(
+            &self,
+            _: SessionKey,
+            _: u16,
+        ) -> StoreFuture<crate::outcomes::IndexEntry> {
+            Box::pin(async { Ok(Default::default()) })
         }
 
         fn load_user_side(&self, _: Vec<u64>, _: Vec<SessionKey>) -> StoreFuture<LoadedUserSide> {
@@ -185,7 +218,11 @@ mod tests {
             "one write at a time"
         );
         let done = save.await;
-        assert_eq!(write_behind.finish(done).unwrap(), 3, "users 1, 2 and 3");
+        assert_eq!(
+            write_behind.finish(done).unwrap().rows,
+            3,
+            "users 1, 2 and 3"
+        );
         assert!(write_behind.is_healthy() && !write_behind.has_failed_batch());
         let mut saved = store.saved.lock().unwrap().pop().unwrap();
         saved.sort_unstable();

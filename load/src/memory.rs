@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use propensity_actors::SessionKey;
 use propensity_actors::event::Event;
+use propensity_actors::outcomes::{IndexEntry, OpenSession, OutcomeTally, SessionEnd, TallyKey};
 use propensity_actors::store::{
     LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreFuture,
 };
@@ -32,8 +33,20 @@ pub fn events_heap_estimate(events: &[Event]) -> i64 {
 pub struct DiscardStore;
 
 impl StateStore for DiscardStore {
-    fn save(&self, _: Arc<StateBatch>) -> StoreFuture<()> {
-        Box::pin(async { Ok(()) })
+    fn save(&self, _: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn load_open_sessions(&self, _: u16) -> StoreFuture<Vec<OpenSession>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn load_tallies(&self, _: i64, _: i64) -> StoreFuture<Vec<(TallyKey, OutcomeTally)>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn load_index_entry(&self, _: SessionKey, _: u16) -> StoreFuture<IndexEntry> {
+        Box::pin(async { Ok(IndexEntry::default()) })
     }
 
     fn load_user_side(&self, _: Vec<u64>, _: Vec<SessionKey>) -> StoreFuture<LoadedUserSide> {

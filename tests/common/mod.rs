@@ -485,3 +485,64 @@ pub async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f
         .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// Every session of `events` ended and tallied by hour, as the service tallies them: a session
+/// ends once idle for longer than `timeout`, and those still open when the events run out end
+/// then (as `Engine::flush(true)` ends them).
+pub fn offline_tallies(
+    events: &[Event],
+    timeout: i64,
+) -> BTreeMap<i64, propensity_actors::outcomes::OutcomeTally> {
+    use propensity_actors::outcomes::{HOUR, OutcomeTally, SessionEnd};
+    use propensity_actors::{Applied, ReplayEngine};
+    let mut engine = ReplayEngine::new(timeout);
+    let mut ended = Vec::new();
+    for event in events {
+        if let Applied::Changed {
+            closed: Some(closed),
+        } = engine.apply(event)
+        {
+            ended.push(closed);
+        }
+        ended.extend(engine.users.expire_sessions());
+    }
+    ended.extend(engine.users.sessions.drain().map(|(_, session)| session));
+    let mut tallies: BTreeMap<i64, OutcomeTally> = BTreeMap::new();
+    for session in &ended {
+        tallies
+            .entry(session.last_event_at.div_euclid(HOUR))
+            .or_default()
+            .count(&SessionEnd::of(session, 0, 0));
+    }
+    tallies
+}
+
+/// Checks stored tallies against the offline ones hour by hour: exact counts, cart values to
+/// rounding (summed in another order).
+pub fn assert_same_tallies(
+    online: &BTreeMap<i64, propensity_actors::outcomes::OutcomeTally>,
+    offline: &BTreeMap<i64, propensity_actors::outcomes::OutcomeTally>,
+    context: &str,
+) {
+    let hours = |tallies: &BTreeMap<i64, propensity_actors::outcomes::OutcomeTally>| {
+        tallies.keys().copied().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        hours(online),
+        hours(offline),
+        "hours with ended sessions {context}"
+    );
+    for (hour, expected) in offline {
+        let actual = &online[hour];
+        assert_eq!(
+            actual.sessions, expected.sessions,
+            "sessions of hour {hour} {context}"
+        );
+        for (a, b) in actual.cart_value.iter().zip(&expected.cart_value) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0),
+                "cart value of hour {hour} {context}: {a} against {b}"
+            );
+        }
+    }
+}

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 pub use counts::{Counts, ratio};
 pub use product::{CategoryState, ProductState, WindowTotals};
-pub use session::{Outcome, SessionKey, SessionProduct, SessionState, SessionStep};
+pub use session::{
+    Outcome, PreviousSession, SessionKey, SessionProduct, SessionState, SessionStep,
+};
 pub use user::{RECENT_IDENTITIES, UserProduct, UserState};
 
 /// Which entity a feature describes.

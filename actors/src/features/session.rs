@@ -117,7 +117,8 @@ pub fn continue_or_restart(
     timeout: Millis,
 ) -> SessionStep {
     if event.time - session.last_event_at > timeout {
-        let (fresh, mut step) = start(event);
+        let (mut fresh, mut step) = start(event);
+        fresh.previous = Some(Box::new(PreviousSession::of(session)));
         step.closed = Some(Box::new(std::mem::replace(session, fresh)));
         return step;
     }
@@ -128,6 +129,30 @@ pub fn continue_or_restart(
     };
     session.apply(event);
     step
+}
+
+/// The session that ended under the same key when a shopper came back after the timeout with
+/// the same session string: what counting its end needs. The new session keeps it, so that the
+/// end is counted even if a crash loses the write that counted it (the store counts each end
+/// once).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreviousSession {
+    pub started_at: Millis,
+    pub last_event_at: Millis,
+    pub outcome: Outcome,
+    pub cart_value: f64,
+}
+
+impl PreviousSession {
+    /// What counting `session`'s end needs.
+    pub fn of(session: &SessionState) -> PreviousSession {
+        PreviousSession {
+            started_at: session.started_at,
+            last_event_at: session.last_event_at,
+            outcome: session.outcome(),
+            cart_value: session.cart_value(),
+        }
+    }
 }
 
 /// One shopper's session: counters, cart, view sequence and per-product state.
@@ -147,6 +172,8 @@ pub struct SessionState {
     pub categories_viewed: Vec<u64>,
     /// The latest viewed product ids, oldest first.
     pub view_sequence: Vec<u64>,
+    /// The session this one replaced under the same key, if any; not a feature.
+    pub previous: Option<Box<PreviousSession>>,
 }
 
 impl SessionState {
@@ -167,6 +194,7 @@ impl SessionState {
             products: Vec::new(),
             categories_viewed: Vec::new(),
             view_sequence: Vec::new(),
+            previous: None,
         }
     }
 

@@ -138,6 +138,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 )
                 .route("/v1/users/{user_id}", web::get().to(user))
                 .route("/v1/products/{product_id}", web::get().to(product))
+                .route("/v1/outcomes", web::get().to(outcomes))
                 .default_service(web::to(not_found)),
         );
 }
@@ -403,17 +404,21 @@ async fn session(
     let (user_id, user_session) = path.into_inner();
     let user_id = parse_id(&user_id, "user_id")?;
     let key = SessionKey::new(user_id, &user_session);
-    let Some(session) = state.engine.session(key).await? else {
+    let Some(view) = state.engine.session_view(key).await? else {
         return Err(ApiError::NotFound(format!(
             "no session {user_session:?} for user {user_id}"
         )));
     };
+    let live = matches!(view, propensity_actors::session::SessionView::Live(_));
+    let session = view.state();
     let cart: Vec<_> = session
         .products
         .iter()
         .filter(|product| product.in_cart > 0)
         .map(|product| serde_json::json!({"product_id": product.product_id, "quantity": product.in_cart, "price": product.price}))
         .collect();
+    // The features a score would use now: of this session while it is live, of a new one (no
+    // session yet) once it has ended.
     let features: serde_json::Map<String, serde_json::Value> =
         propensity_actors::features::FEATURES
             .iter()
@@ -427,12 +432,15 @@ async fn session(
             })
             .map(|(feature, value)| (feature.name.to_owned(), serde_json::json!(value)))
             .collect();
+    let outcome = session.outcome().as_str();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "user_id": session.user_id,
         "user_session": session.session_id,
+        "live": live,
         "started_at": format_time(session.started_at),
         "last_event_at": format_time(session.last_event_at),
-        "outcome_so_far": session.outcome().as_str(),
+        "outcome_so_far": live.then_some(outcome),
+        "outcome": (!live).then_some(outcome),
         "cart": cart,
         "cart_items": session.cart_items(),
         "cart_value": session.cart_value(),
@@ -483,5 +491,79 @@ async fn product(
             "last_hour": product.window(now, 1),
             "last_24_hours": product.window(now, 24),
         },
+    })))
+}
+
+/// The longest period `GET /v1/outcomes` answers for, in hours: a year and a day.
+const MAX_OUTCOME_HOURS: i64 = 366 * 24;
+
+/// `GET /v1/outcomes?from=&to=`: the period's sessions by outcome, as stored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomesQuery {
+    from: String,
+    to: String,
+}
+
+fn tally_json(tally: &propensity_actors::outcomes::OutcomeTally) -> serde_json::Value {
+    use propensity_actors::features::Outcome;
+    serde_json::json!({
+        "purchased": tally.sessions_with(Outcome::Purchased),
+        "abandoned": tally.sessions_with(Outcome::Abandoned),
+        "browsed": tally.sessions_with(Outcome::Browsed),
+        "purchased_cart_value": tally.cart_value_of(Outcome::Purchased),
+        "abandoned_cart_value": tally.cart_value_of(Outcome::Abandoned),
+        "browsed_cart_value": tally.cart_value_of(Outcome::Browsed),
+        "abandonment_rate": tally.abandonment_rate(),
+    })
+}
+
+async fn outcomes(
+    state: web::Data<AppState>,
+    query: Result<web::Query<OutcomesQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    use propensity_actors::outcomes::{HOUR, OutcomeTally};
+    let query = query.map_err(|error| {
+        ApiError::BadRequest(format!(
+            "{error}: give from and to, as RFC 3339 or `2019-10-01 00:00:00 UTC`"
+        ))
+    })?;
+    let time = |text: &str, name: &str| {
+        propensity_actors::event::parse_time(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} {text:?} is not a time: give RFC 3339 or `2019-10-01 00:00:00 UTC`"
+            ))
+        })
+    };
+    let (from, to) = (time(&query.from, "from")?, time(&query.to, "to")?);
+    if from > to {
+        return Err(ApiError::BadRequest(format!(
+            "from ({}) is after to ({})",
+            query.from, query.to
+        )));
+    }
+    // Sessions count in the hour of their latest event: every hour the period touches.
+    let (from_hour, to_hour) = (from.div_euclid(HOUR), to.div_euclid(HOUR));
+    if to_hour - from_hour >= MAX_OUTCOME_HOURS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_OUTCOME_HOURS} hours per request"
+        )));
+    }
+    let hours = state.engine.outcomes(from_hour, to_hour).await?;
+    let mut total = OutcomeTally::default();
+    let hours: Vec<serde_json::Value> = hours
+        .iter()
+        .map(|(hour, tally)| {
+            total.add(tally);
+            let mut row = tally_json(tally);
+            row["hour"] = serde_json::json!(format_time(hour * HOUR));
+            row
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "from": format_time(from_hour * HOUR),
+        "to": format_time((to_hour + 1) * HOUR),
+        "total": tally_json(&total),
+        "hours": hours,
     })))
 }

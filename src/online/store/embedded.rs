@@ -3,14 +3,16 @@
 //! service activates its entities from it. The file records its layout version; a file of
 //! another layout is refused with what to do rather than misread.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use propensity_actors::delivery::Stored;
 use propensity_actors::features::{ProductState, SessionKey};
+use propensity_actors::outcomes::{IndexEntry, OpenSession, OutcomeTally, SessionEnd, TallyKey};
 use propensity_actors::store::{
-    LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture,
+    LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture, Transition,
 };
 use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -22,14 +24,19 @@ const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const PRODUCTS: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("product_parts");
 /// A category's part per source: (category_id, source).
 const CATEGORIES: TableDefinition<(u64, u16), &[u8]> = TableDefinition::new("category_parts");
+/// The index of live sessions: (user_id, session_hash) -> its [`IndexEntry`].
+const OPEN_SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("open_sessions");
+/// Outcome tallies: (hour, source, writer) -> [`OutcomeTally`].
+const TALLIES: TableDefinition<(i64, u16, u16), &[u8]> = TableDefinition::new("outcome_tallies");
 /// What the file holds: `layout` is [`LAYOUT`].
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
 /// The layout of the values this version reads and writes. Files written before the version
 /// was recorded have layout 1; layout 2 dropped the category of each product of a session (no
 /// feature reads it, and a million live sessions saved its bytes) and keeps a user's product
-/// history as a sorted list (the same bytes as the map before).
-pub const LAYOUT: u32 = 2;
+/// history as a sorted list (the same bytes as the map before); layout 3 added the session a
+/// session replaced, the index of live sessions and the outcome tallies.
+pub const LAYOUT: u32 = 3;
 
 /// A redb-backed store; cheap to clone.
 #[derive(Clone)]
@@ -44,6 +51,8 @@ pub struct EmbeddedStore {
 /// Every table as one read transaction sees it.
 struct Snapshot {
     sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    open_sessions: ReadOnlyTable<(u64, u64), &'static [u8]>,
+    tallies: ReadOnlyTable<(i64, u16, u16), &'static [u8]>,
     users: ReadOnlyTable<u64, &'static [u8]>,
     products: ReadOnlyTable<(u64, u16), &'static [u8]>,
     categories: ReadOnlyTable<(u64, u16), &'static [u8]>,
@@ -54,6 +63,8 @@ impl Snapshot {
         let transaction = database.begin_read().map_err(unavailable)?;
         Ok(Snapshot {
             sessions: transaction.open_table(SESSIONS).map_err(unavailable)?,
+            open_sessions: transaction.open_table(OPEN_SESSIONS).map_err(unavailable)?,
+            tallies: transaction.open_table(TALLIES).map_err(unavailable)?,
             users: transaction.open_table(USERS).map_err(unavailable)?,
             products: transaction.open_table(PRODUCTS).map_err(unavailable)?,
             categories: transaction.open_table(CATEGORIES).map_err(unavailable)?,
@@ -106,6 +117,8 @@ impl EmbeddedStore {
         transaction.open_table(USERS)?;
         transaction.open_table(PRODUCTS)?;
         transaction.open_table(CATEGORIES)?;
+        transaction.open_table(OPEN_SESSIONS)?;
+        transaction.open_table(TALLIES)?;
         transaction.commit()?;
         let snapshot = Snapshot::take(&database)?;
         Ok(EmbeddedStore {
@@ -114,9 +127,11 @@ impl EmbeddedStore {
         })
     }
 
-    fn save_now(&self, batch: &StateBatch) -> Result<(), StoreError> {
+    fn save_now(&self, batch: &StateBatch) -> Result<Vec<SessionEnd>, StoreError> {
         let transaction = self.database.begin_write().map_err(unavailable)?;
+        let counted;
         {
+            counted = Self::apply_transitions(&transaction, &batch.transitions)?;
             let mut sessions = transaction.open_table(SESSIONS).map_err(unavailable)?;
             for session in &batch.sessions {
                 let key = session.state.key();
@@ -152,7 +167,113 @@ impl EmbeddedStore {
         transaction.commit().map_err(unavailable)?;
         let snapshot = Snapshot::take(&self.database)?;
         *self.snapshot.write().expect("snapshot lock") = Arc::new(snapshot);
-        Ok(())
+        Ok(counted)
+    }
+
+    /// Applies session transitions in the write transaction, in order: the index entries and
+    /// tallies they touch are read, changed and written back with the rest of the batch.
+    fn apply_transitions(
+        transaction: &redb::WriteTransaction,
+        transitions: &[Transition],
+    ) -> Result<Vec<SessionEnd>, StoreError> {
+        if transitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut open_table = transaction.open_table(OPEN_SESSIONS).map_err(unavailable)?;
+        let mut tally_table = transaction.open_table(TALLIES).map_err(unavailable)?;
+        let mut index: HashMap<SessionKey, IndexEntry> = HashMap::new();
+        let mut tallies: HashMap<TallyKey, OutcomeTally> = HashMap::new();
+        for transition in transitions {
+            let key = match transition {
+                Transition::Open(open) => open.key,
+                Transition::End(end) => end.key,
+            };
+            if let std::collections::hash_map::Entry::Vacant(vacant) = index.entry(key) {
+                let stored = open_table
+                    .get((key.user_id, key.session_hash))
+                    .map_err(unavailable)?
+                    .map(|bytes| decode::<IndexEntry>(bytes.value()))
+                    .transpose()?;
+                vacant.insert(stored.unwrap_or_default());
+            }
+            if let Transition::End(end) = transition {
+                let tally = end.tally;
+                if let std::collections::hash_map::Entry::Vacant(vacant) = tallies.entry(tally) {
+                    let stored = tally_table
+                        .get((tally.hour, tally.source, tally.writer))
+                        .map_err(unavailable)?
+                        .map(|bytes| decode::<OutcomeTally>(bytes.value()))
+                        .transpose()?;
+                    vacant.insert(stored.unwrap_or_default());
+                }
+            }
+        }
+        let counted =
+            propensity_actors::store::apply_transitions(&mut index, &mut tallies, transitions);
+        for (key, entry) in index {
+            open_table
+                .insert((key.user_id, key.session_hash), encode(&entry).as_slice())
+                .map_err(unavailable)?;
+        }
+        for end in &counted {
+            let tally = end.tally;
+            tally_table
+                .insert(
+                    (tally.hour, tally.source, tally.writer),
+                    encode(&tallies[&tally]).as_slice(),
+                )
+                .map_err(unavailable)?;
+        }
+        Ok(counted)
+    }
+
+    fn load_open_sessions_now(&self, source: u16) -> Result<Vec<OpenSession>, StoreError> {
+        let snapshot = self.snapshot();
+        let mut open = Vec::new();
+        for row in snapshot.open_sessions.iter().map_err(unavailable)? {
+            let entry: IndexEntry = decode(row.map_err(unavailable)?.1.value())?;
+            if let Some(session) = entry.open.filter(|session| session.source == source) {
+                open.push(session);
+            }
+        }
+        Ok(open)
+    }
+
+    fn load_index_entry_now(&self, key: SessionKey) -> Result<IndexEntry, StoreError> {
+        let snapshot = self.snapshot();
+        let entry = snapshot
+            .open_sessions
+            .get((key.user_id, key.session_hash))
+            .map_err(unavailable)?
+            .map(|bytes| decode::<IndexEntry>(bytes.value()))
+            .transpose()?;
+        Ok(entry.unwrap_or_default())
+    }
+
+    fn load_tallies_now(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<Vec<(TallyKey, OutcomeTally)>, StoreError> {
+        let snapshot = self.snapshot();
+        let mut rows = Vec::new();
+        for row in snapshot
+            .tallies
+            .range((from_hour, 0, 0)..=(to_hour, u16::MAX, u16::MAX))
+            .map_err(unavailable)?
+        {
+            let (key, value) = row.map_err(unavailable)?;
+            let (hour, source, writer) = key.value();
+            rows.push((
+                TallyKey {
+                    hour,
+                    source,
+                    writer,
+                },
+                decode(value.value())?,
+            ));
+        }
+        Ok(rows)
     }
 
     /// The tables as of the latest commit.
@@ -283,9 +404,27 @@ fn blocking<T: Send + 'static>(
 }
 
 impl StateStore for EmbeddedStore {
-    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
         let store = self.clone();
         blocking(move || store.save_now(&batch))
+    }
+
+    fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>> {
+        Box::pin(std::future::ready(self.load_open_sessions_now(source)))
+    }
+
+    fn load_index_entry(&self, key: SessionKey, _: u16) -> StoreFuture<IndexEntry> {
+        Box::pin(std::future::ready(self.load_index_entry_now(key)))
+    }
+
+    fn load_tallies(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> StoreFuture<Vec<(TallyKey, OutcomeTally)>> {
+        Box::pin(std::future::ready(
+            self.load_tallies_now(from_hour, to_hour),
+        ))
     }
 
     // Reads answer at once on the caller's thread: a read transaction over redb's cached pages
@@ -352,6 +491,7 @@ mod tests {
                 users: vec![user.clone()],
                 products: vec![product.clone(), other_part.clone()],
                 categories: vec![category.clone()],
+                transitions: Vec::new(),
             };
             store.save(Arc::new(batch)).await.unwrap();
         }

@@ -503,7 +503,16 @@ mod tests {
             .iter()
             .map(|table| table.name.as_str())
             .collect();
-        assert_eq!(names, ["sessions", "users", "products", "categories"]);
+        assert_eq!(
+            names,
+            [
+                "sessions",
+                "users",
+                "products",
+                "categories",
+                "session_index"
+            ]
+        );
         let sessions = schema.table("sessions").unwrap();
         let kind = |name: &str| {
             sessions
@@ -535,6 +544,22 @@ mod tests {
         };
         assert_eq!(product_kind("source"), ColumnKind::Clustering);
         assert_eq!(product_kind("hour_revenue"), ColumnKind::Regular);
+        let index = schema.table("session_index").unwrap();
+        let keys: Vec<(&str, ColumnKind)> = index
+            .columns
+            .iter()
+            .filter(|column| column.kind != ColumnKind::Regular)
+            .map(|column| (column.name.as_str(), column.kind))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("source", ColumnKind::PartitionKey),
+                ("kind", ColumnKind::Clustering),
+                ("a", ColumnKind::Clustering),
+                ("b", ColumnKind::Clustering)
+            ]
+        );
         for table in &schema.tables {
             assert!(
                 table

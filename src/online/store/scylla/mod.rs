@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use propensity_actors::features::SessionKey;
+use propensity_actors::outcomes::{IndexEntry, OpenSession, OutcomeTally, SessionEnd, TallyKey};
 use propensity_actors::store::{
     LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreError, StoreFuture,
 };
@@ -139,8 +140,24 @@ impl ScyllaStore {
 }
 
 impl StateStore for ScyllaStore {
-    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<()> {
+    fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
         self.spawn(|core| async move { core.save(&batch).await })
+    }
+
+    fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>> {
+        self.spawn(move |core| async move { core.load_open_sessions(source).await })
+    }
+
+    fn load_index_entry(&self, key: SessionKey, source: u16) -> StoreFuture<IndexEntry> {
+        self.spawn(move |core| async move { core.load_index_entry(key, source).await })
+    }
+
+    fn load_tallies(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> StoreFuture<Vec<(TallyKey, OutcomeTally)>> {
+        self.spawn(move |core| async move { core.load_tallies(from_hour, to_hour).await })
     }
 
     fn load_user_side(

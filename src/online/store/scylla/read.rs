@@ -8,6 +8,7 @@ use propensity_actors::features::product::HourBucket;
 use propensity_actors::features::{
     CategoryState, ProductState, SessionKey, SessionProduct, SessionState, UserProduct, UserState,
 };
+use propensity_actors::outcomes::{IndexEntry, OpenSession, OutcomeTally, TallyKey};
 use propensity_actors::store::{LoadedCatalog, LoadedUserSide, StoreError};
 use scylla::response::query_result::QueryRowsResult;
 use scylla::serialize::row::SerializeRow;
@@ -171,6 +172,176 @@ impl Core {
             }
         }
         Ok((loaded_products, loaded_categories))
+    }
+}
+
+impl Core {
+    /// What the index holds for some session keys of a partition.
+    pub(super) async fn read_index_entries(
+        &self,
+        source: u16,
+        keys: &[SessionKey],
+    ) -> Result<Vec<(SessionKey, IndexEntry)>, StoreError> {
+        stream::iter(keys.iter().copied())
+            .map(|key| async move { Ok((key, self.load_index_entry(key, source).await?)) })
+            .buffered(self.settings.max_concurrency)
+            .try_collect()
+            .await
+    }
+
+    /// What the index holds for one session key of a partition.
+    pub(super) async fn load_index_entry(
+        &self,
+        key: SessionKey,
+        source: u16,
+    ) -> Result<IndexEntry, StoreError> {
+        let rows = self
+            .read(
+                &self.statements.select_index_entry,
+                (
+                    i32::from(source),
+                    to_bigint(key.user_id),
+                    to_bigint(key.session_hash),
+                ),
+                "session_index",
+            )
+            .await?;
+        let corrupt =
+            |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("session_index: {error}"));
+        let mut entry = IndexEntry::default();
+        type Row = (i32, Option<i64>, Option<i64>, Option<i64>);
+        for row in rows.rows::<Row>().map_err(|error| corrupt(&error))? {
+            match row.map_err(|error| corrupt(&error))? {
+                (0, Some(started_at), Some(deadline), _) => {
+                    entry.open = Some(OpenSession {
+                        key,
+                        source,
+                        started_at,
+                        deadline,
+                    })
+                }
+                (2, _, _, ended_through) => entry.ended_through = ended_through,
+                _ => {}
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Tally rows as stored (absent ones count nothing).
+    pub(super) async fn read_tallies(
+        &self,
+        keys: &[TallyKey],
+    ) -> Result<Vec<(TallyKey, OutcomeTally)>, StoreError> {
+        stream::iter(keys.iter().copied())
+            .map(|key| async move {
+                let rows = self
+                    .read(
+                        &self.statements.select_tally,
+                        (i32::from(key.source), key.hour, i64::from(key.writer)),
+                        "session_index",
+                    )
+                    .await?;
+                let row = rows
+                    .maybe_first_row::<TallyColumns>()
+                    .map_err(|error| StoreError::Corrupt(format!("session_index: {error}")))?;
+                Ok((key, row.map(tally_from).transpose()?.unwrap_or_default()))
+            })
+            .buffered(self.settings.max_concurrency)
+            .try_collect()
+            .await
+    }
+
+    /// Every live session the index holds for a partition, page by page.
+    pub(super) async fn load_open_sessions(
+        &self,
+        source: u16,
+    ) -> Result<Vec<OpenSession>, StoreError> {
+        let corrupt =
+            |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("session_index: {error}"));
+        let pages = self
+            .session
+            .execute_iter(
+                self.statements.select_open_sessions.clone(),
+                (i32::from(source),),
+            )
+            .await
+            .map_err(|error| StoreError::Unavailable(format!("reading session_index: {error}")))?;
+        let mut rows = pages
+            .rows_stream::<(i64, i64, Option<i64>, Option<i64>)>()
+            .map_err(|error| corrupt(&error))?;
+        let mut open = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (user_id, session_hash, started_at, deadline) = row.map_err(|error| {
+                StoreError::Unavailable(format!("reading session_index: {error}"))
+            })?;
+            if let (Some(started_at), Some(deadline)) = (started_at, deadline) {
+                open.push(OpenSession {
+                    key: SessionKey {
+                        user_id: from_bigint(user_id),
+                        session_hash: from_bigint(session_hash),
+                    },
+                    source,
+                    started_at,
+                    deadline,
+                });
+            }
+        }
+        Ok(open)
+    }
+
+    /// Every tally row of the hours `from_hour..=to_hour`, over every partition.
+    pub(super) async fn load_tallies(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<Vec<(TallyKey, OutcomeTally)>, StoreError> {
+        let corrupt =
+            |error: &dyn std::fmt::Display| StoreError::Corrupt(format!("session_index: {error}"));
+        let sources = self
+            .read(&self.statements.select_sources, (), "session_index")
+            .await?;
+        let sources: Vec<i32> = sources
+            .rows::<(i32,)>()
+            .map_err(|error| corrupt(&error))?
+            .map(|row| row.map(|(source,)| source).map_err(|error| corrupt(&error)))
+            .collect::<Result<_, _>>()?;
+        let mut tallies = Vec::new();
+        for source in sources {
+            let rows = self
+                .read(
+                    &self.statements.select_tallies,
+                    (source, from_hour, to_hour),
+                    "session_index",
+                )
+                .await?;
+            type Row = (
+                i64,
+                i64,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<f64>,
+                Option<f64>,
+                Option<f64>,
+            );
+            for row in rows.rows::<Row>().map_err(|error| corrupt(&error))? {
+                let (hour, writer, purchased, abandoned, browsed, pv, av, bv) =
+                    row.map_err(|error| corrupt(&error))?;
+                let source = u16::try_from(source)
+                    .map_err(|_| corrupt(&format_args!("source {source} is out of range")))?;
+                let writer = u16::try_from(writer)
+                    .map_err(|_| corrupt(&format_args!("writer {writer} is out of range")))?;
+                tallies.push((
+                    TallyKey {
+                        hour,
+                        source,
+                        writer,
+                    },
+                    tally_from((purchased, abandoned, browsed, pv, av, bv))?,
+                ));
+            }
+        }
+        Ok(tallies)
     }
 }
 
@@ -361,6 +532,7 @@ pub(super) fn session_from_rows(
                 )));
             }
             guard = decode_guard(row.guard, "sessions")?;
+            let previous = decode_previous(row.previous)?;
             session = Some(SessionState {
                 user_id: key.user_id,
                 session_id: session_id.into(),
@@ -390,6 +562,7 @@ pub(super) fn session_from_rows(
                     .into_iter()
                     .map(from_bigint)
                     .collect(),
+                previous,
             });
         }
         let Some(product_id) = row.product_id else {

@@ -28,6 +28,15 @@ pub(super) struct Statements {
     pub(super) select_product: PreparedStatement,
     pub(super) insert_category: PreparedStatement,
     pub(super) select_category: PreparedStatement,
+    pub(super) select_index_entry: PreparedStatement,
+    pub(super) insert_index_open: PreparedStatement,
+    pub(super) delete_index_open: PreparedStatement,
+    pub(super) insert_index_ended: PreparedStatement,
+    pub(super) select_open_sessions: PreparedStatement,
+    pub(super) select_tally: PreparedStatement,
+    pub(super) insert_tally: PreparedStatement,
+    pub(super) select_tallies: PreparedStatement,
+    pub(super) select_sources: PreparedStatement,
 }
 
 /// The statements of schema/queries.cql by name, for `keyspace`.
@@ -110,6 +119,15 @@ impl Statements {
             select_product: prepare("select_product").await?,
             insert_category: prepare("insert_category").await?,
             select_category: prepare("select_category").await?,
+            select_index_entry: prepare("select_index_entry").await?,
+            insert_index_open: prepare("insert_index_open").await?,
+            delete_index_open: prepare("delete_index_open").await?,
+            insert_index_ended: prepare("insert_index_ended").await?,
+            select_open_sessions: prepare("select_open_sessions").await?,
+            select_tally: prepare("select_tally").await?,
+            insert_tally: prepare("insert_tally").await?,
+            select_tallies: prepare("select_tallies").await?,
+            select_sources: prepare("select_sources").await?,
         })
     }
 }
@@ -121,7 +139,7 @@ mod tests {
     #[test]
     fn every_statement_is_named_and_in_the_keyspace() {
         let queries = queries("ks");
-        assert_eq!(queries.len(), 12, "{:?}", queries.keys());
+        assert_eq!(queries.len(), 21, "{:?}", queries.keys());
         for (name, statement) in &queries {
             assert!(statement.contains(" ks."), "{name}: {statement}");
             assert!(!statement.contains("--"), "{name}: {statement}");

@@ -4,6 +4,8 @@
 use anyhow::Result;
 use propensity_actors::delivery::DeliveryGuard;
 use propensity_actors::features::Counts;
+use propensity_actors::features::PreviousSession;
+use propensity_actors::outcomes::{OutcomeTally, TallyKey};
 use propensity_actors::store::StoreError;
 use scylla::serialize::row::SerializeRow;
 use scylla::value::MaybeUnset;
@@ -74,6 +76,7 @@ pub(super) struct InsertSession {
     pub(super) categories_viewed: Vec<i64>,
     pub(super) view_sequence: Vec<i64>,
     pub(super) guard: Vec<u8>,
+    pub(super) previous: Vec<u8>,
     pub(super) ttl: i32,
     pub(super) written_at: i64,
 }
@@ -184,6 +187,7 @@ pub(super) struct SessionRow {
     pub(super) categories_viewed: Option<Vec<i64>>,
     pub(super) view_sequence: Option<Vec<i64>>,
     pub(super) guard: Option<Vec<u8>>,
+    pub(super) previous: Option<Vec<u8>>,
     pub(super) product_id: Option<i64>,
     pub(super) position: Option<i32>,
     pub(super) price: Option<f64>,
@@ -277,6 +281,120 @@ pub(super) fn counts_values(counts: &Counts) -> [i64; 5] {
         counts.purchases,
     ]
     .map(i64::from)
+}
+
+/// A live session's row in its partition's index.
+#[derive(SerializeRow)]
+pub(super) struct InsertIndexOpen {
+    pub(super) source: i32,
+    pub(super) user_id: i64,
+    pub(super) session_hash: i64,
+    pub(super) started_at: i64,
+    pub(super) deadline: i64,
+    pub(super) written_at: i64,
+}
+
+/// A live session's index row to remove: it ended.
+#[derive(SerializeRow)]
+pub(super) struct DeleteIndexOpen {
+    pub(super) written_at: i64,
+    pub(super) source: i32,
+    pub(super) user_id: i64,
+    pub(super) session_hash: i64,
+}
+
+/// The record of the latest ended session under a key.
+#[derive(SerializeRow)]
+pub(super) struct InsertIndexEnded {
+    pub(super) source: i32,
+    pub(super) user_id: i64,
+    pub(super) session_hash: i64,
+    pub(super) ended_through: i64,
+    pub(super) ttl: i32,
+    pub(super) written_at: i64,
+}
+
+/// A tally row, written whole.
+#[derive(SerializeRow)]
+pub(super) struct InsertTally {
+    pub(super) source: i32,
+    pub(super) hour: i64,
+    pub(super) writer: i64,
+    pub(super) purchased: i64,
+    pub(super) abandoned: i64,
+    pub(super) browsed: i64,
+    pub(super) purchased_value: f64,
+    pub(super) abandoned_value: f64,
+    pub(super) browsed_value: f64,
+    pub(super) written_at: i64,
+}
+
+/// A tally's counts and values, as read: purchased, abandoned, browsed, then their values.
+pub(super) type TallyColumns = (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
+/// A tally from its columns (absent columns count nothing).
+pub(super) fn tally_from(columns: TallyColumns) -> Result<OutcomeTally, StoreError> {
+    let (purchased, abandoned, browsed, purchased_value, abandoned_value, browsed_value) = columns;
+    let count = |value: Option<i64>, column: &str| -> Result<u64, StoreError> {
+        u64::try_from(value.unwrap_or(0))
+            .map_err(|_| StoreError::Corrupt(format!("session_index.{column} is negative")))
+    };
+    // In the order of Outcome::ALL: purchased, abandoned, browsed.
+    Ok(OutcomeTally {
+        sessions: [
+            count(purchased, "purchased")?,
+            count(abandoned, "abandoned")?,
+            count(browsed, "browsed")?,
+        ],
+        cart_value: [
+            purchased_value.unwrap_or(0.0),
+            abandoned_value.unwrap_or(0.0),
+            browsed_value.unwrap_or(0.0),
+        ],
+    })
+}
+
+/// A tally row to write.
+pub(super) fn tally_row(key: TallyKey, tally: &OutcomeTally, written_at: i64) -> InsertTally {
+    InsertTally {
+        source: i32::from(key.source),
+        hour: key.hour,
+        writer: i64::from(key.writer),
+        purchased: tally.sessions[0] as i64,
+        abandoned: tally.sessions[1] as i64,
+        browsed: tally.sessions[2] as i64,
+        purchased_value: tally.cart_value[0],
+        abandoned_value: tally.cart_value[1],
+        browsed_value: tally.cart_value[2],
+        written_at,
+    }
+}
+
+/// What a session replaced, as its `previous` column holds it (bincode; empty for none).
+pub(super) fn encode_previous(previous: Option<&PreviousSession>) -> Vec<u8> {
+    match previous {
+        Some(previous) => bincode::serialize(previous).expect("a previous session serializes"),
+        None => Vec::new(),
+    }
+}
+
+/// What a session replaced, from its `previous` column.
+pub(super) fn decode_previous(
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<Box<PreviousSession>>, StoreError> {
+    match bytes {
+        Some(bytes) if !bytes.is_empty() => bincode::deserialize(&bytes)
+            .map(|previous| Some(Box::new(previous)))
+            .map_err(|error| StoreError::Corrupt(format!("sessions.previous: {error}"))),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

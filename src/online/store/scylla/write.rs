@@ -6,15 +6,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use futures_util::{StreamExt, TryStreamExt, stream};
+use std::collections::{BTreeMap, HashMap};
+
 use propensity_actors::delivery::Stored;
-use propensity_actors::features::{CategoryState, ProductState, SessionState, UserState};
-use propensity_actors::store::{StateBatch, StoreError};
+use propensity_actors::features::{
+    CategoryState, ProductState, SessionKey, SessionState, UserState,
+};
+use propensity_actors::outcomes::{IndexEntry, OutcomeTally, SessionEnd, TallyKey};
+use propensity_actors::store::{StateBatch, StoreError, Transition, apply_transitions};
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::MaybeUnset;
 
 use super::values::*;
 use super::{Core, store_error};
+
+/// Transitions per single-partition batch of the session index: a few rows each, well under the
+/// cluster's batch size limits.
+const TRANSITIONS_PER_BATCH: usize = 100;
 
 /// Write timestamps in microseconds, increasing by at least 2 per save across the process, so a
 /// partition delete at `t - 1` never shadows the rows of an earlier save's `t`.
@@ -117,6 +126,7 @@ impl Core {
                         .map(to_bigint)
                         .collect(),
                     guard: encode_guard(&stored.guard),
+                    previous: encode_previous(session.previous.as_deref()),
                     ttl,
                     written_at,
                 }),
@@ -302,10 +312,11 @@ impl Core {
             .await
     }
 
-    pub(super) async fn save(&self, batch: &StateBatch) -> Result<(), StoreError> {
+    pub(super) async fn save(&self, batch: &StateBatch) -> Result<Vec<SessionEnd>, StoreError> {
         let written_at = next_write_timestamp();
         // Stage 1: users and categories. Stage 2, only once stage 1 is durable: sessions and
-        // products (see the module documentation).
+        // products. Stage 3, once the sessions are durable: the index of live sessions and the
+        // tallies (see the module documentation).
         let mut first = Vec::new();
         for user in &batch.users {
             first.push(self.user_write(user, written_at));
@@ -321,7 +332,139 @@ impl Core {
         for product in &batch.products {
             second.push(self.product_write(product, written_at));
         }
-        self.write_all(second).await
+        self.write_all(second).await?;
+        self.write_transitions(&batch.transitions, written_at).await
+    }
+
+    /// Applies the session transitions of each bus partition to its index and tallies: reads
+    /// the index rows and tallies the ends need, applies the transitions in order, and writes
+    /// what changed as single-partition batches, one after another. A single-partition batch is
+    /// applied atomically, and every end is checked against the index as it is when its batch
+    /// is built: a save that failed half way and is made again counts nothing twice.
+    async fn write_transitions(
+        &self,
+        transitions: &[Transition],
+        written_at: i64,
+    ) -> Result<Vec<SessionEnd>, StoreError> {
+        let mut by_source: BTreeMap<u16, Vec<Transition>> = BTreeMap::new();
+        for transition in transitions {
+            let source = match transition {
+                Transition::Open(open) => open.source,
+                Transition::End(end) => end.tally.source,
+            };
+            by_source
+                .entry(source)
+                .or_default()
+                .push(transition.clone());
+        }
+        let mut counted = Vec::new();
+        for (source, transitions) in by_source {
+            counted.extend(
+                self.write_source_transitions(source, &transitions, written_at)
+                    .await?,
+            );
+        }
+        Ok(counted)
+    }
+
+    async fn write_source_transitions(
+        &self,
+        source: u16,
+        transitions: &[Transition],
+        written_at: i64,
+    ) -> Result<Vec<SessionEnd>, StoreError> {
+        let mut transition_keys: Vec<SessionKey> = Vec::new();
+        let mut tally_keys: Vec<TallyKey> = Vec::new();
+        for transition in transitions {
+            match transition {
+                Transition::Open(open) => transition_keys.push(open.key),
+                Transition::End(end) => {
+                    transition_keys.push(end.key);
+                    tally_keys.push(end.tally);
+                }
+            }
+        }
+        transition_keys.sort_unstable();
+        transition_keys.dedup();
+        tally_keys.sort_unstable();
+        tally_keys.dedup();
+        let mut index: HashMap<SessionKey, IndexEntry> = HashMap::new();
+        for (key, entry) in self.read_index_entries(source, &transition_keys).await? {
+            index.insert(key, entry);
+        }
+        let mut tallies: HashMap<TallyKey, OutcomeTally> = HashMap::new();
+        for (key, tally) in self.read_tallies(&tally_keys).await? {
+            tallies.insert(key, tally);
+        }
+        // Each batch carries its transitions' index rows and the tallies as they stand after
+        // them: whatever prefix of the batches lands, the index and the tallies agree.
+        let statements = &self.statements;
+        let mut counted = Vec::new();
+        for chunk in transitions.chunks(TRANSITIONS_PER_BATCH) {
+            let ended = apply_transitions(&mut index, &mut tallies, chunk);
+            let mut touched: Vec<SessionKey> = chunk
+                .iter()
+                .map(|transition| match transition {
+                    Transition::Open(open) => open.key,
+                    Transition::End(end) => end.key,
+                })
+                .collect();
+            touched.sort_unstable();
+            touched.dedup();
+            let mut rows: Vec<(&PreparedStatement, Values)> = Vec::new();
+            for key in touched {
+                let (user_id, session_hash) = (to_bigint(key.user_id), to_bigint(key.session_hash));
+                let entry = index.get(&key).copied().unwrap_or_default();
+                match entry.open {
+                    Some(open) => rows.push((
+                        &statements.insert_index_open,
+                        Box::new(InsertIndexOpen {
+                            source: i32::from(source),
+                            user_id,
+                            session_hash,
+                            started_at: open.started_at,
+                            deadline: open.deadline,
+                            written_at,
+                        }),
+                    )),
+                    None => rows.push((
+                        &statements.delete_index_open,
+                        Box::new(DeleteIndexOpen {
+                            written_at,
+                            source: i32::from(source),
+                            user_id,
+                            session_hash,
+                        }),
+                    )),
+                }
+                if let Some(ended_through) = entry.ended_through {
+                    rows.push((
+                        &statements.insert_index_ended,
+                        Box::new(InsertIndexEnded {
+                            source: i32::from(source),
+                            user_id,
+                            session_hash,
+                            ended_through,
+                            ttl: ttl(self.settings.session_ttl_seconds),
+                            written_at,
+                        }),
+                    ));
+                }
+            }
+            let mut written: Vec<TallyKey> = ended.iter().map(|end| end.tally).collect();
+            written.sort_unstable();
+            written.dedup();
+            for key in written {
+                rows.push((
+                    &statements.insert_tally,
+                    Box::new(tally_row(key, &tallies[&key], written_at)),
+                ));
+            }
+            self.write(self.partition_batch("session_index", rows))
+                .await?;
+            counted.extend(ended);
+        }
+        Ok(counted)
     }
 }
 
