@@ -45,6 +45,8 @@ pub struct EngineSettings {
     pub flush_interval_ms: u64,
     pub live_watermark: bool,
     pub shared_catalog_ttl_ms: u64,
+    pub watermark_quorum: usize,
+    pub max_future_skew_seconds: u64,
 }
 
 impl EngineSettings {
@@ -55,6 +57,13 @@ impl EngineSettings {
         } else {
             self.shards
         }
+    }
+
+    /// In live mode, how far ahead of the wall clock an event may be dated; `None` in replay
+    /// mode, where event time alone counts.
+    pub fn max_future_skew(&self) -> Option<i64> {
+        self.live_watermark
+            .then(|| self.max_future_skew_seconds as i64 * 1000)
     }
 
     /// Session timeout in event-time milliseconds.
@@ -83,6 +92,7 @@ impl EngineSettings {
                     remote_ttl: Duration::from_millis(self.shared_catalog_ttl_ms),
                 },
             },
+            watermark_quorum: self.watermark_quorum,
         }
     }
 }
@@ -400,6 +410,9 @@ impl Settings {
         }
         if self.engine.session_timeout_seconds == 0 {
             bail!("invalid settings: engine.session_timeout_seconds must be positive");
+        }
+        if self.engine.watermark_quorum == 0 {
+            bail!("invalid settings: engine.watermark_quorum must be at least 1");
         }
         if self.engine.flush_interval_ms == 0 {
             bail!("invalid settings: engine.flush_interval_ms must be positive");

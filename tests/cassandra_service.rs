@@ -1,7 +1,9 @@
 //! End to end on Cassandra (`store.kind = "scylla"`): a synthetic clickstream through the HTTP
 //! collector and the actors must give exactly the offline replay's state and propensities, and a
 //! new service on the same keyspace must rehydrate every session, user and product from
-//! Cassandra and score exactly as the first did.
+//! Cassandra and score exactly as the first did. Sessions end with the real 30-minute timeout,
+//! before and after the restart: the stored outcome tallies equal the offline replay's, and the
+//! two lifetimes' counters add up to them.
 //!
 //! Fails, saying how to start it, when Cassandra is not reachable on 127.0.0.1:9042.
 
@@ -14,9 +16,11 @@ use propensity::config::StoreKind;
 use propensity::online::serve::Service;
 use propensity_actors::SessionKey;
 use propensity_actors::event::{Event, Millis};
+use propensity_actors::features::Outcome;
+use propensity_actors::outcomes::HOUR;
 
-/// Sessions never time out inside this replay, so both paths hold every session at the end.
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 
 /// Scores every (session, product) scoring point over HTTP, one request per session.
 async fn score_everything(
@@ -71,18 +75,21 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
     let dir = tempfile::tempdir().unwrap();
     let (events_path, events) = common::synthetic_events(dir.path(), 600, 3, 13);
     assert!(events.len() > 10_000, "only {} events", events.len());
-    let (model_path, model) = common::train_model(dir.path(), &events_path, LONG_TIMEOUT);
-    let (_, _, offline) = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    );
+    let (model_path, model) = common::train_model(dir.path(), &events_path, TIMEOUT);
+    let (_, _, mut offline) =
+        propensity::offline::train::replay(events.iter().cloned(), TIMEOUT, &ProgressBar::hidden());
 
     let mut settings = common::settings(dir.path(), &model_path);
     settings.store.kind = StoreKind::Scylla;
     settings.store.scylla = keyspace.settings.clone();
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    assert_eq!(settings.engine.session_timeout_seconds, 1800, "the default");
     settings.engine.shards = 2;
+    let counted = |metrics: &propensity::metrics::Metrics, outcome: Outcome| {
+        metrics
+            .sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .get()
+    };
     let client = reqwest::Client::new();
 
     // The first service: events in, state and scores checked against the offline replay.
@@ -94,7 +101,9 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
         for chunk in events.chunks(1000) {
             common::post_events(&client, &url, chunk).await;
         }
-        service.engine.flush(false).await.unwrap();
+        // Both end exactly the sessions idle for longer than the timeout at the last event.
+        service.engine.end_due_sessions().await.unwrap();
+        offline.users.end_due();
         common::assert_engine_matches(&service.engine, &offline).await;
         let scores = score_everything(&client, &url, &events).await;
         for ((user_id, user_session, product_id), propensity) in &scores {
@@ -105,9 +114,15 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
                 "{user_id}/{user_session}/{product_id}"
             );
         }
+        let metrics = service.metrics.clone();
         service.stop().await.unwrap();
-        scores
+        (scores, metrics)
     };
+    let (before, first_lifetime) = before;
+    assert!(
+        counted(&first_lifetime, Outcome::Abandoned) > 0,
+        "sessions ended before the restart"
+    );
     assert!(before.len() > 1000, "{} scoring points", before.len());
 
     // A new service on the same keyspace starts empty and rehydrates on demand: scoring first,
@@ -121,5 +136,34 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
         assert_eq!(after.get(point), Some(propensity), "{point:?}");
     }
     common::assert_engine_matches(&service.engine, &offline).await;
+
+    // The new service ends the sessions the first left open, from the index: every session's
+    // end is stored once, and counted once over both lifetimes.
+    service.engine.flush(true).await.unwrap();
+    let stored = service
+        .engine
+        .outcomes(
+            events[0].time.div_euclid(HOUR),
+            events.last().unwrap().time.div_euclid(HOUR),
+        )
+        .await
+        .unwrap();
+    common::assert_same_tallies(
+        &stored,
+        &common::offline_tallies(&events, TIMEOUT),
+        "after a restart",
+    );
+    for outcome in Outcome::ALL {
+        let tallied: u64 = stored
+            .values()
+            .map(|tally| tally.sessions_with(outcome))
+            .sum();
+        assert_eq!(
+            counted(&first_lifetime, outcome) + counted(&service.metrics, outcome),
+            tallied,
+            "{} sessions counted over both lifetimes",
+            outcome.as_str()
+        );
+    }
     service.stop().await.unwrap();
 }

@@ -381,3 +381,142 @@ async fn outcomes_survive_a_restart_in_the_middle_of_a_replay() {
     );
     service.stop().await.unwrap();
 }
+
+/// One event per shopper, carting product 1, at `time` (milliseconds since the epoch).
+fn cart_at(user_id: u64, time: Millis) -> Event {
+    Event {
+        time,
+        event_type: EventType::Cart,
+        product_id: 1,
+        category_id: 2,
+        category_code: None,
+        brand: None,
+        price: 9.5,
+        user_id,
+        user_session: format!("s{user_id}"),
+        event_id: None,
+    }
+}
+
+async fn is_live(service: &Service, user_id: u64) -> bool {
+    use propensity_actors::session::SessionView;
+    let key = SessionKey::new(user_id, &format!("s{user_id}"));
+    match service.engine.session_view(key).await.unwrap() {
+        Some(SessionView::Live(_)) => true,
+        Some(SessionView::Ended(_)) => false,
+        None => panic!("session of user {user_id} is unknown"),
+    }
+}
+
+/// A shopper whose device clock is years ahead must not end everybody's sessions. Replaying
+/// history, event time moves only as far as three shoppers agree, so one such event changes
+/// nothing and later honest events still end the sessions they should; in live mode the event
+/// is refused with a 400 that says why, and nothing of its batch is applied.
+#[actix_rt::test]
+async fn a_wrong_clock_ends_no_session() {
+    use propensity_actors::features::Outcome;
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = common::small_model(dir.path(), TIMEOUT);
+    let mut settings = common::settings(dir.path(), &model_path);
+    settings.engine.shards = 2;
+    assert_eq!(settings.engine.watermark_quorum, 3, "the default");
+    let client = reqwest::Client::new();
+    let ten = chrono::DateTime::parse_from_rfc3339("2019-10-01T10:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let minute = 60_000;
+
+    let service = Service::start(&settings).await.unwrap();
+    let url = service.url();
+    let honest: Vec<Event> = (1..=3)
+        .map(|user| cart_at(user, ten + user as i64))
+        .collect();
+    common::post_events(&client, &url, &honest).await;
+    common::post_events(
+        &client,
+        &url,
+        &[cart_at(4, ten + 10 * 365 * 24 * 60 * minute)],
+    )
+    .await;
+    service.engine.end_due_sessions().await.unwrap();
+    for user in 1..=4 {
+        assert!(
+            is_live(&service, user).await,
+            "one shopper in 2029 ends no session (user {user})"
+        );
+    }
+    // An hour later two more shoppers arrive: with the one from 2029, three agree that it is
+    // past the first three sessions' deadlines.
+    common::post_events(
+        &client,
+        &url,
+        &[cart_at(5, ten + 60 * minute), cart_at(6, ten + 61 * minute)],
+    )
+    .await;
+    service.engine.end_due_sessions().await.unwrap();
+    for user in 1..=3 {
+        assert!(
+            !is_live(&service, user).await,
+            "user {user}'s session ended after the quiet hour"
+        );
+    }
+    for user in 4..=6 {
+        assert!(
+            is_live(&service, user).await,
+            "user {user} is still shopping"
+        );
+    }
+    let hour = ten.div_euclid(propensity_actors::outcomes::HOUR);
+    let tallies = service.engine.outcomes(hour, hour + 1).await.unwrap();
+    let abandoned: u64 = tallies
+        .values()
+        .map(|tally| tally.sessions_with(Outcome::Abandoned))
+        .sum();
+    assert_eq!(abandoned, 3, "{tallies:?}");
+    service.stop().await.unwrap();
+
+    // Live mode: the wall clock is the reference, and an event from a day ahead is refused.
+    let live_dir = tempfile::tempdir().unwrap();
+    let mut live = common::settings(live_dir.path(), &model_path);
+    live.engine.live_watermark = true;
+    let service = Service::start(&live).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let batch = serde_json::Value::Array(
+        [cart_at(7, now - minute), cart_at(8, now + 24 * 60 * minute)]
+            .iter()
+            .map(|event| serde_json::from_str(&event.to_json()).unwrap())
+            .collect(),
+    );
+    let response = client
+        .post(format!("{}/v1/events", service.url()))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("event 1") && error.contains("ahead of the service's clock"),
+        "{body}"
+    );
+    assert_eq!(
+        service
+            .metrics
+            .events_rejected
+            .with_label_values(&["event_time_in_future"])
+            .get(),
+        1
+    );
+    for user in [7, 8] {
+        let key = SessionKey::new(user, &format!("s{user}"));
+        assert!(
+            service.engine.session_view(key).await.unwrap().is_none(),
+            "nothing of the refused batch is applied (user {user})"
+        );
+    }
+    // The same batch without the wrong clock is taken.
+    common::post_events(&client, &service.url(), &[cart_at(7, now - minute)]).await;
+    assert!(is_live(&service, 7).await);
+    service.stop().await.unwrap();
+}

@@ -373,3 +373,68 @@ async fn bad_messages_are_dead_lettered_with_their_reasons_and_good_ones_applied
     service.stop().await.unwrap();
     broker::delete_topology(&connection, &rabbitmq).await;
 }
+
+/// In live mode a message dated a day ahead of the service's clock comes from a wrong clock: it
+/// is dead-lettered as `event_time_in_future`, and the messages around it are applied.
+#[actix_rt::test]
+async fn a_message_from_a_wrong_clock_is_dead_lettered_in_live_mode() {
+    let connection = broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let mut settings = bus_settings(dir.path(), &model, "wrong-clock");
+    settings.engine.live_watermark = true;
+    let rabbitmq = settings.bus.rabbitmq.clone();
+    let service = Service::start(&settings).await.expect("the service starts");
+
+    // Whole seconds: the REES46 time format has no fraction.
+    let now = chrono::Utc::now().timestamp() * 1000;
+    let at = |user_id: u64, time: Millis| {
+        let mut event =
+            Event::from_json(&event_with("user_id", Some(&user_id.to_string()))).unwrap();
+        event.time = time;
+        event
+    };
+    let future = at(8, now + 24 * 3600 * 1000);
+    broker::publish(
+        &rabbitmq,
+        &[at(7, now - 60_000), future.clone(), at(9, now - 60_000)],
+    )
+    .await;
+    broker::wait_for_acks(&service, 2, Duration::from_secs(60)).await;
+    let mut letters = Vec::new();
+    let started = Instant::now();
+    while letters.is_empty() && started.elapsed() < Duration::from_secs(30) {
+        letters.extend(broker::dead_letters(&connection, &rabbitmq).await);
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(letters.len(), 1, "the one wrong clock is dead-lettered");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, "event_time_in_future", "{}", letter.detail);
+    assert!(
+        letter.detail.contains("ahead of the service's clock"),
+        "{}",
+        letter.detail
+    );
+    assert_eq!(
+        Event::from_json(&letter.body).unwrap(),
+        future,
+        "the letter holds the message as sent"
+    );
+    for user in [7, 9] {
+        assert!(
+            service.engine.user(user).await.unwrap().is_some(),
+            "user {user}'s event around it applied"
+        );
+    }
+    assert!(service.engine.user(8).await.unwrap().is_none());
+    assert_eq!(
+        service
+            .metrics
+            .events_rejected
+            .with_label_values(&["event_time_in_future"])
+            .get(),
+        1
+    );
+    service.stop().await.unwrap();
+    broker::delete_topology(&connection, &rabbitmq).await;
+}

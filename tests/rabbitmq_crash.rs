@@ -1,6 +1,8 @@
 //! Crash safety: `propensity serve` is killed with SIGKILL at random points of a replay through
-//! RabbitMQ, at least five times, and restarted each time. The final state in the store must
-//! equal the offline replay's: nothing lost, nothing counted twice.
+//! RabbitMQ, at least five times, and restarted each time, with the real 30-minute session
+//! timeout. The final state in the store must equal the offline replay's, and so must the
+//! sessions' ends: every session is counted once as ended or still open in the index, nothing
+//! lost, nothing counted twice.
 
 mod common;
 
@@ -8,15 +10,16 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use propensity::config::Settings;
 use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::Millis;
+use propensity_actors::store::StateStore;
 use rand::{Rng, SeedableRng};
 
 use common::broker;
 
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 const KILLS: usize = 6;
 
 /// Starts `propensity serve` as a child process with the test's settings.
@@ -57,10 +60,10 @@ fn spawn_service(settings: &Settings, port: u16, log: &Path) -> Child {
 async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let model = common::small_model(dir.path(), TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3300, 7, 13);
     let mut settings = common::settings(dir.path(), &model);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    assert_eq!(settings.engine.session_timeout_seconds, 1800, "the default");
     broker::use_private_topology(&mut settings, "crash");
     let rabbitmq = settings.bus.rabbitmq.clone();
     broker::publish(&rabbitmq, &events).await;
@@ -138,13 +141,22 @@ async fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         "no message dead-lettered (the delivery limit is above the number of kills)"
     );
 
-    let offline = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    )
-    .2;
+    let (offline, _) = common::offline_every_session(&events, TIMEOUT);
     let store = EmbeddedStore::open(&settings.store.embedded_path).unwrap();
     common::assert_stored_matches(store.dump().unwrap(), &offline);
+    let ended = common::stored_outcomes_with_open_ended(&store, rabbitmq.partitions, &events).await;
+    let expected = common::offline_tallies(&events, TIMEOUT);
+    let counted: u64 = store
+        .load_tallies(i64::MIN, i64::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, tally)| tally.sessions.iter().sum::<u64>())
+        .sum();
+    assert!(
+        counted > 1000,
+        "sessions ended all through the replay and its crashes: {counted}"
+    );
+    common::assert_same_tallies(&ended, &expected, "after six SIGKILLs");
     broker::delete_topology(&connection, &rabbitmq).await;
 }

@@ -17,14 +17,14 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use propensity::config::{RabbitmqSettings, Settings};
 use propensity_actors::event::Millis;
 
 use common::broker;
 
-/// Sessions never time out inside this replay, so the comparison covers every session.
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay, on both
+/// instances and after the takeover.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 
 /// A config overlay `scaleout.toml` in `dir` for both instances; returns the config dir.
 fn write_overlay(dir: &Path, settings: &Settings) -> std::path::PathBuf {
@@ -69,7 +69,7 @@ batch_size = 200
 instance_count = 2
 standby_delay_ms = 1000
 "#,
-        timeout = LONG_TIMEOUT / 1000,
+        timeout = TIMEOUT / 1000,
         model = settings.model.path.display(),
         node = common::CASSANDRA_NODE,
         keyspace = scylla.keyspace,
@@ -109,15 +109,10 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     let connection = broker::connect().await;
     let keyspace = common::TestKeyspace::new();
     let dir = tempfile::tempdir().unwrap();
-    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let model = common::small_model(dir.path(), TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3000, 7, 29);
-    let (_, _, offline) = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    );
-    let settings =
-        common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "scale-out");
+    let (offline, _) = common::offline_every_session(&events, TIMEOUT);
+    let settings = common::bus_on_cassandra(dir.path(), &model, &keyspace, TIMEOUT, "scale-out");
     let rabbitmq = settings.bus.rabbitmq.clone();
     assert_eq!(rabbitmq.partitions, 4);
     // The schema, once, before two instances start on it.
@@ -286,5 +281,13 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
         .await
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;
+    // Every session's end is in the store once: counted as ended by whichever instance owned
+    // its partition when its time came, or still open in the index.
+    let ended = common::stored_outcomes_with_open_ended(store.as_ref(), 4, &events).await;
+    common::assert_same_tallies(
+        &ended,
+        &common::offline_tallies(&events, TIMEOUT),
+        "after a takeover",
+    );
     broker::delete_topology(&connection, &rabbitmq).await;
 }

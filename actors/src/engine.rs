@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use crate::catalog::{
     CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct, partition_of,
 };
+use crate::clock::EventClock;
 use crate::delivery::Delivery;
 use crate::event::{Event, Millis};
 use crate::features::{
@@ -63,6 +64,46 @@ pub struct Engine {
     catalogs: Arc<Vec<Addr<CatalogActor>>>,
     store: Arc<dyn StateStore>,
     arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
+    /// Event time per bus partition, kept where every event of a partition passes, before the
+    /// events split over shards: every shard ends sessions by the same time, the one history
+    /// replay keeps (see [`crate::clock`]).
+    clocks: Arc<SourceClocks>,
+}
+
+/// The event clocks of the bus partitions.
+struct SourceClocks {
+    quorum: usize,
+    clocks: std::sync::Mutex<std::collections::BTreeMap<u16, EventClock>>,
+}
+
+impl SourceClocks {
+    /// Observes a batch's events in order; returns the watermarks of the partitions it touched.
+    fn observe(&self, deliveries: &[Delivery]) -> Vec<(u16, Millis)> {
+        let mut clocks = self.clocks.lock().expect("clock lock");
+        let mut touched: Vec<u16> = Vec::new();
+        for delivery in deliveries {
+            clocks
+                .entry(delivery.source)
+                .or_insert_with(|| EventClock::new(self.quorum))
+                .observe(delivery.event.user_id, delivery.event.time);
+            if !touched.contains(&delivery.source) {
+                touched.push(delivery.source);
+            }
+        }
+        touched
+            .into_iter()
+            .map(|source| (source, clocks[&source].watermark()))
+            .collect()
+    }
+
+    /// Every partition's watermark.
+    fn watermarks(&self) -> Vec<(u16, Millis)> {
+        let clocks = self.clocks.lock().expect("clock lock");
+        clocks
+            .iter()
+            .map(|(source, clock)| (*source, clock.watermark()))
+            .collect()
+    }
 }
 
 /// The shard a user belongs to. The id is mixed first: shop user ids are often sequential.
@@ -101,6 +142,10 @@ impl Engine {
                 })
                 .collect(),
         );
+        let clocks = Arc::new(SourceClocks {
+            quorum: settings.watermark_quorum,
+            clocks: Default::default(),
+        });
         let entities = Arc::new(EntityContext {
             store: store.clone(),
             session_timeout: settings.session_timeout,
@@ -126,6 +171,7 @@ impl Engine {
             catalogs,
             store,
             arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
+            clocks,
         }
     }
 
@@ -162,6 +208,7 @@ impl Engine {
         deliveries: Vec<Delivery>,
     ) -> Result<BatchApplied, IngestRefused> {
         let count = self.shards.len();
+        let watermarks: Arc<[(u16, Millis)]> = self.clocks.observe(&deliveries).into();
         let mut parts: Vec<Vec<Delivery>> = (0..count)
             .map(|_| Vec::with_capacity(deliveries.len() / count + 1))
             .collect();
@@ -172,7 +219,12 @@ impl Engine {
             .into_iter()
             .enumerate()
             .filter(|(_, part)| !part.is_empty())
-            .map(|(index, deliveries)| self.shards[index].send(ApplyBatch { deliveries }));
+            .map(|(index, deliveries)| {
+                self.shards[index].send(ApplyBatch {
+                    deliveries,
+                    watermarks: watermarks.clone(),
+                })
+            });
         let mut total = BatchApplied::default();
         let mut refused: Option<IngestRefused> = None;
         for result in join_all(sends).await {
@@ -310,9 +362,14 @@ impl Engine {
 
     async fn flush_ending(&self, due: Due) -> Result<usize, EngineError> {
         let mut closed = 0;
+        let watermarks: Arc<[(u16, Millis)]> = self.clocks.watermarks().into();
         for shard in self.shards.iter() {
             loop {
-                match shard.send(FlushNow { due }).await? {
+                let flush = FlushNow {
+                    due,
+                    watermarks: watermarks.clone(),
+                };
+                match shard.send(flush).await? {
                     Ok(done) => {
                         closed += done.sessions_closed;
                         break;
@@ -637,6 +694,7 @@ mod tests {
             live_watermark: false,
             guard_deliveries,
             sources: Sources::Single,
+            watermark_quorum: 1,
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`delivery`]: what the bus says of each event, the delivery guards that ride beside the
 //!   states ([`delivery::Stored`]), and the three steps every event goes through (user admission,
 //!   session, user history), shared by training replay and the actors.
+//! - [`clock`]: event time as far as events can be trusted, the watermark that ends sessions.
 //! - [`replay`]: history replay's single-threaded engine, as training uses it.
 //! - [`outcomes`]: how sessions ended, tallied by hour of event time, and the index of live
 //!   sessions their owners end them by.
@@ -24,6 +25,7 @@
 //!   features.
 
 pub mod catalog;
+pub mod clock;
 pub mod delivery;
 pub mod engine;
 pub mod event;

@@ -9,6 +9,7 @@ use std::collections::hash_map::Entry;
 // (ids are hashed with a per-process random seed all the same).
 use foldhash::{HashMap, HashMapExt};
 
+use crate::clock::{DEFAULT_QUORUM, EventClock};
 use crate::delivery::{self, Admission, DeliveryGuard};
 use crate::event::{Event, Millis};
 use crate::features::{
@@ -36,25 +37,30 @@ pub struct UserSide {
     pub sessions: HashMap<SessionKey, SessionState>,
     pub users: HashMap<u64, UserState>,
     session_timeout: Millis,
-    watermark: Millis,
+    clock: EventClock,
     next_expiry_scan: Millis,
 }
 
 impl UserSide {
-    /// No users yet.
+    /// No users yet; the watermark needs [`DEFAULT_QUORUM`] users, as the service's default.
     pub fn new(session_timeout: Millis) -> Self {
+        Self::with_quorum(session_timeout, DEFAULT_QUORUM)
+    }
+
+    /// No users yet; the watermark moves as far as `quorum` distinct users agree.
+    pub fn with_quorum(session_timeout: Millis, quorum: usize) -> Self {
         UserSide {
             sessions: HashMap::new(),
             users: HashMap::new(),
             session_timeout,
-            watermark: Millis::MIN,
+            clock: EventClock::new(quorum),
             next_expiry_scan: Millis::MIN,
         }
     }
 
-    /// The latest event time seen.
+    /// The event time sessions end by (see [`crate::clock`]).
     pub fn watermark(&self) -> Millis {
-        self.watermark
+        self.clock.watermark()
     }
 
     /// Applies one event to its user and session: admission (duplicates), the session, then the
@@ -89,7 +95,7 @@ impl UserSide {
             &step,
             false,
         );
-        self.watermark = self.watermark.max(event.time);
+        self.clock.observe(event.user_id, event.time);
         Applied::Changed {
             closed: step.closed.map(|closed| *closed),
         }
@@ -98,11 +104,12 @@ impl UserSide {
     /// Ends and removes the sessions idle for longer than the timeout at the watermark. Scans at
     /// most once per minute of event time.
     pub fn expire_sessions(&mut self) -> Vec<SessionState> {
-        if self.watermark < self.next_expiry_scan {
+        let watermark = self.clock.watermark();
+        if watermark < self.next_expiry_scan {
             return Vec::new();
         }
-        self.next_expiry_scan = self.watermark.saturating_add(EXPIRY_SCAN_INTERVAL);
-        let deadline = self.watermark.saturating_sub(self.session_timeout);
+        self.next_expiry_scan = watermark.saturating_add(EXPIRY_SCAN_INTERVAL);
+        let deadline = watermark.saturating_sub(self.session_timeout);
         let expired: Vec<SessionKey> = self
             .sessions
             .iter()
@@ -262,7 +269,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_at_the_watermark() {
-        let mut side = UserSide::new(DEFAULT_SESSION_TIMEOUT);
+        let mut side = UserSide::with_quorum(DEFAULT_SESSION_TIMEOUT, 1);
         side.apply(&event(0, EventType::View, 5, "a"));
         side.apply(&event(20 * 60, EventType::View, 5, "b"));
         let mut late = event(31 * 60, EventType::View, 5, "c");

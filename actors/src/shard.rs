@@ -42,6 +42,9 @@ pub struct ShardSettings {
     pub guard_deliveries: bool,
     /// Whether instances share the bus's partitions, and so the catalog's state.
     pub sources: Sources,
+    /// How many distinct users must have reached an event time before sessions end by it
+    /// (see [`crate::clock`]).
+    pub watermark_quorum: usize,
 }
 
 /// A live user.
@@ -81,9 +84,16 @@ struct Ending {
 
 /// Event time of one bus partition, and the sessions it ends.
 struct SourceClock {
-    /// The latest event time the partition's events brought.
+    /// The partition's event time, as the engine's clock of the partition gave it (see
+    /// [`crate::clock`]), or the wall clock in live mode.
     watermark: Millis,
     deadlines: Deadlines<SessionKey>,
+}
+
+impl SourceClock {
+    fn watermark(&self) -> Millis {
+        self.watermark
+    }
 }
 
 /// Keys by the coarse time their deadline falls in: ending what is due costs what is due, not
@@ -251,7 +261,7 @@ impl ShardActor {
         if let Some(addr) = self.sessions.get(&key).and_then(|entry| entry.addr.clone()) {
             return (key, addr);
         }
-        let watermark = self.clock(source).watermark;
+        let watermark = self.clock(source).watermark();
         let known = Known {
             open: self.sessions.get(&key).and_then(|entry| entry.indexed),
             ended: self.ended.get(&key).map(|last| last.state.started_at),
@@ -388,6 +398,29 @@ impl ShardActor {
         }
     }
 
+    /// Moves the clocks of the partitions this shard has claimed to the engine's watermarks.
+    fn advance_clocks(&mut self, watermarks: &[(u16, Millis)]) {
+        for (source, watermark) in watermarks {
+            if let Some(clock) = self.clocks.get_mut(source) {
+                clock.watermark = clock.watermark.max(*watermark);
+            }
+        }
+    }
+
+    /// Drops the actor of a session that could not be loaded; returns whether it had one. An
+    /// indexed session stays known, to end when due; any other is forgotten until its next
+    /// event (it has nothing to end).
+    fn forget_failed_session(&mut self, key: SessionKey) -> bool {
+        let Some(entry) = self.sessions.get_mut(&key) else {
+            return false;
+        };
+        let had_actor = entry.addr.take().is_some();
+        if entry.indexed.is_none() {
+            self.sessions.remove(&key);
+        }
+        had_actor
+    }
+
     /// Records what a user's batch did; `sessions` are those handed over with it.
     fn user_applied(
         &mut self,
@@ -401,10 +434,7 @@ impl ShardActor {
         total.applied += reply.accepted.len() as u64;
         let mut latest = None;
         for position in &reply.accepted {
-            let delivery = batch.at(*position);
-            let clock = self.clock(delivery.source);
-            clock.watermark = clock.watermark.max(delivery.event.time);
-            latest = latest.max(Some(delivery.event.time));
+            latest = latest.max(Some(batch.at(*position).event.time));
         }
         if let Some(latest) = latest {
             self.watermark = self.watermark.max(latest);
@@ -423,15 +453,12 @@ impl ShardActor {
             // nothing of this batch.
             self.users.remove(&user_id);
             for key in &sessions {
-                if let Some(entry) = self.sessions.get_mut(key) {
-                    entry.addr = None;
-                }
+                self.forget_failed_session(*key);
             }
         }
         for key in reply.failed_sessions {
-            // The next message activates it again (an indexed session stays known).
-            if let Some(entry) = self.sessions.get_mut(&key)
-                && entry.addr.take().is_some()
+            // The next message activates it again.
+            if self.forget_failed_session(key)
                 && let Some(user) = self.users.get_mut(&user_id)
             {
                 user.live_sessions = user.live_sessions.saturating_sub(1);
@@ -464,9 +491,10 @@ impl ShardActor {
             candidates.extend(self.sessions.keys().copied());
         } else {
             for clock in self.clocks.values_mut() {
+                let watermark = clock.watermark();
                 candidates.extend(match due {
-                    Due::Buckets => clock.deadlines.due(clock.watermark),
-                    _ => clock.deadlines.due_through(clock.watermark),
+                    Due::Buckets => clock.deadlines.due(watermark),
+                    _ => clock.deadlines.due_through(watermark),
                 });
             }
         }
@@ -476,7 +504,7 @@ impl ShardActor {
                 continue;
             };
             let (source, deadline) = (entry.source, entry.deadline);
-            let watermark = self.clock(source).watermark;
+            let watermark = self.clock(source).watermark();
             if !force && deadline >= watermark {
                 if due == Due::Exactly {
                     // Not due yet: back in its bucket.
@@ -609,7 +637,7 @@ impl ShardActor {
                 .buckets
                 .first_key_value()
                 .is_some_and(|(bucket, _)| {
-                    (bucket + 1).saturating_mul(clock.deadlines.width) <= clock.watermark
+                    (bucket + 1).saturating_mul(clock.deadlines.width) <= clock.watermark()
                 })
         });
         if due {
@@ -721,6 +749,8 @@ impl Actor for ShardActor {
 #[rtype(result = "Result<BatchApplied, Refused>")]
 pub struct ApplyBatch {
     pub deliveries: Vec<Delivery>,
+    /// The event time of the batch's partitions once it is applied (the engine keeps it).
+    pub watermarks: Arc<[(u16, Millis)]>,
 }
 
 impl Handler<ApplyBatch> for ShardActor {
@@ -734,13 +764,13 @@ impl Handler<ApplyBatch> for ShardActor {
             .filter(|source| !self.clocks.contains_key(source))
             .collect();
         if unclaimed.is_empty() {
-            return Box::pin(self.dispatch(message.deliveries));
+            return Box::pin(self.dispatch(message.deliveries, message.watermarks));
         }
         unclaimed.sort_unstable();
         unclaimed.dedup();
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.claim(unclaimed, ctx, move |actor, ctx| {
-            let dispatched = actor.dispatch(message.deliveries);
+            let dispatched = actor.dispatch(message.deliveries, message.watermarks);
             ctx.spawn(dispatched.map(move |result, _, _| {
                 let _ = reply.send(result);
             }));
@@ -761,6 +791,7 @@ impl ShardActor {
     fn dispatch(
         &mut self,
         deliveries: Vec<Delivery>,
+        watermarks: Arc<[(u16, Millis)]>,
     ) -> impl ActorFuture<Self, Output = Result<BatchApplied, Refused>> + use<> {
         let batch = BatchPart::whole(deliveries.into());
         // One message per user: the positions of its deliveries, in their order.
@@ -834,6 +865,8 @@ impl ShardActor {
                         }
                     }
                 }
+                // Time moves once the batch is applied: its sessions' deadlines moved first.
+                actor.advance_clocks(&watermarks);
                 // The catalog applies them in the order they came in.
                 accepted.sort_unstable();
                 let accepted = batch.part(accepted);
@@ -970,6 +1003,8 @@ impl Handler<GetUser> for ShardActor {
 #[rtype(result = "Result<FlushDone, StoreError>")]
 pub struct FlushNow {
     pub due: Due,
+    /// The engine's watermarks now: a shard that saw no event of late ends by them too.
+    pub watermarks: Arc<[(u16, Millis)]>,
 }
 
 /// What a forced flush did.
@@ -987,6 +1022,7 @@ impl Handler<FlushNow> for ShardActor {
             return Box::pin(fut::ready(Err(StoreError::Busy)));
         }
         self.flushing = true;
+        self.advance_clocks(&message.watermarks);
         let closing = self.close_sessions(message.due);
         Box::pin(async {}.into_actor(self).then(move |_, _, _| closing).then(
             |sessions_closed, actor, _| {

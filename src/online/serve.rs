@@ -88,6 +88,7 @@ impl Service {
                     })?;
                 let consumer = crate::online::ingest::consumer::start(
                     settings.bus.rabbitmq.clone(),
+                    settings.engine.max_future_skew(),
                     engine.clone(),
                     metrics.clone(),
                     ready.clone(),
@@ -102,6 +103,7 @@ impl Service {
             settings: settings.http.clone(),
             ready: ready.clone(),
             publisher,
+            max_future_skew: settings.engine.max_future_skew(),
         });
         let mut server = HttpServer::new(move || {
             App::new().configure(|config| configure(config, state.clone()))

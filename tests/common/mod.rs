@@ -494,6 +494,27 @@ pub fn offline_tallies(
     timeout: i64,
 ) -> BTreeMap<i64, propensity_actors::outcomes::OutcomeTally> {
     use propensity_actors::outcomes::{HOUR, OutcomeTally, SessionEnd};
+    let (_, ended) = offline_every_session(events, timeout);
+    let mut tallies: BTreeMap<i64, OutcomeTally> = BTreeMap::new();
+    for session in &ended {
+        tallies
+            .entry(session.last_event_at.div_euclid(HOUR))
+            .or_default()
+            .count(&SessionEnd::of(session, 0, 0));
+    }
+    tallies
+}
+
+/// The offline replay of `events` with `timeout`, with every session ended at the end: the
+/// engine, whose sessions are each key's latest session as a store that keeps ended sessions
+/// holds them, and every session in the order they ended.
+pub fn offline_every_session(
+    events: &[Event],
+    timeout: i64,
+) -> (
+    propensity_actors::ReplayEngine,
+    Vec<propensity_actors::features::SessionState>,
+) {
     use propensity_actors::{Applied, ReplayEngine};
     let mut engine = ReplayEngine::new(timeout);
     let mut ended = Vec::new();
@@ -506,15 +527,13 @@ pub fn offline_tallies(
         }
         ended.extend(engine.users.expire_sessions());
     }
-    ended.extend(engine.users.sessions.drain().map(|(_, session)| session));
-    let mut tallies: BTreeMap<i64, OutcomeTally> = BTreeMap::new();
-    for session in &ended {
-        tallies
-            .entry(session.last_event_at.div_euclid(HOUR))
-            .or_default()
-            .count(&SessionEnd::of(session, 0, 0));
+    let mut live: Vec<_> = engine.users.sessions.values().cloned().collect();
+    live.sort_by_key(|session| (session.last_event_at, session.key()));
+    for session in ended.iter().chain(&live) {
+        engine.users.sessions.insert(session.key(), session.clone());
     }
-    tallies
+    ended.extend(live);
+    (engine, ended)
 }
 
 /// Checks stored tallies against the offline ones hour by hour: exact counts, cart values to
@@ -545,4 +564,56 @@ pub fn assert_same_tallies(
             );
         }
     }
+}
+
+/// Every session's end as a store holds it: the tallies of the sessions it counted as ended,
+/// plus the end of every session its index still holds open (as they will end once their
+/// shoppers have been idle for the timeout), by hour. Whenever the service stopped, crashed or
+/// handed partitions over, this equals [`offline_tallies`] over the events it consumed: no
+/// session is lost, and none is counted twice or both counted and open.
+pub async fn stored_outcomes_with_open_ended(
+    store: &dyn propensity_actors::store::StateStore,
+    sources: u16,
+    events: &[Event],
+) -> BTreeMap<i64, propensity_actors::outcomes::OutcomeTally> {
+    use propensity_actors::outcomes::{HOUR, SessionEnd};
+    let mut tallies: BTreeMap<i64, propensity_actors::outcomes::OutcomeTally> = BTreeMap::new();
+    let first = events.iter().map(|event| event.time).min().unwrap();
+    let last = events.iter().map(|event| event.time).max().unwrap();
+    for (key, tally) in store
+        .load_tallies(first.div_euclid(HOUR), last.div_euclid(HOUR))
+        .await
+        .expect("tallies load")
+    {
+        tallies.entry(key.hour).or_default().add(&tally);
+    }
+    let mut open_keys = std::collections::HashSet::new();
+    for source in 0..sources {
+        for open in store
+            .load_open_sessions(source)
+            .await
+            .expect("the index loads")
+        {
+            assert!(
+                open_keys.insert(open.key),
+                "session {:?} is open in two partitions",
+                open.key
+            );
+            let session = store
+                .load_session(open.key)
+                .await
+                .expect("the session loads")
+                .unwrap_or_else(|| panic!("open session {:?} has no state", open.key));
+            assert_eq!(
+                session.state.started_at, open.started_at,
+                "the index and the state of {:?} agree on which session is open",
+                open.key
+            );
+            tallies
+                .entry(session.state.last_event_at.div_euclid(HOUR))
+                .or_default()
+                .count(&SessionEnd::of(&session.state, source, 0));
+        }
+    }
+    tallies
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Set when the bus is RabbitMQ: events are published, and consumed like any producer's.
     pub publisher: Option<Arc<crate::online::ingest::Publisher>>,
+    /// In live mode, how far ahead of the wall clock an event may be dated, in milliseconds.
+    pub max_future_skew: Option<i64>,
 }
 
 /// A request the API refuses or cannot serve, as a JSON body with the right status.
@@ -364,10 +366,28 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
         )));
     }
     let mut events = Vec::with_capacity(items.len());
+    let now = chrono::Utc::now().timestamp_millis();
     for (index, item) in items.iter().enumerate() {
         let bytes = serde_json::to_vec(item).expect("a JSON value serializes");
         match Event::from_json(&bytes) {
-            Ok(event) => events.push(event),
+            Ok(event) => {
+                if let Some(skew) = state.max_future_skew
+                    && let Some(ahead) = propensity_actors::clock::ahead_of(event.time, now, skew)
+                {
+                    state
+                        .metrics
+                        .events_rejected
+                        .with_label_values(&["event_time_in_future"])
+                        .inc();
+                    return Err(ApiError::BadRequest(format!(
+                        "event {index}: event_time {} is {} s ahead of the service's clock (at most engine.max_future_skew_seconds = {} s)",
+                        format_time(event.time),
+                        ahead / 1000,
+                        skew / 1000
+                    )));
+                }
+                events.push(event);
+            }
             Err(error) => {
                 state
                     .metrics

@@ -72,6 +72,8 @@ impl ConsumerHandle {
 #[derive(Clone)]
 struct Context {
     settings: RabbitmqSettings,
+    /// In live mode, how far ahead of the wall clock an event may be dated, in milliseconds.
+    max_future_skew: Option<i64>,
     engine: Engine,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -81,6 +83,7 @@ struct Context {
 /// `ready` is cleared while the broker is unreachable.
 pub fn start(
     settings: RabbitmqSettings,
+    max_future_skew: Option<i64>,
     engine: Engine,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -88,6 +91,7 @@ pub fn start(
     let (stop, stopped) = watch::channel(false);
     let context = Context {
         settings,
+        max_future_skew,
         engine,
         metrics,
         ready,
@@ -326,12 +330,14 @@ impl<'a> Consuming<'a> {
             .content_type()
             .as_ref()
             .map(|value| value.as_str());
-        match message::parse(
+        let parsed = message::parse(
             &delivery.data,
             delivery.routing_key.as_str(),
             content_type,
             settings.max_message_bytes,
-        ) {
+        )
+        .and_then(|event| message::check_clock(event, context.max_future_skew));
+        match parsed {
             Ok(event) => {
                 self.pending.deliveries.push(EventDelivery {
                     event,

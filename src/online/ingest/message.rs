@@ -11,7 +11,8 @@ pub struct Rejection {
 }
 
 /// Reason codes of the bus besides the parser's ([`ParseError::CODES`]).
-pub const BUS_REASONS: [&str; 6] = [
+pub const BUS_REASONS: [&str; 7] = [
+    "event_time_in_future",
     "too_large",
     "empty",
     "not_an_object",
@@ -29,6 +30,27 @@ fn reject(reason: &'static str, detail: impl Into<String>) -> Rejection {
     Rejection {
         reason,
         detail: detail.into(),
+    }
+}
+
+/// In live mode (`max_future_skew`), refuses an event dated further ahead of the wall clock
+/// than allowed: its producer's clock is wrong, and it must not move event time.
+pub fn check_clock(event: Event, max_future_skew: Option<i64>) -> Result<Event, Rejection> {
+    let Some(skew) = max_future_skew else {
+        return Ok(event);
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    match propensity_actors::clock::ahead_of(event.time, now, skew) {
+        Some(ahead) => Err(reject(
+            "event_time_in_future",
+            format!(
+                "event_time {} is {} s ahead of the service's clock (at most engine.max_future_skew_seconds = {} s)",
+                propensity_actors::event::format_time(event.time),
+                ahead / 1000,
+                skew / 1000
+            ),
+        )),
+        None => Ok(event),
     }
 }
 
