@@ -45,6 +45,7 @@ pub struct EngineSettings {
     pub flush_interval_ms: u64,
     pub live_watermark: bool,
     pub shared_catalog_ttl_ms: u64,
+    pub foreign_state_max_age_ms: u64,
     pub watermark_quorum: usize,
     pub max_future_skew_seconds: u64,
 }
@@ -93,6 +94,7 @@ impl EngineSettings {
                 },
             },
             watermark_quorum: self.watermark_quorum,
+            foreign_max_age: Duration::from_millis(self.foreign_state_max_age_ms),
         }
     }
 }

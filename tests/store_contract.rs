@@ -157,7 +157,7 @@ impl Guarded {
             sessions: sessions.into_iter().map(|key| self.session(key)).collect(),
             products: self.products.values().cloned().collect(),
             categories: self.categories.values().cloned().collect(),
-            transitions: Vec::new(),
+            ..StateBatch::default()
         };
         sort(&mut batch);
         batch
@@ -208,7 +208,7 @@ async fn load_everything(store: &dyn StateStore, world: &World) -> StateBatch {
         users,
         products,
         categories,
-        transitions: Vec::new(),
+        ..StateBatch::default()
     };
     sort(&mut loaded);
     loaded
@@ -367,7 +367,7 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
             users: vec![guarded.user(user_id)],
             products: vec![product],
             categories: vec![category],
-            transitions: Vec::new(),
+            ..StateBatch::default()
         }
     };
     save(store, &snapshot(&mut guarded)).await.unwrap();
@@ -586,8 +586,20 @@ async fn session_ends_count_once(store: &dyn StateStore) {
     assert!(store.load_open_sessions(source).await.unwrap().is_empty());
 }
 
+/// Claims the bus partitions the contract writes, as a service does before it applies their
+/// events (the ScyllaDB store writes nothing for a partition it does not own).
+async fn own_partitions(store: &dyn StateStore) {
+    for source in 0..8 {
+        store
+            .own_partition(source, 0)
+            .await
+            .expect("the partition is claimed");
+    }
+}
+
 /// Runs every contract check against one store, naming each as it goes.
 async fn honours_the_contract(store: &dyn StateStore) -> f64 {
+    own_partitions(store).await;
     eprintln!("contract: session ends count once");
     session_ends_count_once(store).await;
     eprintln!("contract: saved state loads back exactly");
@@ -669,6 +681,7 @@ async fn cassandra_sessions_live_a_day_after_a_purchase_and_thirty_days_otherwis
         "the default"
     );
     let store = ScyllaStore::open(settings).await.expect("the store opens");
+    own_partitions(&store).await;
     let mut guarded = Guarded::default();
     for event in [
         event(1_000, EventType::Cart, 9_300_000, "browsing", 1),
@@ -719,6 +732,7 @@ async fn cassandra_writes_users_before_sessions_and_categories_before_products()
     let store = ScyllaStore::open(&keyspace.settings)
         .await
         .expect("the store opens");
+    own_partitions(&store).await;
     let session = propensity::online::store::cluster::connect(&keyspace.settings)
         .await
         .unwrap();
@@ -830,6 +844,7 @@ async fn cassandra_schema_apply_is_idempotent_and_adds_missing_columns() {
     );
     // The store works on the upgraded keyspace.
     let store = ScyllaStore::open(settings).await.expect("the store opens");
+    own_partitions(&store).await;
     let user = Stored::new(UserState::new(9_500_000, 1));
     let batch = StateBatch {
         users: vec![user.clone()],
@@ -911,4 +926,102 @@ async fn an_unreachable_cluster_is_a_clear_error() {
         error.contains("not reachable at 127.0.0.1:1 (store.scylla.nodes)"),
         "{error}"
     );
+}
+
+/// The ownership fence: a paused instance wakes after another took its partition over. What it
+/// still holds and writes lands under the new owner's writes, and its session ends count
+/// nothing; once its write window has passed it writes nothing at all.
+#[tokio::test]
+async fn cassandra_fences_a_former_owner_out() {
+    use propensity_actors::features::Outcome;
+    use propensity_actors::store::Transition;
+    let keyspace = common::TestKeyspace::new();
+    let former = ScyllaStore::open(&keyspace.settings)
+        .await
+        .expect("the store opens");
+    let owner = ScyllaStore::open(&keyspace.settings)
+        .await
+        .expect("the store opens");
+    let source = 2;
+    let first = former.own_partition(source, 0).await.unwrap();
+    assert_eq!(
+        former.own_partition(source, 0).await.unwrap(),
+        first,
+        "the same lease: the same epoch"
+    );
+    // The shopper's events: the former owner applied the first, the new owner both.
+    let mut guarded = Guarded::default();
+    guarded.apply(
+        &event(1_000, EventType::Cart, 9_800_000, "s", 9_800_001),
+        source,
+    );
+    let mut held = guarded.batch();
+    held.sources.insert(source);
+    let session = held.sessions[0].state.clone();
+    held.transitions
+        .push(Transition::End(SessionEnd::of(&session, source, 0)));
+    guarded.apply(
+        &event(2_000, EventType::View, 9_800_000, "s", 9_800_002),
+        source,
+    );
+    let mut newer = guarded.batch();
+    newer.sources.insert(source);
+
+    let epoch = owner.own_partition(source, 0).await.unwrap();
+    assert!(
+        epoch > first,
+        "a claim raises the epoch: {first} then {epoch}"
+    );
+    save(&owner, &newer).await.expect("the owner writes");
+    let late = save(&former, &held).await;
+    assert!(
+        matches!(late, Err(StoreError::Fenced(fenced)) if fenced == source),
+        "{late:?}"
+    );
+    let (users, sessions) = owner
+        .load_user_side(vec![9_800_000], vec![session.key()])
+        .await
+        .unwrap();
+    assert_eq!(
+        users[0].state, newer.users[0].state,
+        "the owner's user stays"
+    );
+    assert_eq!(
+        sessions[0].state, newer.sessions[0].state,
+        "the owner's session stays"
+    );
+    let tallies = owner.load_tallies(i64::MIN, i64::MAX).await.unwrap();
+    assert!(
+        tallies
+            .iter()
+            .all(|(_, tally)| tally.sessions_with(Outcome::Abandoned) == 0),
+        "the former owner counted nothing: {tallies:?}"
+    );
+    let entry = owner.load_index_entry(session.key(), source).await.unwrap();
+    assert!(!entry.has_ended(session.started_at), "{entry:?}");
+
+    // Past its window, the former owner cannot write the partition at all.
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    let users_only = StateBatch {
+        users: held.users.clone(),
+        sources: held.sources.clone(),
+        ..StateBatch::default()
+    };
+    let late = save(&former, &users_only).await;
+    assert!(
+        matches!(late, Err(StoreError::Fenced(fenced)) if fenced == source),
+        "{late:?}"
+    );
+    let (users, _) = owner
+        .load_user_side(vec![9_800_000], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(users[0].state, newer.users[0].state);
+    // Another partition stays the former owner's.
+    former.own_partition(source + 1, 0).await.unwrap();
+    let elsewhere = StateBatch {
+        transitions: vec![Transition::End(SessionEnd::of(&session, source + 1, 0))],
+        ..StateBatch::default()
+    };
+    assert_eq!(save(&former, &elsewhere).await.unwrap().len(), 1);
 }

@@ -194,7 +194,13 @@ impl CatalogActor {
         let batch = self.take_dirty();
         let save = self.write_behind.begin(batch)?;
         Some(Box::pin(fut::wrap_future::<_, Self>(save).map(
-            |done: SaveDone, actor, _| actor.write_behind.finish(done).map(|saved| saved.rows),
+            |done: SaveDone, actor, _| {
+                let result = actor.write_behind.finish(done);
+                if let Err(StoreError::Fenced(_)) = result {
+                    actor.drop_state();
+                }
+                result.map(|saved| saved.rows)
+            },
         )))
     }
 
@@ -740,6 +746,14 @@ impl Handler<DropAll> for CatalogActor {
     type Result = ();
 
     fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
+        self.drop_state();
+    }
+}
+
+impl CatalogActor {
+    /// Forgets every part and everything not yet written (the instance lost its bus
+    /// connection, or a partition to another instance).
+    fn drop_state(&mut self) {
         self.state = Parts::default();
         self.write_behind.drop_pending();
         self.parked.clear();

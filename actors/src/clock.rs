@@ -52,7 +52,8 @@ impl EventClock {
                 self.latest.push((user_id, time));
             }
         }
-        self.latest.sort_unstable_by_key(|(_, time)| std::cmp::Reverse(*time));
+        self.latest
+            .sort_unstable_by_key(|(_, time)| std::cmp::Reverse(*time));
         self.latest.truncate(self.quorum);
         if self.latest.len() == self.quorum {
             self.watermark = self.watermark.max(self.latest[self.quorum - 1].1);

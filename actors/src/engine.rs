@@ -695,6 +695,7 @@ mod tests {
             guard_deliveries,
             sources: Sources::Single,
             watermark_quorum: 1,
+            foreign_max_age: Duration::from_millis(20),
         }
     }
 

@@ -9,6 +9,7 @@
 //!   states ([`delivery::Stored`]), and the three steps every event goes through (user admission,
 //!   session, user history), shared by training replay and the actors.
 //! - [`clock`]: event time as far as events can be trusted, the watermark that ends sessions.
+//! - [`foreign`]: read-only copies of the users and sessions another instance owns.
 //! - [`replay`]: history replay's single-threaded engine, as training uses it.
 //! - [`outcomes`]: how sessions ended, tallied by hour of event time, and the index of live
 //!   sessions their owners end them by.
@@ -30,6 +31,7 @@ pub mod delivery;
 pub mod engine;
 pub mod event;
 pub mod features;
+pub mod foreign;
 pub mod lifecycle;
 pub mod messages;
 pub mod outcomes;

@@ -18,6 +18,7 @@ use crate::catalog::{CatalogActor, CatalogBatch, Sources};
 use crate::delivery::{BatchPart, Delivery, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, UserState};
+use crate::foreign::ForeignCopies;
 use crate::lifecycle::EntityContext;
 use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused, SessionSeen};
 use crate::outcomes::{OpenSession, SessionEnd};
@@ -45,6 +46,9 @@ pub struct ShardSettings {
     /// How many distinct users must have reached an event time before sessions end by it
     /// (see [`crate::clock`]).
     pub watermark_quorum: usize,
+    /// When instances share the partitions: how old a copy of another instance's user or
+    /// session may be when it answers a read (see [`crate::foreign`]).
+    pub foreign_max_age: Duration,
 }
 
 /// A live user.
@@ -195,6 +199,8 @@ pub struct ShardActor {
     flushing: bool,
     /// Bumped by [`DropAll`]: answers from actors of an earlier generation are ignored.
     generation: u64,
+    /// When instances share the partitions: copies of the users and sessions of others.
+    foreign: Option<ForeignCopies>,
 }
 
 impl ShardActor {
@@ -207,7 +213,14 @@ impl ShardActor {
         observer: Arc<dyn Observer>,
     ) -> Self {
         let minute = 60_000;
+        let foreign = match settings.sources {
+            Sources::Single => None,
+            Sources::Shared { partitions, .. } => {
+                Some(ForeignCopies::new(settings.foreign_max_age, partitions))
+            }
+        };
         ShardActor {
+            foreign,
             index,
             shards,
             clocks: HashMap::new(),
@@ -227,6 +240,16 @@ impl ShardActor {
             flushing: false,
             generation: 0,
         }
+    }
+
+    /// Whether reads of this session go to a copy: instances share the partitions and this
+    /// one runs neither the user nor the session (it does not consume their partition, or has
+    /// not seen them since it does).
+    fn is_foreign(&self, key: SessionKey) -> bool {
+        self.foreign.is_some()
+            && !self.users.contains_key(&key.user_id)
+            && !self.sessions.contains_key(&key)
+            && !self.ended.contains_key(&key)
     }
 
     /// The user's entry, activating its actor if it has none.
@@ -334,25 +357,41 @@ impl ShardActor {
         &mut self,
         sources: Vec<u16>,
         ctx: &mut Context<Self>,
-        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+        then: impl FnOnce(&mut Self, &mut Context<Self>, Option<StoreError>) + 'static,
     ) {
         for source in &sources {
             self.clock(*source);
         }
         let store = self.entities.store.clone();
-        let loads = join_all(sources.into_iter().map(move |source| {
-            let load = store.load_open_sessions(source);
-            async move { (source, load.await) }
-        }));
         let generation = self.generation;
+        let loads = join_all(sources.into_iter().map(move |source| {
+            // Owner first: from then on no former owner's write lands over this one's.
+            let own = store.own_partition(source, generation);
+            let store = store.clone();
+            async move {
+                match own.await {
+                    Ok(_) => (source, Ok(store.load_open_sessions(source).await)),
+                    Err(error) => (source, Err(error)),
+                }
+            }
+        }));
         ctx.wait(
             fut::wrap_future::<_, Self>(loads).map(move |loaded, actor, ctx| {
+                let mut refused = None;
                 if generation == actor.generation {
-                    for (source, open) in loaded {
-                        actor.index_open(source, open);
+                    for (source, claimed) in loaded {
+                        match claimed {
+                            Ok(open) => actor.index_open(source, open),
+                            Err(error) => {
+                                // Not this instance's yet: the next delivery claims it again.
+                                tracing::warn!(shard = actor.index, source, %error, "could not claim a bus partition");
+                                actor.clocks.remove(&source);
+                                refused = Some(error);
+                            }
+                        }
                     }
                 }
-                then(actor, ctx);
+                then(actor, ctx, refused);
             }),
         );
     }
@@ -670,14 +709,24 @@ impl ShardActor {
                 ended.append(&mut batch.sessions);
                 batch.sessions = ended;
                 batch.transitions = std::mem::take(&mut actor.transitions);
+                batch.sources = batch
+                    .users
+                    .iter()
+                    .map(|user| user.state.user_id)
+                    .chain(batch.sessions.iter().map(|session| session.state.user_id))
+                    .filter_map(|user_id| actor.users.get(&user_id))
+                    .map(|user| user.source)
+                    .collect();
             }
             match actor.write_behind.begin(batch) {
                 Some(save) => Either::Left(fut::wrap_future::<_, Self>(save).map(
                     |done: SaveDone, actor, _| {
                         actor.flushing = false;
                         let result = actor.write_behind.finish(done);
-                        if result.is_ok() {
-                            actor.passivate_idle_users();
+                        match &result {
+                            Ok(_) => actor.passivate_idle_users(),
+                            Err(StoreError::Fenced(_)) => actor.drop_state(),
+                            Err(_) => {}
                         }
                         result.map(|saved| saved.rows)
                     },
@@ -724,7 +773,7 @@ impl Actor for ShardActor {
         ctx.set_mailbox_capacity(64);
         if matches!(self.settings.sources, Sources::Single) {
             // Every event comes to this instance: its sessions are this shard's from the start.
-            self.claim(vec![0], ctx, |_, _| {});
+            self.claim(vec![0], ctx, |_, _, _| {});
         }
         ctx.run_interval(self.settings.flush_interval, |actor, ctx| {
             if actor.settings.live_watermark {
@@ -737,6 +786,9 @@ impl Actor for ShardActor {
             }
             if !actor.flushing && !actor.write_behind.is_saving() {
                 ctx.spawn(actor.flush().map(|_, _, _| ()));
+            }
+            if let Some(copies) = actor.foreign.as_mut() {
+                copies.sweep();
             }
         });
         tracing::debug!(shard = self.index, "shard started");
@@ -769,7 +821,15 @@ impl Handler<ApplyBatch> for ShardActor {
         unclaimed.sort_unstable();
         unclaimed.dedup();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.claim(unclaimed, ctx, move |actor, ctx| {
+        self.claim(unclaimed, ctx, move |actor, ctx, refused| {
+            if let Some(error) = refused {
+                // Applied by no one: retried once the store answers.
+                let _ = reply.send(Err(Refused {
+                    error,
+                    deliveries: message.deliveries,
+                }));
+                return;
+            }
             let dispatched = actor.dispatch(message.deliveries, message.watermarks);
             ctx.spawn(dispatched.map(move |result, _, _| {
                 let _ = reply.send(result);
@@ -902,9 +962,12 @@ pub struct ScoreFeatures {
 }
 
 impl Handler<ScoreFeatures> for ShardActor {
-    type Result = ResponseFuture<Vec<f64>>;
+    type Result = ResponseActFuture<Self, Vec<f64>>;
 
     fn handle(&mut self, message: ScoreFeatures, _: &mut Self::Context) -> Self::Result {
+        if self.is_foreign(message.key) {
+            return self.score_foreign(message);
+        }
         // A session scored before any event of it belongs to its user's partition, if known.
         let user_source = self
             .users
@@ -920,7 +983,91 @@ impl Handler<ScoreFeatures> for ShardActor {
             session,
             product_ids: message.product_ids,
         });
-        Box::pin(async move { sent.await.unwrap_or_else(|_| vec![0.0; width]) })
+        Box::pin(fut::wrap_future(async move {
+            sent.await.unwrap_or_else(|_| vec![0.0; width])
+        }))
+    }
+}
+
+impl ShardActor {
+    /// Scores from copies of a user and session another instance owns; what cannot be read
+    /// counts as unknown, as a session that cannot be loaded does.
+    fn score_foreign(&mut self, message: ScoreFeatures) -> ResponseActFuture<Self, Vec<f64>> {
+        let key = message.key;
+        let user = self.foreign_user(key.user_id);
+        let session = self.foreign_session(key);
+        Box::pin(
+            user.then(move |user, _, _| session.map(move |session, _, _| (user, session)))
+                .map(move |(user, session), _, _| {
+                    let session = match session {
+                        Ok(Some(SessionView::Live(state))) => Some(state),
+                        _ => None,
+                    };
+                    crate::user::user_side_vectors(
+                        session.as_ref(),
+                        user.ok().flatten().as_ref(),
+                        &message.product_ids,
+                    )
+                }),
+        )
+    }
+
+    /// A copy of a user another instance owns: kept, or read from the store and kept.
+    fn foreign_user(
+        &mut self,
+        user_id: u64,
+    ) -> impl ActorFuture<Self, Output = Result<Option<UserState>, StoreError>> + use<> {
+        let copies = self.foreign.as_ref().expect("copies when instances share");
+        let kept = copies.user(user_id);
+        let load = kept
+            .is_none()
+            .then(|| copies.load_user(self.entities.store.clone(), user_id));
+        fut::wrap_future::<_, Self>(async move {
+            match (kept, load) {
+                (Some(user), _) => Ok((user, None)),
+                (None, Some(load)) => {
+                    let read_at = std::time::Instant::now();
+                    load.await.map(|user| (user, Some(read_at)))
+                }
+                (None, None) => unreachable!("loaded when not kept"),
+            }
+        })
+        .map(move |loaded, actor, _| {
+            let (user, read_at) = loaded?;
+            if let (Some(read_at), Some(copies)) = (read_at, actor.foreign.as_mut()) {
+                copies.keep_user(user_id, user.clone(), read_at);
+            }
+            Ok(user)
+        })
+    }
+
+    /// A copy of a session another instance owns: kept, or read from the store and kept.
+    fn foreign_session(
+        &mut self,
+        key: SessionKey,
+    ) -> impl ActorFuture<Self, Output = Result<Option<SessionView>, StoreError>> + use<> {
+        let copies = self.foreign.as_ref().expect("copies when instances share");
+        let kept = copies.session(key);
+        let load = kept
+            .is_none()
+            .then(|| copies.load_session(self.entities.store.clone(), key));
+        fut::wrap_future::<_, Self>(async move {
+            match (kept, load) {
+                (Some(view), _) => Ok((view, None)),
+                (None, Some(load)) => {
+                    let read_at = std::time::Instant::now();
+                    load.await.map(|view| (view, Some(read_at)))
+                }
+                (None, None) => unreachable!("loaded when not kept"),
+            }
+        })
+        .map(move |loaded, actor, _| {
+            let (view, read_at) = loaded?;
+            if let (Some(read_at), Some(copies)) = (read_at, actor.foreign.as_mut()) {
+                copies.keep_session(key, view.clone(), read_at);
+            }
+            Ok(view)
+        })
     }
 }
 
@@ -933,9 +1080,12 @@ pub struct GetSession {
 }
 
 impl Handler<GetSession> for ShardActor {
-    type Result = ResponseFuture<Result<Option<SessionView>, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Option<SessionView>, StoreError>>;
 
     fn handle(&mut self, message: GetSession, _: &mut Self::Context) -> Self::Result {
+        if self.is_foreign(message.key) {
+            return Box::pin(self.foreign_session(message.key));
+        }
         let entry = self.sessions.get(&message.key);
         // The start of the live session the shard knows under this key, if any.
         let open = entry.and_then(|entry| entry.indexed);
@@ -949,7 +1099,7 @@ impl Handler<GetSession> for ShardActor {
             Some(user.addr.send(ReadUserSession(session.addr.clone()?)))
         });
         let load = self.entities.store.load_session(message.key);
-        Box::pin(async move {
+        Box::pin(fut::wrap_future(async move {
             if let Some(read) = live
                 && let Some(view) = read
                     .await
@@ -967,7 +1117,7 @@ impl Handler<GetSession> for ShardActor {
                     SessionView::Ended(stored.state)
                 }
             }))
-        })
+        }))
     }
 }
 
@@ -979,20 +1129,23 @@ pub struct GetUser {
 }
 
 impl Handler<GetUser> for ShardActor {
-    type Result = ResponseFuture<Result<Option<UserState>, StoreError>>;
+    type Result = ResponseActFuture<Self, Result<Option<UserState>, StoreError>>;
 
     fn handle(&mut self, message: GetUser, _: &mut Self::Context) -> Self::Result {
         match self.users.get(&message.user_id) {
             Some(user) => {
                 let read = user.addr.send(ReadUser);
-                Box::pin(async move {
+                Box::pin(fut::wrap_future(async move {
                     read.await
                         .map_err(|error| StoreError::Unavailable(error.to_string()))?
-                })
+                }))
             }
+            None if self.foreign.is_some() => Box::pin(self.foreign_user(message.user_id)),
             None => {
                 let load = self.entities.store.load_user(message.user_id);
-                Box::pin(async move { Ok(load.await?.map(|stored| stored.state)) })
+                Box::pin(fut::wrap_future(async move {
+                    Ok(load.await?.map(|stored| stored.state))
+                }))
             }
         }
     }
@@ -1057,6 +1210,15 @@ impl Handler<DropAll> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
+        self.drop_state();
+    }
+}
+
+impl ShardActor {
+    /// Forgets every entity and everything not yet written (the instance lost its bus
+    /// connection, or a partition to another instance); partitions are claimed again with
+    /// their next delivery.
+    fn drop_state(&mut self) {
         self.generation += 1;
         // Dropping the addresses stops the actors once their mailboxes are empty.
         self.users = HashMap::new();
@@ -1067,6 +1229,9 @@ impl Handler<DropAll> for ShardActor {
         self.dirty = HashSet::new();
         self.guarded = HashMap::new();
         self.ended = HashMap::new();
+        if let Some(copies) = self.foreign.as_mut() {
+            copies.clear();
+        }
         self.write_behind.drop_pending();
     }
 }

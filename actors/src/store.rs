@@ -24,6 +24,9 @@ pub enum StoreError {
     Busy,
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
+    /// Another instance took the bus partition over: this one must not write it any more.
+    #[error("bus partition {0} is owned by another instance now; nothing of it was written")]
+    Fenced(u16),
 }
 
 /// A change to the index of live sessions that the owner of a bus partition finds and ends them
@@ -46,9 +49,24 @@ pub struct StateBatch {
     pub products: Vec<Stored<ProductState>>,
     pub categories: Vec<Stored<CategoryState>>,
     pub transitions: Vec<Transition>,
+    /// The bus partitions of the users and sessions written (products, categories and
+    /// transitions carry theirs): the store checks that this instance still owns each.
+    pub sources: std::collections::BTreeSet<u16>,
 }
 
 impl StateBatch {
+    /// Every bus partition the batch writes.
+    pub fn partitions(&self) -> std::collections::BTreeSet<u16> {
+        let mut sources = self.sources.clone();
+        sources.extend(self.products.iter().map(|product| product.state.source));
+        sources.extend(self.categories.iter().map(|category| category.state.source));
+        sources.extend(self.transitions.iter().map(|transition| match transition {
+            Transition::Open(open) => open.source,
+            Transition::End(end) => end.tally.source,
+        }));
+        sources
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
@@ -73,6 +91,7 @@ impl StateBatch {
     pub fn absorb_older(&mut self, mut older: StateBatch) {
         older.transitions.append(&mut self.transitions);
         self.transitions = older.transitions;
+        self.sources.append(&mut older.sources);
         fn keep_missing<T, K: std::hash::Hash + Eq>(
             newer: &mut Vec<T>,
             older: Vec<T>,
@@ -167,6 +186,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// Loads every stored part (one per source) of the products and categories asked for, plus
     /// every part of the categories of the loaded products.
     fn load_catalog(&self, products: Vec<u64>, categories: Vec<u64>) -> StoreFuture<LoadedCatalog>;
+
+    /// Makes this instance the owner of a bus partition before it applies any event of it, so
+    /// that no write of a former owner lands over its writes from then on (see the ScyllaDB
+    /// store's fence). `lease` tells ownership periods apart: asking again with the same lease
+    /// answers the same epoch; a new lease (after the engine dropped its state) claims anew.
+    /// Returns the partition's epoch. A store only one process can open needs no fence.
+    fn own_partition(&self, _source: u16, _lease: u64) -> StoreFuture<u64> {
+        Box::pin(async { Ok(0) })
+    }
 
     /// Every live session the index holds for a bus partition.
     fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>>;

@@ -384,20 +384,29 @@ impl Handler<UserSideFeatures> for UserActor {
             move |session, actor, _| {
                 // Scoring answers from what is known when the session could not be loaded.
                 let session = session.ok().and_then(Result::ok).flatten();
-                let width = features::USER_SIDE_COUNT;
-                let mut out = vec![0.0; message.product_ids.len() * width];
-                for (index, product_id) in message.product_ids.iter().enumerate() {
-                    features::user_side_features(
-                        session.as_ref(),
-                        actor.user.as_ref(),
-                        *product_id,
-                        &mut out[index * width..(index + 1) * width],
-                    );
-                }
-                out
+                user_side_vectors(session.as_ref(), actor.user.as_ref(), &message.product_ids)
             },
         )))
     }
+}
+
+/// The user-side features of a session for each of `product_ids`, one after another.
+pub fn user_side_vectors(
+    session: Option<&SessionState>,
+    user: Option<&UserState>,
+    product_ids: &[u64],
+) -> Vec<f64> {
+    let width = features::USER_SIDE_COUNT;
+    let mut out = vec![0.0; product_ids.len() * width];
+    for (index, product_id) in product_ids.iter().enumerate() {
+        features::user_side_features(
+            session,
+            user,
+            *product_id,
+            &mut out[index * width..(index + 1) * width],
+        );
+    }
+    out
 }
 
 /// The user's state now; an error when it could not be loaded.

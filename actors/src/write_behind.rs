@@ -111,6 +111,16 @@ impl WriteBehind {
                 }
                 Ok(Saved { rows, ended })
             }
+            Err(StoreError::Fenced(source)) => {
+                // Another instance owns a partition of the batch now: nothing of it may be
+                // written, and the actor drops what it holds.
+                tracing::error!(
+                    source,
+                    rows,
+                    "bus partition {source} is owned by another instance: a batch was dropped"
+                );
+                Err(StoreError::Fenced(source))
+            }
             Err(error) => {
                 self.failed = Some(done.batch);
                 self.last_error = Some(error.clone());

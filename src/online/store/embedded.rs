@@ -491,7 +491,7 @@ mod tests {
                 users: vec![user.clone()],
                 products: vec![product.clone(), other_part.clone()],
                 categories: vec![category.clone()],
-                transitions: Vec::new(),
+                ..StateBatch::default()
             };
             store.save(Arc::new(batch)).await.unwrap();
         }

@@ -557,7 +557,10 @@ mod tests {
                 ("source", ColumnKind::PartitionKey),
                 ("kind", ColumnKind::Clustering),
                 ("a", ColumnKind::Clustering),
-                ("b", ColumnKind::Clustering)
+                ("b", ColumnKind::Clustering),
+                ("epoch", ColumnKind::Static),
+                ("window_end", ColumnKind::Static),
+                ("owner", ColumnKind::Static)
             ]
         );
         for table in &schema.tables {

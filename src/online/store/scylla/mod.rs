@@ -16,9 +16,11 @@
 //! actor threads or a test's body, and the store works from any runtime or none.
 //!
 //! The module is split by concern: [`statements`] (the prepared statements of
-//! schema/queries.cql), [`values`] (values and rows as CQL stores them), [`write`] (saves) and
-//! [`read`] (loads and the rows they decode).
+//! schema/queries.cql), [`values`] (values and rows as CQL stores them), [`write`] (saves),
+//! [`read`] (loads and the rows they decode) and [`fence`] (bus partition ownership: no write
+//! of a former owner lands over the new owner's).
 
+mod fence;
 mod read;
 mod statements;
 mod values;
@@ -85,6 +87,14 @@ struct Core {
     /// Reads in flight over the whole store: entities activate one by one, and a burst of
     /// activations must queue here rather than in the cluster.
     reads: tokio::sync::Semaphore,
+    /// The bus partitions this instance owns (see [`fence`]).
+    owned: std::sync::Mutex<std::collections::HashMap<u16, fence::Owned>>,
+    /// One claim or window extension at a time.
+    claiming: tokio::sync::Mutex<()>,
+    /// How this instance names itself in the partitions it owns.
+    owner_name: String,
+    /// The write timestamps of its saves.
+    write_clock: write::WriteClock,
 }
 
 impl ScyllaStore {
@@ -142,6 +152,10 @@ impl ScyllaStore {
 impl StateStore for ScyllaStore {
     fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
         self.spawn(|core| async move { core.save(&batch).await })
+    }
+
+    fn own_partition(&self, source: u16, lease: u64) -> StoreFuture<u64> {
+        self.spawn(move |core| async move { core.own_partition(source, lease).await })
     }
 
     fn load_open_sessions(&self, source: u16) -> StoreFuture<Vec<OpenSession>> {
@@ -222,6 +236,14 @@ impl Core {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
             reads: tokio::sync::Semaphore::new(reads),
+            owned: Default::default(),
+            claiming: tokio::sync::Mutex::new(()),
+            owner_name: format!(
+                "{} pid {}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+                std::process::id()
+            ),
+            write_clock: Default::default(),
         })
     }
 

@@ -37,6 +37,11 @@ pub(super) struct Statements {
     pub(super) insert_tally: PreparedStatement,
     pub(super) select_tallies: PreparedStatement,
     pub(super) select_sources: PreparedStatement,
+    pub(super) select_partition_owner: PreparedStatement,
+    pub(super) claim_new_partition: PreparedStatement,
+    pub(super) claim_partition: PreparedStatement,
+    pub(super) extend_partition: PreparedStatement,
+    pub(super) fence_partition: PreparedStatement,
 }
 
 /// The statements of schema/queries.cql by name, for `keyspace`.
@@ -102,8 +107,17 @@ impl Statements {
                 write
             };
             statement.set_execution_profile_handle(Some(profile.clone()));
-            // Plain values under explicit timestamps: running one twice changes nothing.
-            statement.set_is_idempotent(true);
+            if name.ends_with("_partition") {
+                // Lightweight transactions: a retry could see its own first attempt.
+                statement.set_is_idempotent(false);
+            } else {
+                // Plain values under explicit timestamps: running one twice changes nothing.
+                statement.set_is_idempotent(true);
+            }
+            if name == "select_partition_owner" {
+                // What the claims' transactions decided, not what one replica saw.
+                statement.set_consistency(Consistency::LocalSerial);
+            }
             Ok(statement)
         };
         Ok(Statements {
@@ -128,6 +142,11 @@ impl Statements {
             insert_tally: prepare("insert_tally").await?,
             select_tallies: prepare("select_tallies").await?,
             select_sources: prepare("select_sources").await?,
+            select_partition_owner: prepare("select_partition_owner").await?,
+            claim_new_partition: prepare("claim_new_partition").await?,
+            claim_partition: prepare("claim_partition").await?,
+            extend_partition: prepare("extend_partition").await?,
+            fence_partition: prepare("fence_partition").await?,
         })
     }
 }
@@ -139,7 +158,7 @@ mod tests {
     #[test]
     fn every_statement_is_named_and_in_the_keyspace() {
         let queries = queries("ks");
-        assert_eq!(queries.len(), 21, "{:?}", queries.keys());
+        assert_eq!(queries.len(), 26, "{:?}", queries.keys());
         for (name, statement) in &queries {
             assert!(statement.contains(" ks."), "{name}: {statement}");
             assert!(!statement.contains("--"), "{name}: {statement}");

@@ -291,13 +291,11 @@ pub(super) struct InsertIndexOpen {
     pub(super) session_hash: i64,
     pub(super) started_at: i64,
     pub(super) deadline: i64,
-    pub(super) written_at: i64,
 }
 
 /// A live session's index row to remove: it ended.
 #[derive(SerializeRow)]
 pub(super) struct DeleteIndexOpen {
-    pub(super) written_at: i64,
     pub(super) source: i32,
     pub(super) user_id: i64,
     pub(super) session_hash: i64,
@@ -311,7 +309,6 @@ pub(super) struct InsertIndexEnded {
     pub(super) session_hash: i64,
     pub(super) ended_through: i64,
     pub(super) ttl: i32,
-    pub(super) written_at: i64,
 }
 
 /// A tally row, written whole.
@@ -326,7 +323,6 @@ pub(super) struct InsertTally {
     pub(super) purchased_value: f64,
     pub(super) abandoned_value: f64,
     pub(super) browsed_value: f64,
-    pub(super) written_at: i64,
 }
 
 /// A tally's counts and values, as read: purchased, abandoned, browsed, then their values.
@@ -362,7 +358,7 @@ pub(super) fn tally_from(columns: TallyColumns) -> Result<OutcomeTally, StoreErr
 }
 
 /// A tally row to write.
-pub(super) fn tally_row(key: TallyKey, tally: &OutcomeTally, written_at: i64) -> InsertTally {
+pub(super) fn tally_row(key: TallyKey, tally: &OutcomeTally) -> InsertTally {
     InsertTally {
         source: i32::from(key.source),
         hour: key.hour,
@@ -373,7 +369,6 @@ pub(super) fn tally_row(key: TallyKey, tally: &OutcomeTally, written_at: i64) ->
         purchased_value: tally.cart_value[0],
         abandoned_value: tally.cart_value[1],
         browsed_value: tally.cart_value[2],
-        written_at,
     }
 }
 

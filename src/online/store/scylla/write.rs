@@ -25,20 +25,37 @@ use super::{Core, store_error};
 /// cluster's batch size limits.
 const TRANSITIONS_PER_BATCH: usize = 100;
 
-/// Write timestamps in microseconds, increasing by at least 2 per save across the process, so a
+/// Write timestamps in microseconds, increasing by at least 2 per save of a store, so a
 /// partition delete at `t - 1` never shadows the rows of an earlier save's `t`.
-pub(super) fn next_write_timestamp() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_micros() as i64);
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(last + 2);
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(actual) => last = actual,
+#[derive(Default)]
+pub(super) struct WriteClock {
+    /// The latest timestamp used, or the least the next may be.
+    last: AtomicI64,
+}
+
+impl WriteClock {
+    /// The next save's timestamp.
+    pub(super) fn next(&self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_micros() as i64);
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 2);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
         }
+    }
+
+    /// Makes every later timestamp greater than `floor` (a claimed partition's former owner
+    /// wrote with timestamps up to it; see [`super::fence`]).
+    pub(super) fn raise(&self, floor: i64) {
+        self.last.fetch_max(floor, Ordering::Relaxed);
     }
 }
 
@@ -313,7 +330,9 @@ impl Core {
     }
 
     pub(super) async fn save(&self, batch: &StateBatch) -> Result<Vec<SessionEnd>, StoreError> {
-        let written_at = next_write_timestamp();
+        let written_at = self.write_clock.next();
+        // Nothing is written for a partition this instance no longer owns.
+        self.check_windows(batch.partitions(), written_at).await?;
         // Stage 1: users and categories. Stage 2, only once stage 1 is durable: sessions and
         // products. Stage 3, once the sessions are durable: the index of live sessions and the
         // tallies (see the module documentation).
@@ -333,7 +352,7 @@ impl Core {
             second.push(self.product_write(product, written_at));
         }
         self.write_all(second).await?;
-        self.write_transitions(&batch.transitions, written_at).await
+        self.write_transitions(&batch.transitions).await
     }
 
     /// Applies the session transitions of each bus partition to its index and tallies: reads
@@ -344,7 +363,6 @@ impl Core {
     async fn write_transitions(
         &self,
         transitions: &[Transition],
-        written_at: i64,
     ) -> Result<Vec<SessionEnd>, StoreError> {
         let mut by_source: BTreeMap<u16, Vec<Transition>> = BTreeMap::new();
         for transition in transitions {
@@ -359,10 +377,7 @@ impl Core {
         }
         let mut counted = Vec::new();
         for (source, transitions) in by_source {
-            counted.extend(
-                self.write_source_transitions(source, &transitions, written_at)
-                    .await?,
-            );
+            counted.extend(self.write_source_transitions(source, &transitions).await?);
         }
         Ok(counted)
     }
@@ -371,8 +386,12 @@ impl Core {
         &self,
         source: u16,
         transitions: &[Transition],
-        written_at: i64,
     ) -> Result<Vec<SessionEnd>, StoreError> {
+        let epoch = self
+            .owned(source)
+            .filter(|owned| !owned.lost)
+            .ok_or(StoreError::Fenced(source))?
+            .epoch;
         let mut transition_keys: Vec<SessionKey> = Vec::new();
         let mut tally_keys: Vec<TallyKey> = Vec::new();
         for transition in transitions {
@@ -411,7 +430,9 @@ impl Core {
                 .collect();
             touched.sort_unstable();
             touched.dedup();
-            let mut rows: Vec<(&PreparedStatement, Values)> = Vec::new();
+            // The batch applies only while this instance's epoch is the partition's.
+            let mut rows: Vec<(&PreparedStatement, Values)> =
+                vec![self.fence_statement(source, epoch)];
             for key in touched {
                 let (user_id, session_hash) = (to_bigint(key.user_id), to_bigint(key.session_hash));
                 let entry = index.get(&key).copied().unwrap_or_default();
@@ -424,13 +445,11 @@ impl Core {
                             session_hash,
                             started_at: open.started_at,
                             deadline: open.deadline,
-                            written_at,
                         }),
                     )),
                     None => rows.push((
                         &statements.delete_index_open,
                         Box::new(DeleteIndexOpen {
-                            written_at,
                             source: i32::from(source),
                             user_id,
                             session_hash,
@@ -446,7 +465,6 @@ impl Core {
                             session_hash,
                             ended_through,
                             ttl: ttl(self.settings.session_ttl_seconds),
-                            written_at,
                         }),
                     ));
                 }
@@ -457,11 +475,10 @@ impl Core {
             for key in written {
                 rows.push((
                     &statements.insert_tally,
-                    Box::new(tally_row(key, &tallies[&key], written_at)),
+                    Box::new(tally_row(key, &tallies[&key])),
                 ));
             }
-            self.write(self.partition_batch("session_index", rows))
-                .await?;
+            self.write_fenced(source, rows).await?;
             counted.extend(ended);
         }
         Ok(counted)
@@ -474,8 +491,9 @@ mod tests {
 
     #[test]
     fn write_timestamps_leave_room_for_the_partition_delete() {
-        let first = next_write_timestamp();
-        let second = next_write_timestamp();
+        let clock = WriteClock::default();
+        let first = clock.next();
+        let second = clock.next();
         assert!(second - 1 > first, "{first} {second}");
     }
 }
