@@ -125,6 +125,9 @@ pub struct CatalogActor {
     /// state would overwrite the stored history at the next flush.
     parked: Vec<CatalogBatch>,
     retry_scheduled: bool,
+    /// Set when a save found a partition owned by another instance: nothing more is applied
+    /// or flushed until the engine drops its state (the consumer reconnects).
+    fenced: Option<u16>,
 }
 
 /// How long a parked batch waits before rehydration is tried again.
@@ -159,6 +162,7 @@ impl CatalogActor {
             flush_interval,
             parked: Vec::new(),
             retry_scheduled: false,
+            fenced: None,
         }
     }
 
@@ -196,8 +200,9 @@ impl CatalogActor {
         Some(Box::pin(fut::wrap_future::<_, Self>(save).map(
             |done: SaveDone, actor, _| {
                 let result = actor.write_behind.finish(done);
-                if let Err(StoreError::Fenced(_)) = result {
+                if let Err(StoreError::Fenced(source)) = result {
                     actor.drop_state();
+                    actor.fenced = Some(source);
                 }
                 result.map(|saved| saved.rows)
             },
@@ -581,6 +586,9 @@ impl Handler<CatalogBatch> for CatalogActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
+        if self.fenced.is_some() {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
         self.take_sources(&message);
         if !self.parked.is_empty() {
             // Behind batches that wait for the store: keep the order.
@@ -726,6 +734,9 @@ impl Handler<FlushCatalog> for CatalogActor {
     type Result = AtomicResponse<Self, Result<usize, StoreError>>;
 
     fn handle(&mut self, _: FlushCatalog, _: &mut Self::Context) -> Self::Result {
+        if let Some(source) = self.fenced {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Fenced(source)))));
+        }
         if !self.parked.is_empty() {
             // Events the shards accepted are not applied yet: nothing may be acknowledged.
             return AtomicResponse::new(Box::pin(fut::ready(Err(StoreError::Unavailable(
@@ -747,6 +758,7 @@ impl Handler<DropAll> for CatalogActor {
 
     fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
         self.drop_state();
+        self.fenced = None;
     }
 }
 

@@ -425,6 +425,9 @@ impl Engine {
     /// the bus redelivers what this one had not acknowledged. Stale state kept in memory would
     /// later overwrite that instance's writes.
     pub async fn drop_all(&self) -> Result<(), EngineError> {
+        // Event time too: the bus redelivers older events than the clocks have seen, and
+        // sessions must not end by the time of events that are not applied any more.
+        self.clocks.clocks.lock().expect("clock lock").clear();
         for shard in self.shards.iter() {
             shard.send(DropAll).await?;
         }

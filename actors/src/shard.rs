@@ -22,7 +22,7 @@ use crate::foreign::ForeignCopies;
 use crate::lifecycle::EntityContext;
 use crate::messages::{BatchApplied, DropAll, ForgetAcknowledged, Refused, SessionSeen};
 use crate::outcomes::{OpenSession, SessionEnd};
-use crate::session::{Closing, Known, SessionActor, SessionView};
+use crate::session::{CloseSession, Closing, Known, SessionActor, SessionView};
 use crate::store::{Observer, StateBatch, StoreError, Transition};
 use crate::user::{
     CloseSessions, Passivate, ReadUser, ReadUserSession, SessionHandle, UserActor, UserApplied,
@@ -195,12 +195,19 @@ pub struct ShardActor {
     /// Sessions that ended, to be written with the next flush; reads and activations see them
     /// here until then.
     ended: HashMap<SessionKey, Stored<SessionState>>,
+    /// Sessions whose end is on its way through their user. An event for one of them meanwhile
+    /// starts a new session: its actor takes whatever the store holds as ended.
+    closing: HashSet<SessionKey>,
     /// A flush is taking snapshots or writing.
     flushing: bool,
     /// Bumped by [`DropAll`]: answers from actors of an earlier generation are ignored.
     generation: u64,
     /// When instances share the partitions: copies of the users and sessions of others.
     foreign: Option<ForeignCopies>,
+    /// Set when a save found a partition owned by another instance: nothing more is applied
+    /// or flushed until the engine drops its state (the consumer reconnects, and the broker
+    /// redelivers what was not acknowledged).
+    fenced: Option<u16>,
 }
 
 impl ShardActor {
@@ -237,8 +244,10 @@ impl ShardActor {
             dirty: HashSet::new(),
             guarded: HashMap::new(),
             ended: HashMap::new(),
+            closing: HashSet::new(),
             flushing: false,
             generation: 0,
+            fenced: None,
         }
     }
 
@@ -250,6 +259,7 @@ impl ShardActor {
             && !self.users.contains_key(&key.user_id)
             && !self.sessions.contains_key(&key)
             && !self.ended.contains_key(&key)
+            && !self.closing.contains(&key)
     }
 
     /// The user's entry, activating its actor if it has none.
@@ -287,7 +297,12 @@ impl ShardActor {
         let watermark = self.clock(source).watermark();
         let known = Known {
             open: self.sessions.get(&key).and_then(|entry| entry.indexed),
-            ended: self.ended.get(&key).map(|last| last.state.started_at),
+            ended: if self.closing.contains(&key) {
+                // Whatever it was, it is ending now.
+                Some(Millis::MAX)
+            } else {
+                self.ended.get(&key).map(|last| last.state.started_at)
+            },
         };
         let addr = SessionActor::activate(key, known, source, self.entities.clone());
         match self.sessions.get_mut(&key) {
@@ -564,6 +579,7 @@ impl ShardActor {
             // A session known only from the index activates to end.
             let (_, addr) = self.session(key, source);
             let entry = self.sessions.remove(&key).expect("checked above");
+            self.closing.insert(key);
             by_user
                 .entry(key.user_id)
                 .or_insert_with(|| (watermark, Vec::new()))
@@ -592,12 +608,15 @@ impl ShardActor {
                 Some(async move { (user_id, ending, sent.await) })
             })
             .collect();
-        fut::wrap_future::<_, Self>(join_all(closes)).map(move |answers, actor, _| {
+        fut::wrap_future::<_, Self>(join_all(closes)).map(move |answers, actor, ctx| {
             if generation != actor.generation {
                 return 0;
             }
             let mut ended = 0;
             for (user_id, ending, answer) in answers {
+                for ending in &ending {
+                    actor.closing.remove(&ending.key);
+                }
                 for (key, closing) in answer.unwrap_or_default() {
                     let Ending {
                         addr,
@@ -621,6 +640,25 @@ impl ShardActor {
                                 actor.session_ended(source, indexed, &last.state);
                                 actor.ended.insert(key, last);
                             }
+                        }
+                        Closing::Open { .. } if actor.sessions.contains_key(&key) => {
+                            // An event came meanwhile and started another actor for the key:
+                            // this one cannot hand over to it, so it ends now.
+                            tracing::warn!(user = key.user_id, "a session reopened while it was ending; ending it now");
+                            let addr = addr.clone();
+                            ctx.spawn(
+                                fut::wrap_future::<_, Self>(addr.send(CloseSession {
+                                    watermark: Millis::MAX,
+                                    force: true,
+                                }))
+                                .map(move |closing, actor, _| {
+                                    if let Ok(Closing::Closed(Some(last))) = closing
+                                        && generation == actor.generation
+                                    {
+                                        actor.session_ended(source, indexed, &last.state);
+                                    }
+                                }),
+                            );
                         }
                         Closing::Open { last_event_at } => {
                             let deadline =
@@ -725,7 +763,10 @@ impl ShardActor {
                         let result = actor.write_behind.finish(done);
                         match &result {
                             Ok(_) => actor.passivate_idle_users(),
-                            Err(StoreError::Fenced(_)) => actor.drop_state(),
+                            Err(StoreError::Fenced(source)) => {
+                                actor.drop_state();
+                                actor.fenced = Some(*source);
+                            }
                             Err(_) => {}
                         }
                         result.map(|saved| saved.rows)
@@ -809,6 +850,12 @@ impl Handler<ApplyBatch> for ShardActor {
     type Result = ResponseActFuture<Self, Result<BatchApplied, Refused>>;
 
     fn handle(&mut self, message: ApplyBatch, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(source) = self.fenced {
+            return Box::pin(fut::ready(Err(Refused {
+                error: StoreError::Fenced(source),
+                deliveries: Vec::new(),
+            })));
+        }
         let mut unclaimed: Vec<u16> = message
             .deliveries
             .iter()
@@ -1171,6 +1218,9 @@ impl Handler<FlushNow> for ShardActor {
     type Result = ResponseActFuture<Self, Result<FlushDone, StoreError>>;
 
     fn handle(&mut self, message: FlushNow, _: &mut Self::Context) -> Self::Result {
+        if let Some(source) = self.fenced {
+            return Box::pin(fut::ready(Err(StoreError::Fenced(source))));
+        }
         if self.flushing || self.write_behind.is_saving() {
             return Box::pin(fut::ready(Err(StoreError::Busy)));
         }
@@ -1211,6 +1261,7 @@ impl Handler<DropAll> for ShardActor {
 
     fn handle(&mut self, _: DropAll, _: &mut Self::Context) {
         self.drop_state();
+        self.fenced = None;
     }
 }
 
@@ -1229,6 +1280,7 @@ impl ShardActor {
         self.dirty = HashSet::new();
         self.guarded = HashMap::new();
         self.ended = HashMap::new();
+        self.closing = HashSet::new();
         if let Some(copies) = self.foreign.as_mut() {
             copies.clear();
         }

@@ -25,6 +25,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel, Connection, ConnectionProperties};
 use propensity_actors::delivery::Delivery as EventDelivery;
 use propensity_actors::engine::{Engine, EngineError};
+use propensity_actors::store::StoreError;
 use tokio::sync::watch;
 
 use crate::config::RabbitmqSettings;
@@ -433,6 +434,9 @@ impl<'a> Consuming<'a> {
         self.barrier = None;
         match result {
             Ok(_) => acknowledge(self.context, &self.channels, covered).await,
+            // Another instance owns a partition now: reconnect, so that the broker redelivers
+            // what this one applied and could not write, and the engine drops its state.
+            Err(error @ EngineError::Store(StoreError::Fenced(_))) => Err(error.into()),
             // Not acknowledged: the broker stops delivering at the prefetch limit, which bounds
             // memory until the store is back.
             Err(error) => {
