@@ -170,6 +170,9 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     }
     if let Some(node) = &args.scylla {
         settings = crate::bus::with_scylla(&settings, node);
+        // Batches of a whole replay, not a shop's trickle: the serving timeouts are too short.
+        settings.store.scylla.read_timeout_ms = 5_000;
+        settings.store.scylla.write_timeout_ms = 30_000;
     }
     if args.discard_writes {
         let result = measure_memory(&settings, events).await?;
