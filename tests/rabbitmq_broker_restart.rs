@@ -1,5 +1,7 @@
 //! A broker restart in the middle of a replay: the consumer reconnects with backoff, /ready
-//! reports the outage, and the final state equals the offline replay's. Its own test binary,
+//! reports the outage, and the final state equals the offline replay's, with the service's real
+//! 30-minute session timeout: every session's end is counted once in the stored tallies, as the
+//! offline replay counts it, and the process's counters equal the tallies. Its own test binary,
 //! because it stops the broker that the other bus tests use.
 
 mod common;
@@ -8,23 +10,26 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use propensity::online::serve::Service;
 use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::Millis;
+use propensity_actors::features::Outcome;
+use propensity_actors::store::StateStore;
 
 use common::broker;
 
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay, before and
+/// after the restart.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 
 #[actix_rt::test]
 async fn a_broker_restart_mid_replay_loses_nothing() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let model = common::small_model(dir.path(), TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 1500, 7, 12);
     let mut settings = common::settings(dir.path(), &model);
-    settings.engine.session_timeout_seconds = (LONG_TIMEOUT / 1000) as u64;
+    settings.engine.session_timeout_seconds = (TIMEOUT / 1000) as u64;
     settings.engine.shards = 2;
     broker::use_private_topology(&mut settings, "broker-restart");
     let rabbitmq = settings.bus.rabbitmq.clone();
@@ -70,20 +75,46 @@ async fn a_broker_restart_mid_replay_loses_nothing() {
         service.metrics.bus_redeliveries.get() > 0,
         "the restart caused redeliveries"
     );
-    let offline = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    )
-    .2;
-    common::assert_engine_matches(&service.engine, &offline).await;
+    let metrics = service.metrics.clone();
     service.stop().await.unwrap();
     assert_eq!(
         broker::ready_messages(&connection, &rabbitmq).await,
         0,
         "every message acknowledged"
     );
+    let (offline, _) = common::offline_every_session(&events, TIMEOUT);
     let store = EmbeddedStore::open(Path::new(&settings.store.embedded_path)).unwrap();
     common::assert_stored_matches(store.dump().unwrap(), &offline);
+    // Every session's end: counted in the tallies, or still open in the index at the stop.
+    let ended = common::stored_outcomes_with_open_ended(&store, rabbitmq.partitions, &events).await;
+    common::assert_same_tallies(
+        &ended,
+        &common::offline_tallies(&events, TIMEOUT),
+        "after a broker restart",
+    );
+    // One process lifetime: its counters counted exactly the ends the store counted.
+    let stored = store.load_tallies(i64::MIN, i64::MAX).await.unwrap();
+    let mut counted_all = 0;
+    for outcome in Outcome::ALL {
+        let counted = metrics
+            .sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .get();
+        let tallied: u64 = stored
+            .iter()
+            .map(|(_, tally)| tally.sessions_with(outcome))
+            .sum();
+        assert_eq!(
+            counted,
+            tallied,
+            "{} sessions counted and tallied",
+            outcome.as_str()
+        );
+        counted_all += counted;
+    }
+    assert!(
+        counted_all > 100,
+        "sessions ended all through the replay: {counted_all}"
+    );
     broker::delete_topology(&connection, &rabbitmq).await;
 }

@@ -644,7 +644,10 @@ impl ShardActor {
                         Closing::Open { .. } if actor.sessions.contains_key(&key) => {
                             // An event came meanwhile and started another actor for the key:
                             // this one cannot hand over to it, so it ends now.
-                            tracing::warn!(user = key.user_id, "a session reopened while it was ending; ending it now");
+                            tracing::warn!(
+                                user = key.user_id,
+                                "a session reopened while it was ending; ending it now"
+                            );
                             let addr = addr.clone();
                             ctx.spawn(
                                 fut::wrap_future::<_, Self>(addr.send(CloseSession {

@@ -194,7 +194,11 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     println!(
         "flushes: {count}, mean {:.1} ms ({} store, sessions end after {})",
         flushes.get_sample_sum() * 1000.0 / count.max(1) as f64,
-        if args.scylla.is_some() { "scylla" } else { "embedded" },
+        if args.scylla.is_some() {
+            "scylla"
+        } else {
+            "embedded"
+        },
         match args.session_timeout_minutes {
             Some(minutes) => format!("{minutes} minutes idle"),
             None => "never".to_owned(),
