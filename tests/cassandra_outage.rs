@@ -2,8 +2,9 @@
 //! stopped with docker/native/services.sh and started again. Meanwhile the service must stop
 //! taking deliveries (no more than the prefetch window of each partition unacknowledged), keep
 //! its memory bounded, report not ready, and keep scoring from memory; once the store is back,
-//! it must acknowledge every message and leave exactly the offline features in Cassandra, with
-//! nothing redelivered or dead-lettered on the way.
+//! it must acknowledge every message and leave exactly the offline features in Cassandra, and
+//! every session's end counted once as the offline replay counts it (the real 30-minute session
+//! timeout), with nothing redelivered or dead-lettered on the way.
 //!
 //! Needs RabbitMQ and Cassandra as the README's test command starts them, and fails with the
 //! command to run when either is missing. This file holds one test: it stops the node every
@@ -14,15 +15,15 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use propensity::online::serve::Service;
 use propensity_actors::SessionKey;
 use propensity_actors::event::Millis;
 
 use common::broker;
 
-/// Sessions never time out inside this replay, so the comparison covers every session.
-const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout: sessions end all through the replay, the outage
+/// included.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 const OUTAGE: Duration = Duration::from_secs(30);
 
 fn services(action: &str) {
@@ -86,17 +87,13 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     let connection = broker::connect().await;
     let keyspace = common::TestKeyspace::new();
     let dir = tempfile::tempdir().unwrap();
-    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let model = common::small_model(dir.path(), TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 3000, 7, 23);
     assert!(events.len() >= 80_000, "only {} events", events.len());
-    let (_, _, offline) = propensity::offline::train::replay(
-        events.iter().cloned(),
-        LONG_TIMEOUT,
-        &ProgressBar::hidden(),
-    );
+    let (offline, _) = common::offline_every_session(&events, TIMEOUT);
 
     let mut settings =
-        common::bus_on_cassandra(dir.path(), &model, &keyspace, LONG_TIMEOUT, "store-outage");
+        common::bus_on_cassandra(dir.path(), &model, &keyspace, TIMEOUT, "store-outage");
     // Failing requests give up quickly, as they would in production.
     settings.store.scylla.read_timeout_ms = 500;
     settings.store.scylla.write_timeout_ms = 1_000;
@@ -210,7 +207,7 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
             .await
             .is_empty()
     );
-    common::assert_engine_matches(&service.engine, &offline).await;
+    let metrics = service.metrics.clone();
     service.stop().await.unwrap();
 
     // Read back with the test keyspace's patient timeouts: the check, not the service, reads.
@@ -220,5 +217,19 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
         .await
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;
+    // Every session's end once, the outage notwithstanding.
+    let counted = common::assert_ends_counted_once(
+        store.as_ref(),
+        &metrics,
+        rabbitmq.partitions,
+        &events,
+        TIMEOUT,
+        "after a store outage",
+    )
+    .await;
+    assert!(
+        counted > 1000,
+        "sessions ended all through the replay: {counted}"
+    );
     broker::delete_topology(&connection, &rabbitmq).await;
 }

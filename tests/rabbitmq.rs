@@ -8,16 +8,17 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
 use propensity::config::Settings;
 use propensity::online::serve::Service;
-use propensity_actors::ReplayEngine;
+use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::{Event, Millis};
 
 use common::broker;
 
 /// Sessions never time out inside these replays, so the comparison covers every session.
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
+/// The service's default session timeout, for the replay held against the offline one.
+const TIMEOUT: Millis = 30 * 60 * 1000;
 
 fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
     let mut settings = common::settings(dir, model);
@@ -27,28 +28,42 @@ fn bus_settings(dir: &Path, model: &Path, test: &str) -> Settings {
     settings
 }
 
-fn offline(events: &[Event]) -> ReplayEngine {
-    propensity::offline::train::replay(events.iter().cloned(), LONG_TIMEOUT, &ProgressBar::hidden())
-        .2
-}
-
 #[actix_rt::test]
 async fn a_replay_through_rabbitmq_equals_the_offline_features() {
     let connection = broker::connect().await;
     let dir = tempfile::tempdir().unwrap();
-    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let model = common::small_model(dir.path(), TIMEOUT);
     let (_, events) = common::synthetic_events(dir.path(), 6600, 7, 11);
     assert!(events.len() >= 200_000, "only {} events", events.len());
-    let settings = bus_settings(dir.path(), &model, "replay");
+    let mut settings = bus_settings(dir.path(), &model, "replay");
+    settings.engine.session_timeout_seconds = (TIMEOUT / 1000) as u64;
     let rabbitmq = settings.bus.rabbitmq.clone();
 
     let service = Service::start(&settings).await.expect("the service starts");
     broker::publish(&rabbitmq, &events).await;
     broker::wait_for_acks(&service, events.len() as u64, Duration::from_secs(300)).await;
     assert_eq!(service.metrics.bus_redeliveries.get(), 0);
-    common::assert_engine_matches(&service.engine, &offline(&events)).await;
     assert_eq!(broker::ready_messages(&connection, &rabbitmq).await, 0);
+    let metrics = service.metrics.clone();
     service.stop().await.unwrap();
+    // With the real session timeout, sessions end all through the replay: the store holds
+    // every session's last state, and every end once, as the offline replay does.
+    let (offline, _) = common::offline_every_session(&events, TIMEOUT);
+    let store = EmbeddedStore::open(&settings.store.embedded_path).unwrap();
+    common::assert_stored_matches(store.dump().unwrap(), &offline);
+    let counted = common::assert_ends_counted_once(
+        &store,
+        &metrics,
+        rabbitmq.partitions,
+        &events,
+        TIMEOUT,
+        "after the replay",
+    )
+    .await;
+    assert!(
+        counted > 1000,
+        "sessions ended all through the replay: {counted}"
+    );
     broker::delete_topology(&connection, &rabbitmq).await;
 }
 

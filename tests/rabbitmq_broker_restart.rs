@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 use propensity::online::serve::Service;
 use propensity::online::store::EmbeddedStore;
 use propensity_actors::event::Millis;
-use propensity_actors::features::Outcome;
-use propensity_actors::store::StateStore;
 
 use common::broker;
 
@@ -85,33 +83,17 @@ async fn a_broker_restart_mid_replay_loses_nothing() {
     let (offline, _) = common::offline_every_session(&events, TIMEOUT);
     let store = EmbeddedStore::open(Path::new(&settings.store.embedded_path)).unwrap();
     common::assert_stored_matches(store.dump().unwrap(), &offline);
-    // Every session's end: counted in the tallies, or still open in the index at the stop.
-    let ended = common::stored_outcomes_with_open_ended(&store, rabbitmq.partitions, &events).await;
-    common::assert_same_tallies(
-        &ended,
-        &common::offline_tallies(&events, TIMEOUT),
+    // Every session's end: counted in the tallies, or still open in the index at the stop; one
+    // process lifetime, whose counters counted what the tallies hold.
+    let counted_all = common::assert_ends_counted_once(
+        &store,
+        &metrics,
+        rabbitmq.partitions,
+        &events,
+        TIMEOUT,
         "after a broker restart",
-    );
-    // One process lifetime: its counters counted exactly the ends the store counted.
-    let stored = store.load_tallies(i64::MIN, i64::MAX).await.unwrap();
-    let mut counted_all = 0;
-    for outcome in Outcome::ALL {
-        let counted = metrics
-            .sessions_closed
-            .with_label_values(&[outcome.as_str()])
-            .get();
-        let tallied: u64 = stored
-            .iter()
-            .map(|(_, tally)| tally.sessions_with(outcome))
-            .sum();
-        assert_eq!(
-            counted,
-            tallied,
-            "{} sessions counted and tallied",
-            outcome.as_str()
-        );
-        counted_all += counted;
-    }
+    )
+    .await;
     assert!(
         counted_all > 100,
         "sessions ended all through the replay: {counted_all}"

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use propensity::online::serve::Service;
 use propensity_actors::event::Millis;
-use propensity_actors::features::Outcome;
 
 use common::broker;
 
@@ -48,32 +47,15 @@ async fn a_200k_replay_through_rabbitmq_into_cassandra_stores_the_offline_featur
         .expect("the keyspace opens again");
     common::assert_store_holds(store.as_ref(), &offline).await;
     // Every session's end: counted in the tallies, or still open in the index at the stop.
-    let ended =
-        common::stored_outcomes_with_open_ended(store.as_ref(), rabbitmq.partitions, &events).await;
-    common::assert_same_tallies(
-        &ended,
-        &common::offline_tallies(&events, TIMEOUT),
+    let counted_all = common::assert_ends_counted_once(
+        store.as_ref(),
+        &metrics,
+        rabbitmq.partitions,
+        &events,
+        TIMEOUT,
         "after the replay",
-    );
-    let stored = store.load_tallies(i64::MIN, i64::MAX).await.unwrap();
-    let mut counted_all = 0;
-    for outcome in Outcome::ALL {
-        let counted = metrics
-            .sessions_closed
-            .with_label_values(&[outcome.as_str()])
-            .get();
-        let tallied: u64 = stored
-            .iter()
-            .map(|(_, tally)| tally.sessions_with(outcome))
-            .sum();
-        assert_eq!(
-            counted,
-            tallied,
-            "{} sessions counted and tallied",
-            outcome.as_str()
-        );
-        counted_all += counted;
-    }
+    )
+    .await;
     assert!(
         counted_all > 1000,
         "sessions ended all through the replay: {counted_all}"

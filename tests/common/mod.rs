@@ -617,3 +617,39 @@ pub async fn stored_outcomes_with_open_ended(
     }
     tallies
 }
+
+/// Every session's end is in the store once, as the offline replay of `events` with `timeout`
+/// ends it (counted in the tallies, or open in the index when the service stopped), and the
+/// counters of `metrics`, one process lifetime, counted exactly what the tallies hold. Returns
+/// the ends counted.
+pub async fn assert_ends_counted_once(
+    store: &dyn propensity_actors::store::StateStore,
+    metrics: &propensity::metrics::Metrics,
+    sources: u16,
+    events: &[Event],
+    timeout: i64,
+    context: &str,
+) -> u64 {
+    let ended = stored_outcomes_with_open_ended(store, sources, events).await;
+    assert_same_tallies(&ended, &offline_tallies(events, timeout), context);
+    let stored = store.load_tallies(i64::MIN, i64::MAX).await.unwrap();
+    let mut counted_all = 0;
+    for outcome in propensity_actors::features::Outcome::ALL {
+        let counted = metrics
+            .sessions_closed
+            .with_label_values(&[outcome.as_str()])
+            .get();
+        let tallied: u64 = stored
+            .iter()
+            .map(|(_, tally)| tally.sessions_with(outcome))
+            .sum();
+        assert_eq!(
+            counted,
+            tallied,
+            "{} sessions counted and tallied {context}",
+            outcome.as_str()
+        );
+        counted_all += counted;
+    }
+    counted_all
+}
