@@ -15,7 +15,7 @@ use propensity_actors::event::{Event, Millis};
 
 use common::broker;
 
-/// Sessions never time out inside these replays, so the comparison covers every session.
+/// For the tests of a few hand-made events: their sessions never end while the test runs.
 const LONG_TIMEOUT: Millis = 40 * 24 * 3600 * 1000;
 /// The service's default session timeout, for the replay held against the offline one.
 const TIMEOUT: Millis = 30 * 60 * 1000;
