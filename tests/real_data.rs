@@ -55,6 +55,23 @@ fn trains_on_the_real_samples_with_their_quirks() {
     // Every event but the 456 purchases and the 5 duplicate rows (views and a cart) is a scoring point.
     assert_eq!(report.scoring_points, 19_068 - 456 - 5);
     assert!(report.validation_rows > 0 && report.calibration_rows > 0 && report.fit_rows > 10_000);
+    // The summary times each phase and reports the process's peak resident memory, from the
+    // kernel: at least what the process holds now.
+    assert!(report.replay_seconds > 0.0 && report.fit_seconds > 0.0);
+    assert!(report.calibration_seconds >= 0.0);
+    let peak = report.peak_resident_bytes.expect("VmHWM is read on Linux");
+    let now = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let resident_now: u64 = now
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096;
+    assert!(
+        peak >= resident_now / 2 && peak > 1 << 20,
+        "peak {peak}, now {resident_now}"
+    );
     assert_eq!(
         propensity::offline::model::Model::load(dir.path().join("model.json")).unwrap(),
         model

@@ -480,7 +480,12 @@ impl<R: Read> Iterator for CsvEvents<R> {
                 if found != expected {
                     return Some(Err(ParseError::Header {
                         expected: CSV_HEADER.join(","),
-                        found: String::from_utf8_lossy(self.record.as_slice()).into_owned(),
+                        // As read: the fields joined by the commas that separated them.
+                        found: found
+                            .iter()
+                            .map(|field| String::from_utf8_lossy(field))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     }
                     .at_line(line)));
                 }
@@ -752,6 +757,9 @@ mod tests {
         assert!(
             matches!(&errors[0], Err(ParseError::AtLine { line: 1, source }) if matches!(**source, ParseError::Header { .. }))
         );
+        // The header found is printed as read, commas included.
+        let message = errors[0].as_ref().unwrap_err().to_string();
+        assert!(message.contains("found `a,b`"), "{message}");
     }
 
     #[test]

@@ -227,7 +227,15 @@ pub struct TrainReport {
     pub split_at: String,
     pub data_span: (String, String),
     pub feature_events_per_second: f64,
+    /// Reading, ordering and replaying the history into scoring points.
+    pub replay_seconds: f64,
+    /// Growing, pruning and smoothing the tree.
     pub fit_seconds: f64,
+    /// Fitting the calibration on its rows.
+    pub calibration_seconds: f64,
+    /// The most memory the process held resident (the kernel's high-water mark, VmHWM), when
+    /// the system tells it.
+    pub peak_resident_bytes: Option<u64>,
     pub validation: Metrics,
     /// The generator's own probabilities on the same validation rows, when `--truth` was given.
     pub oracle: Option<Metrics>,
@@ -390,13 +398,11 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         export_features(path, &rows, &splits)?;
     }
 
-    let fit_started = std::time::Instant::now();
-    let mut model = model::train(
+    let (mut model, timings) = model::train_timed(
         &subset(&rows, &fit_indices)?,
         &subset(&rows, &calibration_indices)?,
         &request.options,
     )?;
-    let fit_seconds = fit_started.elapsed().as_secs_f64();
 
     let validation_labels: Vec<bool> = validation_indices
         .iter()
@@ -453,7 +459,10 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         split_at: format_time(split_at),
         data_span: (format_time(first), format_time(last)),
         feature_events_per_second: stats.events as f64 / replay_seconds.max(1e-9),
-        fit_seconds,
+        replay_seconds,
+        fit_seconds: timings.fit_seconds,
+        calibration_seconds: timings.calibration_seconds,
+        peak_resident_bytes: peak_resident_bytes(),
         auc_ratio_to_oracle: oracle
             .as_ref()
             .map(|oracle| validation.roc_auc / oracle.roc_auc),
@@ -462,6 +471,14 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         oracle_rows,
     };
     Ok((report, model))
+}
+
+/// The process's peak resident memory so far, from the kernel (Linux: `VmHWM`).
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Prints the report for people; `--json` adds the machine-readable last line.
@@ -487,12 +504,18 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
         report.scoring_points
     );
     println!(
-        "split at {}: {} fit, {} calibration, {} validation rows; fit took {:.2} s",
-        report.split_at,
-        report.fit_rows,
-        report.calibration_rows,
-        report.validation_rows,
-        report.fit_seconds
+        "split at {}: {} fit, {} calibration, {} validation rows",
+        report.split_at, report.fit_rows, report.calibration_rows, report.validation_rows,
+    );
+    println!(
+        "phases: replay {:.2} s, fit {:.2} s, calibration {:.2} s; peak resident memory {}",
+        report.replay_seconds,
+        report.fit_seconds,
+        report.calibration_seconds,
+        match report.peak_resident_bytes {
+            Some(bytes) => format!("{:.0} MiB", bytes as f64 / 1048576.0),
+            None => "unknown (no /proc/self/status)".to_owned(),
+        }
     );
     metrics_line("model", &report.validation);
     if let Some(oracle) = &report.oracle {

@@ -31,7 +31,7 @@ pub use metrics::{
     reliability_bins_over, roc_curve,
 };
 pub use report::write_report;
-pub use train::{TrainOptions, train};
+pub use train::{TrainOptions, TrainTimings, train, train_timed};
 pub use tree::{Branch, Node, NodeCounts, Tree};
 
 /// A training, calibration or validation set: row-major features, labels, feature names.

@@ -106,6 +106,25 @@ pub fn train(
     calibration: &Dataset,
     options: &TrainOptions,
 ) -> Result<Model, ModelError> {
+    train_timed(train, calibration, options).map(|(model, _)| model)
+}
+
+/// How long the phases of [`train`] took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrainTimings {
+    /// Growing the tree (linfa-trees), counting its leaves' rows, pruning and smoothing them.
+    pub fit_seconds: f64,
+    /// Scoring the calibration rows and fitting the isotonic calibration.
+    pub calibration_seconds: f64,
+}
+
+/// [`train`], timing its phases.
+pub fn train_timed(
+    train: &Dataset,
+    calibration: &Dataset,
+    options: &TrainOptions,
+) -> Result<(Model, TrainTimings), ModelError> {
+    let fit_started = std::time::Instant::now();
     options.validate()?;
     train.validate("training")?;
     calibration.validate("calibration")?;
@@ -163,12 +182,18 @@ pub fn train(
     let base_rate = positives as f64 / rows as f64;
     tree.smooth_leaves(base_rate, options.smoothing);
 
+    let fit_seconds = fit_started.elapsed().as_secs_f64();
+    let calibration_started = std::time::Instant::now();
     let mut leaf_scores = Vec::with_capacity(calibration.labels.len());
     for_each_row(calibration.features.view(), |_, values| {
         leaf_scores.push(tree.leaf_probability(values));
     });
     let calibration_map =
         Calibration::fit_isotonic(&leaf_scores, &calibration.labels, options.smoothing);
+    let timings = TrainTimings {
+        fit_seconds,
+        calibration_seconds: calibration_started.elapsed().as_secs_f64(),
+    };
 
     tracing::info!(
         rows,
@@ -179,13 +204,14 @@ pub fn train(
         depth = tree.depth(),
         "trained propensity tree"
     );
-    Model::assemble(
+    let model = Model::assemble(
         train.feature_names.clone(),
         tree,
         calibration_map,
         rows,
         base_rate,
-    )
+    )?;
+    Ok((model, timings))
 }
 
 #[cfg(test)]
