@@ -95,6 +95,9 @@ struct Core {
     owner_name: String,
     /// The write timestamps of its saves.
     write_clock: write::WriteClock,
+    /// Session ends sent in index batches whose write failed without saying whether it applied
+    /// (see [`write`]).
+    in_doubt: std::sync::Mutex<write::InDoubt>,
 }
 
 impl ScyllaStore {
@@ -244,6 +247,7 @@ impl Core {
                 std::process::id()
             ),
             write_clock: Default::default(),
+            in_doubt: Default::default(),
         })
     }
 

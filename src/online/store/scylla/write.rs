@@ -6,9 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use propensity_actors::delivery::Stored;
+use propensity_actors::event::Millis;
 use propensity_actors::features::{
     CategoryState, ProductState, SessionKey, SessionState, UserState,
 };
@@ -24,6 +25,13 @@ use super::{Core, store_error};
 /// Transitions per single-partition batch of the session index: a few rows each, well under the
 /// cluster's batch size limits.
 const TRANSITIONS_PER_BATCH: usize = 100;
+
+/// Session ends (key and start) sent in index batches whose write failed without saying whether
+/// it applied (a timeout), or that applied in a save that failed later: per bus partition, with
+/// the owner epoch they were sent under. A later save that finds one of them counted in the index
+/// reports it as counted, so the counters count it: under this instance's epoch nobody else
+/// writes the partition, and the end was not counted when its batch was built.
+pub(super) type InDoubt = HashMap<u16, (i64, HashSet<(SessionKey, Millis)>)>;
 
 /// Write timestamps in microseconds, increasing by at least 2 per save of a store, so a
 /// partition delete at `t - 1` never shadows the rows of an earlier save's `t`.
@@ -375,11 +383,50 @@ impl Core {
                 .or_default()
                 .push(transition.clone());
         }
-        let mut counted = Vec::new();
+        let mut counted: Vec<SessionEnd> = Vec::new();
         for (source, transitions) in by_source {
-            counted.extend(self.write_source_transitions(source, &transitions).await?);
+            match self.write_source_transitions(source, &transitions).await {
+                Ok(ends) => counted.extend(ends),
+                Err(error) => {
+                    // The partitions written before are counted in the store, but the caller
+                    // hears only of the error: their ends are reported by the next save.
+                    for end in counted {
+                        self.doubt(end.tally.source, None, [(end.key, end.started_at)]);
+                    }
+                    return Err(error);
+                }
+            }
         }
         Ok(counted)
+    }
+
+    /// Adds ends to a partition's doubts, under `epoch` (default: the partition's current one).
+    fn doubt(
+        &self,
+        source: u16,
+        epoch: Option<i64>,
+        ends: impl IntoIterator<Item = (SessionKey, Millis)>,
+    ) {
+        let Some(epoch) = epoch.or_else(|| self.owned(source).map(|owned| owned.epoch)) else {
+            return;
+        };
+        let mut in_doubt = self.in_doubt.lock().expect("in-doubt lock");
+        let entry = in_doubt
+            .entry(source)
+            .or_insert_with(|| (epoch, HashSet::new()));
+        if entry.0 != epoch {
+            *entry = (epoch, HashSet::new());
+        }
+        entry.1.extend(ends);
+    }
+
+    /// Takes a partition's doubts from under `epoch`; those of an earlier epoch are dropped
+    /// (another instance may have counted those ends since).
+    fn take_doubts(&self, source: u16, epoch: i64) -> HashSet<(SessionKey, Millis)> {
+        match self.in_doubt.lock().expect("in-doubt lock").remove(&source) {
+            Some((doubted_under, ends)) if doubted_under == epoch => ends,
+            _ => HashSet::new(),
+        }
     }
 
     async fn write_source_transitions(
@@ -418,8 +465,22 @@ impl Core {
         // Each batch carries its transitions' index rows and the tallies as they stand after
         // them: whatever prefix of the batches lands, the index and the tallies agree.
         let statements = &self.statements;
+        let mut doubted = self.take_doubts(source, epoch);
         let mut counted = Vec::new();
         for chunk in transitions.chunks(TRANSITIONS_PER_BATCH) {
+            // An end found counted that an earlier write of this instance may have counted: it
+            // did, and the counters hear of it now.
+            let mut revived = Vec::new();
+            for transition in chunk {
+                if let Transition::End(end) = transition
+                    && index
+                        .get(&end.key)
+                        .is_some_and(|entry| entry.has_ended(end.started_at))
+                    && doubted.remove(&(end.key, end.started_at))
+                {
+                    revived.push(end.clone());
+                }
+            }
             let ended = apply_transitions(&mut index, &mut tallies, chunk);
             let mut touched: Vec<SessionKey> = chunk
                 .iter()
@@ -478,8 +539,29 @@ impl Core {
                     Box::new(tally_row(key, &tallies[&key])),
                 ));
             }
-            self.write_fenced(source, rows).await?;
+            if let Err(error) = self.write_fenced(source, rows).await {
+                if !matches!(error, StoreError::Fenced(_)) {
+                    // This batch may have applied, and those before did.
+                    doubted.extend(
+                        counted
+                            .iter()
+                            .chain(&revived)
+                            .chain(&ended)
+                            .map(|end: &SessionEnd| (end.key, end.started_at)),
+                    );
+                    self.doubt(source, Some(epoch), doubted);
+                }
+                return Err(error);
+            }
+            for end in &ended {
+                doubted.remove(&(end.key, end.started_at));
+            }
+            counted.extend(revived);
             counted.extend(ended);
+        }
+        if !doubted.is_empty() {
+            // Not among this save's transitions: kept for the save that carries them again.
+            self.doubt(source, Some(epoch), doubted);
         }
         Ok(counted)
     }
