@@ -71,14 +71,16 @@ pub struct ScoreResult {
     pub scores: Vec<Scored>,
 }
 
-/// Holds and reloads the model.
+/// Holds and reloads the model. A copy runs on every HTTP worker's thread, so that a score
+/// never waits for another thread to wake; each copy watches the model file.
+#[derive(Clone)]
 pub struct ScoringActor {
     model: Arc<Model>,
     path: PathBuf,
     modified: Option<SystemTime>,
     settings: ScoringSettings,
     reload_interval: Duration,
-    on_reload: Box<dyn Fn(&Model) + Send>,
+    on_reload: Arc<dyn Fn(&Model) + Send + Sync>,
 }
 
 impl ScoringActor {
@@ -87,7 +89,7 @@ impl ScoringActor {
         path: PathBuf,
         settings: ScoringSettings,
         reload_interval: Duration,
-        on_reload: Box<dyn Fn(&Model) + Send>,
+        on_reload: Arc<dyn Fn(&Model) + Send + Sync>,
     ) -> anyhow::Result<ScoringActor> {
         let model = Model::load(&path).map_err(|error| {
             anyhow::anyhow!("{error}; train one with `propensity train --events FILE --model-out {}` or run `propensity demo`", path.display())

@@ -64,15 +64,16 @@ impl Service {
             settings.model.path.clone(),
             settings.scoring.clone(),
             Duration::from_secs(settings.model.reload_interval_seconds),
-            Box::new(move |model| {
+            Arc::new(move |model: &crate::offline::model::Model| {
                 model_metrics.model_info.reset();
                 model_metrics
                     .model_info
                     .with_label_values(&[&model.version])
                     .set(1);
             }),
-        )?
-        .start();
+        )?;
+        let worker_scoring = scoring.clone();
+        let scoring = scoring.start();
         // With the bus, the service is ready once the consumer is consuming.
         let ready = Arc::new(AtomicBool::new(settings.bus.kind == BusKind::Http));
         let (publisher, consumer) = match settings.bus.kind {
@@ -96,7 +97,7 @@ impl Service {
                 (Some(Arc::new(publisher)), Some(consumer))
             }
         };
-        let state = web::Data::new(AppState {
+        let state = AppState {
             engine: engine.clone(),
             scoring: scoring.clone(),
             metrics: metrics.clone(),
@@ -104,9 +105,14 @@ impl Service {
             ready: ready.clone(),
             publisher,
             max_future_skew: settings.engine.max_future_skew(),
-        });
+        };
         let mut server = HttpServer::new(move || {
-            App::new().configure(|config| configure(config, state.clone()))
+            // This worker's own scoring actor, on its thread.
+            let state = web::Data::new(AppState {
+                scoring: worker_scoring.clone().start(),
+                ..state.clone()
+            });
+            App::new().configure(|config| configure(config, state))
         })
         .disable_signals()
         .shutdown_timeout(5);

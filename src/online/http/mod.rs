@@ -24,6 +24,7 @@ use crate::online::scoring::{Score, ScoringActor};
 pub const OPENAPI: &str = include_str!("../../../schema/openapi.json");
 
 /// What every handler shares.
+#[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
     pub scoring: Addr<ScoringActor>,
