@@ -153,17 +153,10 @@ async fn the_service_on_cassandra_equals_the_offline_replay_and_survives_a_resta
         &common::offline_tallies(&events, TIMEOUT),
         "after a restart",
     );
-    for outcome in Outcome::ALL {
-        let tallied: u64 = stored
-            .values()
-            .map(|tally| tally.sessions_with(outcome))
-            .sum();
-        assert_eq!(
-            counted(&first_lifetime, outcome) + counted(&service.metrics, outcome),
-            tallied,
-            "{} sessions counted over both lifetimes",
-            outcome.as_str()
-        );
-    }
+    common::assert_counted_over_lifetimes(
+        &[&first_lifetime, &service.metrics],
+        stored.values(),
+        "over both lifetimes",
+    );
     service.stop().await.unwrap();
 }

@@ -175,7 +175,7 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
     let expected = common::offline_tallies(&events, TIMEOUT);
     let stored = all_outcomes(&service, &events).await;
     common::assert_same_tallies(&stored, &expected, "after the replay");
-    assert_counters_match(&service, &stored);
+    common::assert_counted_over_lifetimes(&[&service.metrics], stored.values(), "after the replay");
     let response: serde_json::Value = client
         .get(format!("{url}/v1/outcomes"))
         .query(&[
@@ -208,26 +208,6 @@ async fn all_outcomes(
     let first = events.first().unwrap().time.div_euclid(HOUR);
     let last = events.last().unwrap().time.div_euclid(HOUR);
     service.engine.outcomes(first, last).await.unwrap()
-}
-
-/// The ends the counters counted equal the stored tallies.
-fn assert_counters_match(
-    service: &Service,
-    stored: &BTreeMap<i64, propensity_actors::outcomes::OutcomeTally>,
-) {
-    use propensity_actors::features::Outcome;
-    for outcome in Outcome::ALL {
-        let counted = service
-            .metrics
-            .sessions_closed
-            .with_label_values(&[outcome.as_str()])
-            .get();
-        let tallied: u64 = stored
-            .values()
-            .map(|tally| tally.sessions_with(outcome))
-            .sum();
-        assert_eq!(counted, tallied, "{} sessions", outcome.as_str());
-    }
 }
 
 async fn get_text(client: &reqwest::Client, url: String) -> String {
@@ -363,18 +343,11 @@ async fn outcomes_survive_a_restart_in_the_middle_of_a_replay() {
         &common::offline_tallies(&events, TIMEOUT),
         "after a restart",
     );
-    for outcome in Outcome::ALL {
-        let tallied: u64 = stored
-            .values()
-            .map(|tally| tally.sessions_with(outcome))
-            .sum();
-        assert_eq!(
-            counted(&first_lifetime, outcome) + counted(&service.metrics, outcome),
-            tallied,
-            "{} sessions counted over both lifetimes",
-            outcome.as_str()
-        );
-    }
+    common::assert_counted_over_lifetimes(
+        &[&first_lifetime, &service.metrics],
+        stored.values(),
+        "over both lifetimes",
+    );
     assert!(
         counted(&first_lifetime, Outcome::Abandoned) > 0,
         "sessions ended before the restart too"

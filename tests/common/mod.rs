@@ -633,15 +633,31 @@ pub async fn assert_ends_counted_once(
     let ended = stored_outcomes_with_open_ended(store, sources, events).await;
     assert_same_tallies(&ended, &offline_tallies(events, timeout), context);
     let stored = store.load_tallies(i64::MIN, i64::MAX).await.unwrap();
+    assert_counted_over_lifetimes(&[metrics], stored.iter().map(|(_, tally)| tally), context)
+}
+
+/// The ends the counters of `lifetimes` (one process each) counted, summed, equal the tallies
+/// `stored`, outcome by outcome. Returns the ends counted.
+pub fn assert_counted_over_lifetimes<'a>(
+    lifetimes: &[&propensity::metrics::Metrics],
+    stored: impl IntoIterator<Item = &'a propensity_actors::outcomes::OutcomeTally>,
+    context: &str,
+) -> u64 {
+    let stored: Vec<_> = stored.into_iter().collect();
     let mut counted_all = 0;
     for outcome in propensity_actors::features::Outcome::ALL {
-        let counted = metrics
-            .sessions_closed
-            .with_label_values(&[outcome.as_str()])
-            .get();
+        let counted: u64 = lifetimes
+            .iter()
+            .map(|metrics| {
+                metrics
+                    .sessions_closed
+                    .with_label_values(&[outcome.as_str()])
+                    .get()
+            })
+            .sum();
         let tallied: u64 = stored
             .iter()
-            .map(|(_, tally)| tally.sessions_with(outcome))
+            .map(|tally| tally.sessions_with(outcome))
             .sum();
         assert_eq!(
             counted,
