@@ -23,6 +23,7 @@ pub struct Metrics {
     pub abandoned_cart_value: prometheus::Counter,
     pub score_requests: IntCounterVec,
     pub score_latency: Histogram,
+    pub score_feature_reads: IntCounterVec,
     pub propensity: Histogram,
     pub model_info: IntGaugeVec,
     pub flush_latency: Histogram,
@@ -86,6 +87,20 @@ impl Metrics {
             )
             .unwrap(),
         );
+        let score_feature_reads = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "propensity_score_feature_reads_total",
+                    "Scores whose features were read from the board on the HTTP worker's thread (board), or asked of the entity and catalog actors because an entity was loading, passivated or mid-batch (actors)",
+                ),
+                &["path"],
+            )
+            .unwrap(),
+        );
+        for path in ["board", "actors"] {
+            score_feature_reads.with_label_values(&[path]);
+        }
         for status in ["ok", "client_error", "server_error"] {
             score_requests.with_label_values(&[status]);
         }
@@ -133,6 +148,7 @@ impl Metrics {
                 .unwrap(),
             ),
             score_requests,
+            score_feature_reads,
             score_latency: register(
                 &registry,
                 Histogram::with_opts(

@@ -147,6 +147,13 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
         scored,
         products_by_session.values().map(Vec::len).sum::<usize>()
     );
+    // Live sessions were read from the board, the ended ones through their actors: both
+    // agree with the replay.
+    let (on_board, through_actors) = feature_reads(&service);
+    assert!(
+        on_board > 0 && on_board + through_actors == products_by_session.len() as u64,
+        "{on_board} scores from the board, {through_actors} through the actors"
+    );
 
     // Ending every session counts exactly the abandoned carts.
     let closed = service.engine.flush(true).await.unwrap();
@@ -215,6 +222,15 @@ async fn get_text(client: &reqwest::Client, url: String) -> String {
     response.text().await.expect("a text body")
 }
 
+/// Scores whose features were read from the board, and through the actors.
+fn feature_reads(service: &Service) -> (u64, u64) {
+    let reads = &service.metrics.score_feature_reads;
+    (
+        reads.with_label_values(&["board"]).get(),
+        reads.with_label_values(&["actors"]).get(),
+    )
+}
+
 async fn post_json(
     client: &reqwest::Client,
     url: String,
@@ -269,6 +285,16 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
             common::post_events(&client, &service.url(), chunk).await;
         }
         let before = snapshot(&client, &service.url(), &probe).await;
+        // The first reads activated whatever was not in memory; the same score again comes
+        // from the board, and equals what the actors answered.
+        let reads = feature_reads(&service);
+        let again = snapshot(&client, &service.url(), &probe).await;
+        assert_eq!(again, before, "the board answers as the actors did");
+        assert_eq!(
+            feature_reads(&service),
+            (reads.0 + 1, reads.1),
+            "active entities are scored from the board"
+        );
         service.stop().await.unwrap();
         before
     };
@@ -279,8 +305,13 @@ async fn a_restarted_service_keeps_its_state_and_scores() {
     let url = service.url();
     let after = snapshot(&client, &url, &probe).await;
     assert_eq!(
+        feature_reads(&service),
+        (0, 1),
+        "entities not in memory are scored through their actors, which load them"
+    );
+    assert_eq!(
         after.0, before.0,
-        "the same score, path and model after a restart"
+        "the same score, path and model after a restart (from the board, then the actors)"
     );
     assert_eq!(after.1, before.1, "the same session");
     assert_eq!(after.2, before.2, "the same user");

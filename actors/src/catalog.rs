@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use crate::board::{CatalogCell, CatalogMaps, Settle};
 use crate::delivery::{BatchPart, Delivery, DeliveryGuard, Stored};
 use crate::event::Event;
 use crate::features::{self, CategoryState, ProductState};
@@ -32,12 +33,10 @@ pub fn partition_of(id: u64, partitions: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % partitions.max(1) as u64) as usize
 }
 
-/// Product and category parts in memory, with what changed since the last flush and what
-/// delivery guards remember.
+/// What changed since the last flush and what delivery guards remember, of the product and
+/// category parts in memory (those are in the partition's [`CatalogCell`], for scores to read).
 #[derive(Default)]
 struct Parts {
-    products: HashMap<PartKey, Stored<ProductState>>,
-    categories: HashMap<PartKey, Stored<CategoryState>>,
     dirty_products: HashSet<PartKey>,
     dirty_categories: HashSet<PartKey>,
     guarded_products: HashSet<PartKey>,
@@ -47,9 +46,9 @@ struct Parts {
 impl Parts {
     /// The bus acknowledged everything applied so far: delivery guards forget what the
     /// acknowledgement before this one covered.
-    fn forget_acknowledged(&mut self) {
-        forget_acknowledged(&mut self.guarded_products, &mut self.products);
-        forget_acknowledged(&mut self.guarded_categories, &mut self.categories);
+    fn forget_acknowledged(&mut self, maps: &mut CatalogMaps) {
+        forget_acknowledged(&mut self.guarded_products, &mut maps.products);
+        forget_acknowledged(&mut self.guarded_categories, &mut maps.categories);
     }
 }
 
@@ -109,6 +108,8 @@ struct Remote<T> {
 pub struct CatalogActor {
     partition: usize,
     partitions: usize,
+    /// The parts in memory, shared with the read board.
+    cell: Arc<CatalogCell>,
     state: Parts,
     guard_deliveries: bool,
     sources: Sources,
@@ -142,6 +143,7 @@ impl CatalogActor {
         flush_interval: Duration,
         guard_deliveries: bool,
         sources: Sources,
+        cell: Arc<CatalogCell>,
     ) -> Self {
         let local = match sources {
             Sources::Single => vec![true],
@@ -151,6 +153,7 @@ impl CatalogActor {
             partition,
             partitions: partitions.max(1),
             state: Parts::default(),
+            cell,
             guard_deliveries,
             sources,
             local,
@@ -178,13 +181,14 @@ impl CatalogActor {
 
     fn take_dirty(&mut self) -> StateBatch {
         let mut batch = StateBatch::default();
+        let maps = self.cell.maps.read();
         for key in std::mem::take(&mut self.state.dirty_products) {
-            if let Some(product) = self.state.products.get(&key) {
+            if let Some(product) = maps.products.get(&key) {
                 batch.products.push(product.clone());
             }
         }
         for key in std::mem::take(&mut self.state.dirty_categories) {
-            if let Some(category) = self.state.categories.get(&key) {
+            if let Some(category) = maps.categories.get(&key) {
                 batch.categories.push(category.clone());
             }
         }
@@ -215,14 +219,12 @@ impl CatalogActor {
         &self,
         events: impl Iterator<Item = (&'a Event, u16)> + Clone,
     ) -> (Vec<u64>, Vec<u64>) {
+        let maps = self.cell.maps.read();
         let mut products: Vec<u64> = events
             .clone()
             .filter(|(event, source)| {
                 self.owns_product(event.product_id)
-                    && !self
-                        .state
-                        .products
-                        .contains_key(&(event.product_id, *source))
+                    && !maps.products.contains_key(&(event.product_id, *source))
             })
             .map(|(event, _)| event.product_id)
             .collect();
@@ -231,10 +233,7 @@ impl CatalogActor {
         let mut categories: Vec<u64> = events
             .filter(|(event, source)| {
                 event.event_type == crate::event::EventType::View
-                    && !self
-                        .state
-                        .categories
-                        .contains_key(&(event.category_id, *source))
+                    && !maps.categories.contains_key(&(event.category_id, *source))
             })
             .map(|(event, _)| event.category_id)
             .collect();
@@ -244,15 +243,17 @@ impl CatalogActor {
     }
 
     fn apply(&mut self, batch: &CatalogBatch) {
+        let cell = self.cell.clone();
+        let mut maps = cell.maps.write();
         for delivery in batch.part.iter() {
-            self.apply_delivery(delivery);
+            self.apply_delivery(&mut maps, delivery);
         }
     }
 
     /// Applies a delivery to the parts of its source: a view to its category, the event to its
     /// product when this partition owns it. A redelivered event is applied only to the parts
     /// that do not remember it.
-    fn apply_delivery(&mut self, delivery: &Delivery) {
+    fn apply_delivery(&mut self, maps: &mut CatalogMaps, delivery: &Delivery) {
         let event = &delivery.event;
         let (source, redelivered) = (delivery.source, delivery.redelivered);
         let owns_product = self.owns_product(event.product_id);
@@ -264,8 +265,7 @@ impl CatalogActor {
         let guard_deliveries = self.guard_deliveries;
         if event.event_type.is_view() {
             let key = (event.category_id, source);
-            let category = self
-                .state
+            let category = maps
                 .categories
                 .entry(key)
                 .or_insert_with(|| Stored::new(CategoryState::new(event.category_id, source)));
@@ -288,8 +288,7 @@ impl CatalogActor {
             return;
         }
         let key = (event.product_id, source);
-        let product = self
-            .state
+        let product = maps
             .products
             .entry(key)
             .or_insert_with(|| Stored::new(ProductState::new(event, source)));
@@ -374,6 +373,8 @@ impl CatalogActor {
     ) {
         let shared = matches!(self.sources, Sources::Shared { .. });
         let now = Instant::now();
+        let cell = self.cell.clone();
+        let mut maps = cell.maps.write();
         let mut remote_products: HashMap<u64, Vec<ProductState>> = HashMap::new();
         for product in products {
             let key = (product.state.product_id, product.state.source);
@@ -384,7 +385,7 @@ impl CatalogActor {
                     .push(product.state.clone());
             }
             if self.is_local(key.1) {
-                self.state.products.entry(key).or_insert(product);
+                maps.products.entry(key).or_insert(product);
             }
         }
         let mut remote_categories: HashMap<u64, Vec<CategoryState>> = HashMap::new();
@@ -397,7 +398,7 @@ impl CatalogActor {
                     .push(category.state.clone());
             }
             if self.is_local(key.1) {
-                self.state.categories.entry(key).or_insert(category);
+                maps.categories.entry(key).or_insert(category);
             }
         }
         for (product_id, parts) in remote_products {
@@ -450,9 +451,10 @@ impl CatalogActor {
     /// last read from the store.
     fn whole(&self, product_id: u64) -> (Option<ProductState>, Option<CategoryState>) {
         let in_memory = |source: u16| self.is_local(source);
+        let maps = self.cell.maps.read();
         let product = ProductState::merged(
             self.local_sources()
-                .filter_map(|source| self.state.products.get(&(product_id, source)))
+                .filter_map(|source| maps.products.get(&(product_id, source)))
                 .map(|part| &part.state)
                 .chain(
                     self.remote_products
@@ -461,7 +463,7 @@ impl CatalogActor {
                         .flat_map(|remote| &remote.parts)
                         .filter(|part| {
                             !(in_memory(part.source)
-                                && self.state.products.contains_key(&(product_id, part.source)))
+                                && maps.products.contains_key(&(product_id, part.source)))
                         }),
                 ),
         );
@@ -469,7 +471,7 @@ impl CatalogActor {
             let category_id = product.category_id;
             CategoryState::merged(
                 self.local_sources()
-                    .filter_map(|source| self.state.categories.get(&(category_id, source)))
+                    .filter_map(|source| maps.categories.get(&(category_id, source)))
                     .map(|part| &part.state)
                     .chain(
                         self.remote_categories
@@ -478,10 +480,7 @@ impl CatalogActor {
                             .flat_map(|remote| &remote.parts)
                             .filter(|part| {
                                 !(in_memory(part.source)
-                                    && self
-                                        .state
-                                        .categories
-                                        .contains_key(&(category_id, part.source)))
+                                    && maps.categories.contains_key(&(category_id, part.source)))
                             }),
                     ),
             )
@@ -586,6 +585,8 @@ impl Handler<CatalogBatch> for CatalogActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
+        // Scores read this partition from the board again once the batch is handled, however.
+        let settle = Settle(self.cell.clone());
         if self.fenced.is_some() {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
@@ -604,12 +605,15 @@ impl Handler<CatalogBatch> for CatalogActor {
             self.store
                 .load_catalog(products, categories)
                 .into_actor(self)
-                .map(move |loaded, actor, ctx| match loaded {
-                    Ok((products, categories)) => {
-                        actor.rehydrate(products, categories);
-                        actor.apply(&message);
+                .map(move |loaded, actor, ctx| {
+                    match loaded {
+                        Ok((products, categories)) => {
+                            actor.rehydrate(products, categories);
+                            actor.apply(&message);
+                        }
+                        Err(error) => actor.park(message, &error, ctx),
                     }
-                    Err(error) => actor.park(message, &error, ctx),
+                    drop(settle);
                 }),
         ))
     }
@@ -633,9 +637,10 @@ impl Handler<CatalogFeatures> for CatalogActor {
                 let slice = &mut out[index * width..(index + 1) * width];
                 if matches!(actor.sources, Sources::Single) {
                     // One part, in memory: no copies.
-                    let product = actor.state.products.get(&(*product_id, 0));
+                    let maps = actor.cell.maps.read();
+                    let product = maps.products.get(&(*product_id, 0));
                     let category = product.and_then(|product| {
-                        actor.state.categories.get(&(product.state.category_id, 0))
+                        maps.categories.get(&(product.state.category_id, 0))
                     });
                     features::catalog_features(
                         product.map(|part| &part.state),
@@ -683,10 +688,11 @@ impl CatalogActor {
         if !matches!(self.sources, Sources::Single) {
             return Vec::new();
         }
+        let maps = self.cell.maps.read();
         product_ids
             .iter()
             .copied()
-            .filter(|id| !self.state.products.contains_key(&(*id, 0)))
+            .filter(|id| !maps.products.contains_key(&(*id, 0)))
             .collect()
     }
 }
@@ -767,6 +773,7 @@ impl CatalogActor {
     /// connection, or a partition to another instance).
     fn drop_state(&mut self) {
         self.state = Parts::default();
+        *self.cell.maps.write() = CatalogMaps::default();
         self.write_behind.drop_pending();
         self.parked.clear();
         self.remote_products.clear();
@@ -782,7 +789,8 @@ impl Handler<ForgetAcknowledged> for CatalogActor {
     type Result = ();
 
     fn handle(&mut self, _: ForgetAcknowledged, _: &mut Self::Context) {
-        self.state.forget_acknowledged();
+        let cell = self.cell.clone();
+        self.state.forget_acknowledged(&mut cell.maps.write());
     }
 }
 
@@ -796,7 +804,7 @@ impl Handler<GetCatalogStats> for CatalogActor {
 
     fn handle(&mut self, _: GetCatalogStats, _: &mut Self::Context) -> Self::Result {
         MessageResult((
-            self.state.products.len(),
+            self.cell.maps.read().products.len(),
             self.write_behind.is_healthy() && self.parked.is_empty(),
         ))
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::board::Board;
 use crate::catalog::{
     CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct, partition_of,
 };
@@ -57,6 +58,13 @@ pub struct EngineStats {
     pub store_healthy: bool,
 }
 
+/// Feature vectors for scoring, and whether they were read from the board alone (no message to
+/// an actor) or asked of the actors, at least in part.
+pub struct FeatureRead {
+    pub vectors: Vec<FeatureVector>,
+    pub on_board: bool,
+}
+
 /// A cheap, cloneable handle to the running engine.
 #[derive(Clone)]
 pub struct Engine {
@@ -68,6 +76,8 @@ pub struct Engine {
     /// events split over shards: every shard ends sessions by the same time, the one history
     /// replay keeps (see [`crate::clock`]).
     clocks: Arc<SourceClocks>,
+    /// What the entity actors publish for scores to read on the caller's thread.
+    board: Arc<Board>,
 }
 
 /// The event clocks of the bus partitions.
@@ -106,6 +116,21 @@ impl SourceClocks {
     }
 }
 
+/// Feature vectors from the user-side and catalog-side values of `count` products.
+fn assemble(count: usize, user_side: &[f64], catalog_side: &[f64]) -> Vec<FeatureVector> {
+    let width = FEATURE_COUNT - USER_SIDE_COUNT;
+    (0..count)
+        .map(|index| {
+            let mut vector = [0.0; FEATURE_COUNT];
+            vector[..USER_SIDE_COUNT]
+                .copy_from_slice(&user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT]);
+            vector[USER_SIDE_COUNT..]
+                .copy_from_slice(&catalog_side[index * width..(index + 1) * width]);
+            vector
+        })
+        .collect()
+}
+
 /// The shard a user belongs to. The id is mixed first: shop user ids are often sequential.
 pub fn shard_of(user_id: u64, shards: usize) -> usize {
     (xxhash_rust::xxh3::xxh3_64(&user_id.to_le_bytes()) % shards as u64) as usize
@@ -122,6 +147,10 @@ impl Engine {
     ) -> Engine {
         let count = shards.max(1);
         let arbiters: Vec<Arbiter> = (0..count).map(|_| Arbiter::new()).collect();
+        let board = Arc::new(Board::new(
+            count,
+            matches!(settings.sources, crate::catalog::Sources::Single),
+        ));
         let catalogs: Arc<Vec<Addr<CatalogActor>>> = Arc::new(
             arbiters
                 .iter()
@@ -129,6 +158,7 @@ impl Engine {
                 .map(|(partition, arbiter)| {
                     let (store, observer, settings) =
                         (store.clone(), observer.clone(), settings.clone());
+                    let cell = board.catalog(partition).clone();
                     CatalogActor::start_in_arbiter(&arbiter.handle(), move |_| {
                         CatalogActor::new(
                             (partition, count),
@@ -137,6 +167,7 @@ impl Engine {
                             settings.flush_interval,
                             settings.guard_deliveries,
                             settings.sources,
+                            cell,
                         )
                     })
                 })
@@ -150,6 +181,7 @@ impl Engine {
             store: store.clone(),
             session_timeout: settings.session_timeout,
             guard_deliveries: settings.guard_deliveries,
+            board: board.clone(),
         });
         let shards = arbiters
             .iter()
@@ -172,6 +204,7 @@ impl Engine {
             store,
             arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
             clocks,
+            board,
         }
     }
 
@@ -263,16 +296,59 @@ impl Engine {
         }
     }
 
-    /// Feature vectors for scoring each product in a session, from current state.
+    /// Feature vectors for scoring each product in a session, from current state: read on the
+    /// caller's thread from the board when the session, its user and the products are on it
+    /// (see [`crate::board`]), else asked of their actors.
     pub async fn features(
         &self,
         key: SessionKey,
         product_ids: Vec<u64>,
     ) -> Result<Vec<FeatureVector>, EngineError> {
-        let user_side = self.shard(key.user_id).send(ScoreFeatures {
-            key,
-            product_ids: product_ids.clone(),
-        });
+        Ok(self.read_features(key, product_ids).await?.vectors)
+    }
+
+    /// As [`Engine::features`], saying where they were read.
+    pub async fn read_features(
+        &self,
+        key: SessionKey,
+        product_ids: Vec<u64>,
+    ) -> Result<FeatureRead, EngineError> {
+        let user_side = self.board.user_side(key, &product_ids);
+        let catalog_side = self.board.catalog_side(&product_ids);
+        if let (Some(user_side), Some(catalog_side)) = (&user_side, &catalog_side) {
+            return Ok(FeatureRead {
+                vectors: assemble(product_ids.len(), user_side, catalog_side),
+                on_board: true,
+            });
+        }
+        let user_side = async {
+            match user_side {
+                Some(values) => Ok::<_, MailboxError>(values),
+                None => {
+                    self.shard(key.user_id)
+                        .send(ScoreFeatures {
+                            key,
+                            product_ids: product_ids.clone(),
+                        })
+                        .await
+                }
+            }
+        };
+        let catalog_side = async {
+            match catalog_side {
+                Some(values) => Ok(values),
+                None => self.catalog_features(&product_ids).await,
+            }
+        };
+        let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
+        Ok(FeatureRead {
+            vectors: assemble(product_ids.len(), &user_side?, &catalog_side?),
+            on_board: false,
+        })
+    }
+
+    /// The catalog-side features of each product, one after another, from their partitions.
+    async fn catalog_features(&self, product_ids: &[u64]) -> Result<Vec<f64>, EngineError> {
         // One request per catalog partition, with the positions of its products.
         let partitions = self.catalogs.len();
         let mut by_partition: Vec<(Vec<usize>, Vec<u64>)> = vec![Default::default(); partitions];
@@ -281,7 +357,7 @@ impl Engine {
             part.0.push(position);
             part.1.push(*product_id);
         }
-        let catalog_side = join_all(
+        let answers = join_all(
             by_partition
                 .into_iter()
                 .enumerate()
@@ -290,27 +366,18 @@ impl Engine {
                     let sent = self.catalogs[partition].send(CatalogFeatures { product_ids });
                     async move { (positions, sent.await) }
                 }),
-        );
-        let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
-        let user_side = user_side?;
+        )
+        .await;
         let width = FEATURE_COUNT - USER_SIDE_COUNT;
-        let mut vectors: Vec<FeatureVector> = (0..product_ids.len())
-            .map(|index| {
-                let mut vector = [0.0; FEATURE_COUNT];
-                vector[..USER_SIDE_COUNT].copy_from_slice(
-                    &user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT],
-                );
-                vector
-            })
-            .collect();
-        for (positions, values) in catalog_side {
+        let mut out = vec![0.0; product_ids.len() * width];
+        for (positions, values) in answers {
             let values = values?;
             for (slot, position) in positions.into_iter().enumerate() {
-                vectors[position][USER_SIDE_COUNT..]
+                out[position * width..(position + 1) * width]
                     .copy_from_slice(&values[slot * width..(slot + 1) * width]);
             }
         }
-        Ok(vectors)
+        Ok(out)
     }
 
     /// A session's state, live or last.

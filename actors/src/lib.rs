@@ -18,6 +18,7 @@
 //!
 //! The actors, each in its own file, and how they start:
 //! - [`lifecycle`]: activating, active, passivating: how an entity actor lives.
+//! - [`board`]: the states active entities publish for scores to read without a message.
 //! - [`user`], [`session`]: `UserActor` and `SessionActor`, one per live user and session.
 //! - [`shard`]: `ShardActor`, the registry and router of one partition of the users.
 //! - [`catalog`]: `CatalogActor`, one partition of the products (and every category).
@@ -25,6 +26,7 @@
 //! - [`engine`]: `Engine`, the handle that starts the arbiters, routes batches and gathers
 //!   features.
 
+pub mod board;
 pub mod catalog;
 pub mod clock;
 pub mod delivery;

@@ -5,10 +5,11 @@
 //!    loads its state from the store while its own mailbox holds whatever arrives for it
 //!    (events, score requests). Other entities of the shard keep going meanwhile.
 //! 2. **Active**: it applies the batches its shard hands it, one message per batch, and answers
-//!    snapshots for the write-behind and score requests.
+//!    snapshots for the write-behind and score requests. Its state is on the read board
+//!    ([`crate::board`]) from the moment it is loaded, for scores to read without a message.
 //! 3. **Passivating**: once idle (a user) or ended (a session), its last state goes to the
-//!    shard's write-behind and it stops, freeing its memory; the next message for it activates
-//!    it again from the store.
+//!    shard's write-behind and it stops, leaving the board and freeing its memory; the next
+//!    message for it activates it again from the store.
 //!
 //! A failed load leaves the actor [`Phase::Failed`]: it refuses the events it is sent (they go
 //! back to the bus or the HTTP client, to be retried), never applying them on fresh state, until
@@ -27,6 +28,8 @@ pub struct EntityContext {
     pub session_timeout: Millis,
     /// Keep delivery guards, for a bus that redelivers what it did not see acknowledged.
     pub guard_deliveries: bool,
+    /// Where an active entity publishes its state for scores to read (see [`crate::board`]).
+    pub board: Arc<crate::board::Board>,
 }
 
 /// Where an entity actor is once activated: while it activates, its mailbox waits, so no

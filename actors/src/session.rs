@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::board::SessionCell;
 use crate::delivery::{self, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{SessionKey, SessionState, SessionStep};
@@ -25,9 +26,11 @@ pub struct Known {
 
 /// One session.
 pub struct SessionActor {
+    key: SessionKey,
     /// `None` until the session's first event, and when the stored session under this key
-    /// has ended: ended stays ended, it was counted when it ended.
-    session: Option<SessionState>,
+    /// has ended: ended stays ended, it was counted when it ended. Shared with the read board
+    /// once loaded.
+    session: Arc<SessionCell>,
     /// A stored session that had ended, kept for reads (`GET /v1/sessions`) until an event
     /// starts a new one.
     ended: Option<Box<SessionState>>,
@@ -38,9 +41,10 @@ pub struct SessionActor {
 
 impl SessionActor {
     /// A session actor with no state yet.
-    fn new(context: Arc<EntityContext>) -> Self {
+    fn new(key: SessionKey, context: Arc<EntityContext>) -> Self {
         SessionActor {
-            session: None,
+            key,
+            session: Arc::default(),
             ended: None,
             guard: DeliveryGuard::default(),
             phase: Phase::Active,
@@ -86,22 +90,23 @@ impl SessionActor {
                 move |actor: &mut SessionActor, stored| {
                     if let Some((stored, live)) = stored {
                         if live {
-                            actor.session = Some(stored.state);
+                            *actor.session.state.write() = Some(stored.state);
                         } else {
                             actor.ended = Some(Box::new(stored.state));
                         }
                         // Kept either way: a redelivered event of an ended session is known.
                         actor.guard = stored.guard;
                     }
+                    actor.context.board.publish_session(actor.key, &actor.session);
                 },
                 |actor| &mut actor.phase,
             );
-            SessionActor::new(context)
+            SessionActor::new(key, context)
         })
     }
 
     fn snapshot(&self) -> Option<Stored<SessionState>> {
-        self.session.as_ref().map(|session| Stored {
+        self.session.state.read().as_ref().map(|session| Stored {
             state: session.clone(),
             guard: self.guard.clone(),
         })
@@ -110,6 +115,12 @@ impl SessionActor {
 
 impl Actor for SessionActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.context
+            .board
+            .withdraw_session(self.key, &self.session);
+    }
 }
 
 /// The session's events of one batch, in order, each admitted by its user. A session that could
@@ -138,13 +149,14 @@ impl Handler<SessionEvents> for SessionActor {
             return Err(StoreError::clone(error));
         }
         self.ended = None;
+        let mut session = self.session.state.write();
         let steps = message
             .part
             .iter()
             .zip(&message.identities)
             .map(|(delivery, identity)| {
                 delivery::apply_to_session(
-                    &mut self.session,
+                    &mut session,
                     &mut self.guard,
                     &delivery.event,
                     *identity,
@@ -156,7 +168,7 @@ impl Handler<SessionEvents> for SessionActor {
             .collect();
         Ok(SessionApplied {
             steps,
-            seen: self.session.as_ref().map(SessionSeen::of),
+            seen: session.as_ref().map(SessionSeen::of),
         })
     }
 }
@@ -196,7 +208,7 @@ impl Handler<CloseSession> for SessionActor {
     type Result = Closing;
 
     fn handle(&mut self, message: CloseSession, ctx: &mut Self::Context) -> Closing {
-        if let Some(session) = &self.session
+        if let Some(session) = self.session.state.read().as_ref()
             && !message.force
             && session.last_event_at >= message.watermark - self.context.session_timeout
         {
@@ -220,7 +232,7 @@ impl Handler<ReadSession> for SessionActor {
     fn handle(&mut self, _: ReadSession, _: &mut Self::Context) -> Self::Result {
         match &self.phase {
             Phase::Failed(error) => Err(StoreError::clone(error)),
-            _ => Ok(self.session.clone()),
+            _ => Ok(self.session.state.read().clone()),
         }
     }
 }
@@ -253,7 +265,7 @@ impl Handler<ViewSession> for SessionActor {
         if let Phase::Failed(error) = &self.phase {
             return Err(StoreError::clone(error));
         }
-        Ok(match (&self.session, &self.ended) {
+        Ok(match (self.session.state.read().as_ref(), &self.ended) {
             (Some(live), _) => Some(SessionView::Live(live.clone())),
             (None, Some(ended)) => Some(SessionView::Ended(SessionState::clone(ended))),
             (None, None) => None,
@@ -340,6 +352,7 @@ mod tests {
             store: Arc::new(store),
             session_timeout: 30 * 60_000,
             guard_deliveries: false,
+            board: Arc::new(crate::board::Board::new(1, true)),
         });
         let known = Known { open, ended: None };
         SessionActor::activate(SessionKey::new(7, "s"), known, 0, context)

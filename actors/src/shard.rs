@@ -983,7 +983,8 @@ impl ShardActor {
                 actor.observer.events_applied(&accepted, total.duplicates);
                 if !accepted.is_empty() {
                     let batch = CatalogBatch { part: accepted };
-                    for catalog in actor.catalogs.iter() {
+                    for (partition, catalog) in actor.catalogs.iter().enumerate() {
+                        actor.entities.board.catalog(partition).sent();
                         catalog.do_send(batch.clone());
                     }
                 }
@@ -1274,7 +1275,12 @@ impl ShardActor {
     /// their next delivery.
     fn drop_state(&mut self) {
         self.generation += 1;
-        // Dropping the addresses stops the actors once their mailboxes are empty.
+        // Dropping the addresses stops the actors once their mailboxes are empty; scores stop
+        // reading them now.
+        let (index, shards) = (self.index, self.shards);
+        self.entities
+            .board
+            .withdraw_all(|user_id| crate::engine::shard_of(user_id, shards) == index);
         self.users = HashMap::new();
         self.sessions = HashMap::new();
         self.clocks = HashMap::new();

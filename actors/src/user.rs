@@ -10,6 +10,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::board::UserCell;
 use crate::delivery::{self, Admission, BatchPart, DeliveryGuard, Stored};
 use crate::event::Millis;
 use crate::features::{self, RECENT_IDENTITIES, SessionKey, SessionState, SessionStep, UserState};
@@ -27,8 +28,9 @@ pub type SessionHandle = (SessionKey, Addr<SessionActor>);
 /// One user.
 pub struct UserActor {
     user_id: u64,
-    /// `None` until the user's first event (or until loaded).
-    user: Option<UserState>,
+    /// `None` until the user's first event (or until loaded). Shared with the read board once
+    /// loaded.
+    user: Arc<UserCell>,
     guard: DeliveryGuard,
     phase: Phase,
     /// Whether the user changed since its last snapshot.
@@ -46,7 +48,7 @@ impl UserActor {
     pub fn new(user_id: u64, context: Arc<EntityContext>) -> Self {
         UserActor {
             user_id,
-            user: None,
+            user: Arc::default(),
             guard: DeliveryGuard::default(),
             phase: Phase::Active,
             dirty: false,
@@ -61,6 +63,8 @@ impl UserActor {
     fn admit(&self, part: &BatchPart, identities: &[u64]) -> Vec<Admission> {
         let mut recent: Vec<u64> = self
             .user
+            .state
+            .read()
             .as_ref()
             .map(|user| user.recent_identities.clone())
             .unwrap_or_default();
@@ -93,6 +97,8 @@ impl UserActor {
         applied: Vec<Option<SessionStep>>,
         reply: &mut UserApplied,
     ) {
+        let cell = self.user.clone();
+        let mut user = cell.state.write();
         for (index, step) in applied.into_iter().enumerate() {
             let Some(mut step) = step else {
                 continue;
@@ -100,9 +106,7 @@ impl UserActor {
             let position = part.positions()[index];
             let event = &part.at(position).event;
             if admissions[index] == Admission::New {
-                let user = self
-                    .user
-                    .get_or_insert_with(|| UserState::new(self.user_id, event.time));
+                let user = user.get_or_insert_with(|| UserState::new(self.user_id, event.time));
                 delivery::apply_to_user(
                     user,
                     &mut self.guard,
@@ -138,12 +142,17 @@ impl Actor for UserActor {
             load,
             |actor: &mut UserActor, stored| {
                 if let Some(stored) = stored {
-                    actor.user = Some(stored.state);
+                    *actor.user.state.write() = Some(stored.state);
                     actor.guard = stored.guard;
                 }
+                actor.context.board.publish_user(actor.user_id, &actor.user);
             },
             |actor| &mut actor.phase,
         );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.context.board.withdraw_user(self.user_id, &self.user);
     }
 }
 
@@ -206,6 +215,8 @@ impl Handler<UserEvents> for UserActor {
             .map(|delivery| delivery.event.identity())
             .collect();
         let admissions = self.admit(&part, &identities);
+        // Until the user has applied the batch too, scores read it through this actor.
+        let batch = self.user.begin_batch();
         let mut parts: Vec<SessionPart> = Vec::new();
         let mut duplicates = 0;
         for (index, (delivery, admission)) in part.iter().zip(&admissions).enumerate() {
@@ -278,6 +289,7 @@ impl Handler<UserEvents> for UserActor {
                     }
                 }
                 actor.apply(&part, &identities, &admissions, applied, &mut reply);
+                drop(batch);
                 reply.changed = actor.dirty || !actor.dirty_sessions.is_empty();
                 reply
             },
@@ -309,7 +321,7 @@ impl Handler<UserSnapshot> for UserActor {
         AtomicResponse::new(Box::pin(
             fut::wrap_future::<_, Self>(join_all(sessions)).map(|answers, actor, _| {
                 let user = actor.dirty.then(|| {
-                    actor.user.as_ref().map(|user| Stored {
+                    actor.user.state.read().as_ref().map(|user| Stored {
                         state: user.clone(),
                         guard: actor.guard.clone(),
                     })
@@ -384,7 +396,11 @@ impl Handler<UserSideFeatures> for UserActor {
             move |session, actor, _| {
                 // Scoring answers from what is known when the session could not be loaded.
                 let session = session.ok().and_then(Result::ok).flatten();
-                user_side_vectors(session.as_ref(), actor.user.as_ref(), &message.product_ids)
+                user_side_vectors(
+                    session.as_ref(),
+                    actor.user.state.read().as_ref(),
+                    &message.product_ids,
+                )
             },
         )))
     }
@@ -420,7 +436,7 @@ impl Handler<ReadUser> for UserActor {
     fn handle(&mut self, _: ReadUser, _: &mut Self::Context) -> Self::Result {
         match &self.phase {
             Phase::Failed(error) => Err(StoreError::clone(error)),
-            _ => Ok(self.user.clone()),
+            _ => Ok(self.user.state.read().clone()),
         }
     }
 }

@@ -13,7 +13,7 @@ use propensity_actors::event::Event;
 use crate::events::{read_events, synthetic};
 use crate::ingest::{IngestResult, bench_settings, ingest, measure_memory, print_ingest};
 use crate::score::{
-    ScoreArgs, ScoreResult, closed_loop_in_own_thread, print_score, score_in_own_thread,
+    Endpoint, ScoreArgs, ScoreResult, closed_loop_in_own_thread, print_score, score_in_own_thread,
     targets_from,
 };
 use crate::{bus, report};
@@ -177,6 +177,8 @@ async fn score_while_ingesting(
         seconds,
         concurrency: 256,
         events: None,
+                endpoint: Endpoint::Score,
+                pin_cpu: None,
     };
     let scoring = tokio::task::spawn_local(score_in_own_thread(args, targets));
     let span =
@@ -325,6 +327,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         seconds: 1,
         concurrency: 256,
         events: None,
+                endpoint: Endpoint::Score,
+                pin_cpu: None,
     };
     score_in_own_thread(warm_up, targets.clone()).await?;
     let (result, ingest_rate) =
@@ -351,6 +355,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 seconds: args.seconds,
                 concurrency: 256,
                 events: None,
+                endpoint: Endpoint::Score,
+                pin_cpu: None,
             },
             targets.clone(),
         )
@@ -387,6 +393,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
                 seconds: args.seconds,
                 concurrency: 256,
                 events: None,
+                endpoint: Endpoint::Score,
+                pin_cpu: None,
             },
             targets.clone(),
         )

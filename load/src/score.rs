@@ -30,6 +30,71 @@ pub struct ScoreArgs {
     /// A REES46 CSV whose (user, session, product) triples are scored; default: synthetic ids.
     #[arg(long)]
     pub events: Option<PathBuf>,
+    /// What each request asks.
+    #[arg(long, value_enum, default_value_t = Endpoint::Score)]
+    pub endpoint: Endpoint,
+    /// Pin the load generator's thread to this CPU (as `taskset` would), so that it and the
+    /// service stop trading places on the same core.
+    #[arg(long)]
+    pub pin_cpu: Option<usize>,
+}
+
+/// The request a load run sends.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/score`, one product, explanation off.
+    Score,
+    /// `POST /v1/score`, one product, explanation on.
+    ScoreExplained,
+    /// `POST /v1/score` ranking 50 products of the session, explanation off.
+    Rank50,
+    /// `GET /health`: the HTTP stack alone, the floor a score cannot beat.
+    Health,
+}
+
+/// Products per ranking request of [`Endpoint::Rank50`].
+const RANKED: usize = 50;
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Health => "/health",
+            _ => "/v1/score",
+        }
+    }
+
+    /// The request for the `index`-th target.
+    fn request(
+        self,
+        client: &reqwest::Client,
+        url: &str,
+        targets: &[(u64, String, u64)],
+        index: usize,
+    ) -> reqwest::RequestBuilder {
+        let (user_id, user_session, product_id) = &targets[index % targets.len()];
+        let body = match self {
+            Endpoint::Health => return client.get(url),
+            Endpoint::Score => serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false}),
+            Endpoint::ScoreExplained => serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": true}),
+            Endpoint::Rank50 => {
+                let product_ids: Vec<u64> = (0..RANKED)
+                    .map(|offset| targets[(index + offset) % targets.len()].2)
+                    .collect();
+                serde_json::json!({"user_id": user_id, "user_session": user_session, "product_ids": product_ids, "explain": false})
+            }
+        };
+        client.post(url).json(&body)
+    }
+
+    /// How reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Score => "/v1/score",
+            Endpoint::ScoreExplained => "/v1/score with explanation",
+            Endpoint::Rank50 => "/v1/score ranking 50 products",
+            Endpoint::Health => "GET /health",
+        }
+    }
 }
 
 /// What a scoring run measured, in microseconds: from the scheduled time (corrected for
@@ -71,50 +136,66 @@ pub async fn score_load(
         1, 60_000_000, 3,
     )?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let url = format!("{}/v1/score", args.url.trim_end_matches('/'));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for index in 0..total {
-        // Latency counts from when the request was due, not from when it could be sent: a slow
-        // server delays the sender too, and that wait is the user's (coordinated omission).
-        let due = started + interval * index as u32;
-        // Tokio's timer ticks in milliseconds; sleep to just before the due time, then yield until
-        // it, so the schedule itself adds no millisecond of latency.
-        if let Some(wait) = due
-            .checked_duration_since(Instant::now())
-            .and_then(|wait| wait.checked_sub(Duration::from_millis(1)))
-        {
-            tokio::time::sleep(wait).await;
+    let url = format!("{}{}", args.url.trim_end_matches('/'), args.endpoint.path());
+    let endpoint = args.endpoint;
+    let runtime = tokio::runtime::Handle::current();
+    let (recorded, service_recorded, failed) =
+        (histogram.clone(), service_histogram.clone(), errors.clone());
+    // The schedule runs on a thread of its own that sleeps until each request is due: a loop
+    // that polled the clock instead would burn a core the service needs, and the timer of the
+    // async runtime ticks in whole milliseconds.
+    let schedule = tokio::task::spawn_blocking(move || {
+        // Sleeps end up to the thread's timer slack late (50 µs by default): 1 µs here, so that
+        // lateness is not counted against the service.
+        if let Err(error) = nix::sys::prctl::set_timerslack(1_000) {
+            eprintln!("warning: the schedule may run up to 50 µs late: {error}");
         }
-        while Instant::now() < due {
-            tokio::task::yield_now().await;
-        }
-        let permit = semaphore.clone().acquire_owned().await?;
-        let (user_id, user_session, product_id) = targets[index as usize % targets.len()].clone();
-        let (client, url, histogram, service_histogram, errors) = (
-            client.clone(),
-            url.clone(),
-            histogram.clone(),
-            service_histogram.clone(),
-            errors.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let body = serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false});
-            let sent = Instant::now();
-            let ok = match client.post(&url).json(&body).send().await {
-                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                Err(_) => false,
-            };
-            if !ok {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(total as usize);
+        for index in 0..total {
+            // Latency counts from when the request was due, not from when it could be sent: a
+            // slow server delays the sender too, and that wait is the user's (coordinated
+            // omission).
+            let due = started + interval * index as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
             }
-            let micros = due.elapsed().as_micros() as u64;
-            histogram.lock().expect("histogram lock").saturating_record(micros.max(1));
-            let service_micros = sent.elapsed().as_micros() as u64;
-            service_histogram.lock().expect("histogram lock").saturating_record(service_micros.max(1));
-            drop(permit);
-        }));
-    }
+            let request = endpoint.request(&client, &url, &targets, index as usize);
+            let (semaphore, histogram, service_histogram, errors) = (
+                semaphore.clone(),
+                recorded.clone(),
+                service_recorded.clone(),
+                failed.clone(),
+            );
+            tasks.push(runtime.spawn(async move {
+                let Ok(_permit) = semaphore.acquire_owned().await else {
+                    return;
+                };
+                let sent = Instant::now();
+                let ok = match request.send().await {
+                    Ok(response) => {
+                        response.status().is_success() && response.bytes().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let micros = due.elapsed().as_micros() as u64;
+                histogram
+                    .lock()
+                    .expect("histogram lock")
+                    .saturating_record(micros.max(1));
+                let service_micros = sent.elapsed().as_micros() as u64;
+                service_histogram
+                    .lock()
+                    .expect("histogram lock")
+                    .saturating_record(service_micros.max(1));
+            }));
+        }
+        (started, tasks)
+    });
+    let (started, tasks) = schedule.await?;
     for task in tasks {
         task.await?;
     }
@@ -137,18 +218,34 @@ pub async fn score_load(
 
 /// Runs a load generator on a thread and runtime of its own, so it does not share the
 /// service's actor thread.
-async fn in_own_thread<T, F>(load: impl FnOnce() -> F + Send + 'static) -> Result<T>
+async fn in_own_thread<T, F>(
+    pin_cpu: Option<usize>,
+    load: impl FnOnce() -> F + Send + 'static,
+) -> Result<T>
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T>>,
 {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
+        // Both of the load's threads (this one schedules, the worker sends) go on the CPU.
+        let pinned = match pin_cpu {
+            Some(cpu) => pin_to(cpu),
+            None => Ok(()),
+        };
+        let result = pinned
+            .and_then(|()| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .on_thread_start(move || {
+                        if let Some(cpu) = pin_cpu {
+                            let _ = pin_to(cpu);
+                        }
+                    })
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+            })
             .and_then(|runtime| runtime.block_on(load()));
         let _ = sender.send(result);
     });
@@ -160,7 +257,22 @@ pub async fn score_in_own_thread(
     args: ScoreArgs,
     targets: Arc<Vec<(u64, String, u64)>>,
 ) -> Result<ScoreResult> {
-    in_own_thread(move || async move { score_load(&args, targets).await }).await
+    in_own_thread(args.pin_cpu, move || async move { score_load(&args, targets).await }).await
+}
+
+/// Pins the calling thread to one CPU, as `taskset -c CPU` does for a process.
+fn pin_to(cpu: usize) -> Result<()> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let Some(core) = cores.iter().find(|core| core.id == cpu) else {
+        bail!(
+            "--pin-cpu {cpu}: this process may run on CPUs {:?}",
+            cores.iter().map(|core| core.id).collect::<Vec<_>>()
+        );
+    };
+    if !core_affinity::set_for_current(*core) {
+        bail!("could not pin the load generator to CPU {cpu}");
+    }
+    Ok(())
 }
 
 /// The (user, session, product) triples to score: every seventh scoring point of `events`.
@@ -235,7 +347,7 @@ pub async fn closed_loop_in_own_thread(
     seconds: u64,
     targets: Arc<Vec<(u64, String, u64)>>,
 ) -> Result<f64> {
-    in_own_thread(move || score_closed_loop(url, concurrency, seconds, targets)).await
+    in_own_thread(None, move || score_closed_loop(url, concurrency, seconds, targets)).await
 }
 
 /// `propensity-load score`: open-loop load on a running service, then the latencies.

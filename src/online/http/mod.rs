@@ -305,7 +305,13 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
         ));
     }
     let key = SessionKey::new(request.user_id.get(), &request.user_session);
-    let vectors = state.engine.features(key, product_ids.clone()).await?;
+    let read = state.engine.read_features(key, product_ids.clone()).await?;
+    state
+        .metrics
+        .score_feature_reads
+        .with_label_values(&[if read.on_board { "board" } else { "actors" }])
+        .inc();
+    let vectors = read.vectors;
     let result = state
         .scoring
         .send(Score {
