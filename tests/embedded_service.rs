@@ -524,3 +524,89 @@ async fn a_wrong_clock_ends_no_session() {
     assert!(is_live(&service, 7).await);
     service.stop().await.unwrap();
 }
+
+/// A model file replaced while scores stream in: every request is answered, each answer names
+/// the model that scored it, and once a client has seen the new model it never sees the old
+/// one again.
+#[actix_rt::test]
+async fn a_model_swapped_under_load_answers_every_request_with_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events_path, events) = common::synthetic_events(dir.path(), 200, 2, 21);
+    let (model_path, model) = common::train_model(dir.path(), &events_path, TIMEOUT);
+    let mut settings = common::settings(dir.path(), &model_path);
+    settings.engine.session_timeout_seconds = (TIMEOUT / 1000) as u64;
+    assert_eq!(
+        settings.model.reload_interval_seconds, 1,
+        "config/test.toml"
+    );
+    let service = Service::start(&settings).await.unwrap();
+    let url = service.url();
+    let client = reqwest::Client::new();
+    for chunk in events.chunks(1000) {
+        common::post_events(&client, &url, chunk).await;
+    }
+    let targets: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|event| event.event_type.is_scoring_point())
+        .map(|event| serde_json::json!({"user_id": event.user_id, "user_session": event.user_session, "product_id": event.product_id, "explain": false}))
+        .collect();
+    let targets = std::sync::Arc::new(targets);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let clients: Vec<_> = (0..8)
+        .map(|worker| {
+            let (client, url, targets) = (client.clone(), url.clone(), targets.clone());
+            tokio::spawn(async move {
+                let mut answers: Vec<(u16, Option<String>)> = Vec::new();
+                let mut index = worker;
+                while std::time::Instant::now() < deadline {
+                    let response = client
+                        .post(format!("{url}/v1/score"))
+                        .json(&targets[index % targets.len()])
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    answers.push((status, body["model_version"].as_str().map(str::to_owned)));
+                    index += 8;
+                }
+                answers
+            })
+        })
+        .collect();
+    // A new model (same tree, its own version) replaces the file while the clients score.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut next = model.clone();
+    next.version = format!("{}-swapped", model.version);
+    next.save(&model_path).unwrap();
+
+    let mut answered = 0;
+    let mut saw_new = 0;
+    for client in clients {
+        let answers = client.await.unwrap();
+        let mut switched = false;
+        for (status, version) in answers {
+            assert_eq!(status, 200, "every score is answered during the swap");
+            let version = version.expect("every answer names its model");
+            if version == next.version {
+                switched = true;
+                saw_new += 1;
+            } else {
+                assert_eq!(version, model.version, "only the two models answer");
+                assert!(!switched, "a client saw the old model after the new one");
+            }
+            answered += 1;
+        }
+    }
+    assert!(saw_new > 0, "the new model answered ({answered} answers)");
+    assert!(answered > saw_new, "the old model answered before the swap");
+    let metrics = get_text(&client, format!("{url}/metrics")).await;
+    assert!(
+        metrics.contains(&format!(
+            "propensity_model_info{{version=\"{}\"}} 1",
+            next.version
+        )),
+        "{metrics}"
+    );
+    service.stop().await.unwrap();
+}

@@ -8,13 +8,15 @@
 //! activating, failed or passivated is not on the board, and a read of it goes through the
 //! actors as before. Each catalog partition shares its products and categories the same way.
 //!
-//! A read from the board sees what the actors would have answered:
+//! A read from the board sees a state the actors were in:
 //! - a user's batch moves its sessions first, then the user's history; the user's cell counts
 //!   batches begun and ended (a sequence lock), and a read that overlaps a batch of its user is
 //!   not used;
-//! - catalog batches go to the catalog partitions without a reply; every partition counts the
-//!   batches sent to it and not yet taken from its mailbox, and while one is pending its
-//!   products are read through the actor, behind the batch, as before.
+//! - catalog batches go to the catalog partitions without a reply, so the board's products are
+//!   those of the batches the partitions have applied: a score does not wait behind a batch of
+//!   other shoppers' events. `POST /v1/events` answers once the catalog has applied its events
+//!   ([`crate::engine::Engine::catalog_caught_up`]), so a client that sent events and then
+//!   scores sees them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,32 +71,9 @@ pub struct CatalogMaps {
 /// One catalog partition as the board sees it.
 #[derive(Default)]
 pub struct CatalogCell {
-    /// Batches sent to the partition and not yet handled.
-    pending: AtomicU64,
-    /// Whether scores may read the maps: one source, every part in memory.
+    /// Whether scores may read the maps: one source, every part in memory or in the store.
     readable: bool,
     pub maps: RwLock<CatalogMaps>,
-}
-
-impl CatalogCell {
-    /// A batch is on its way to the partition.
-    pub fn sent(&self) {
-        self.pending.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The partition handled a batch (applied, parked for the store, or dropped).
-    pub fn settled(&self) {
-        self.pending.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Marks a catalog batch handled when dropped, whichever way its handling ends.
-pub struct Settle(pub Arc<CatalogCell>);
-
-impl Drop for Settle {
-    fn drop(&mut self) {
-        self.0.settled();
-    }
 }
 
 /// Stripes of the session and user maps: publishing and withdrawing lock one stripe.
@@ -195,14 +174,14 @@ impl Board {
     }
 
     /// The catalog-side features of each product, one after another; `None` when a product is
-    /// not in memory, its partition has a batch pending, or the catalog has several sources.
+    /// not in memory (it may be in the store) or the catalog has several sources.
     pub fn catalog_side(&self, product_ids: &[u64]) -> Option<Vec<f64>> {
         let width = FEATURE_COUNT - USER_SIDE_COUNT;
         let mut out = vec![0.0; product_ids.len() * width];
         let partitions = self.catalogs.len();
         for (index, product_id) in product_ids.iter().enumerate() {
             let cell = &self.catalogs[crate::catalog::partition_of(*product_id, partitions)];
-            if !cell.readable || cell.pending.load(Ordering::SeqCst) != 0 {
+            if !cell.readable {
                 return None;
             }
             let maps = cell.maps.read();
@@ -283,7 +262,11 @@ mod tests {
     fn a_batch_of_the_user_in_flight_sends_reads_to_the_actors() {
         let (board, key, _, user) = board_with_session();
         let batch = user.begin_batch();
-        assert_eq!(board.user_side(key, &[1]), None, "sessions moved, the user not yet");
+        assert_eq!(
+            board.user_side(key, &[1]),
+            None,
+            "sessions moved, the user not yet"
+        );
         drop(batch);
         assert!(board.user_side(key, &[1]).is_some());
     }
@@ -312,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn catalog_reads_wait_for_pending_batches_and_missing_products() {
+    fn catalog_reads_need_every_product_in_memory_and_one_source() {
         let board = Board::new(1, true);
         let view = event(EventType::View, 1);
         let cell = board.catalog(0);
@@ -325,7 +308,9 @@ mod tests {
             maps.products.insert((1, 0), Stored::new(product));
             maps.categories.insert((9, 0), Stored::new(category));
         }
-        let read = board.catalog_side(&[1]).expect("in memory, nothing pending");
+        let read = board
+            .catalog_side(&[1])
+            .expect("in memory, nothing pending");
         let maps = cell.maps.read();
         let mut expected = vec![0.0; FEATURE_COUNT - USER_SIDE_COUNT];
         features::catalog_features(
@@ -337,10 +322,6 @@ mod tests {
         assert_eq!(read, expected);
         // A product not in memory may be in the store: its partition's actor reads it.
         assert_eq!(board.catalog_side(&[1, 2]), None);
-        cell.sent();
-        assert_eq!(board.catalog_side(&[1]), None, "a batch waits in the mailbox");
-        drop(Settle(cell.clone()));
-        assert!(board.catalog_side(&[1]).is_some());
         // Several sources: parts of other instances are in the store, never read here.
         let shared = Board::new(1, false);
         *shared.catalog(0).maps.write() = std::mem::take(&mut *cell.maps.write());

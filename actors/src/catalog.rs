@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use crate::board::{CatalogCell, CatalogMaps, Settle};
+use crate::board::{CatalogCell, CatalogMaps};
 use crate::delivery::{BatchPart, Delivery, DeliveryGuard, Stored};
 use crate::event::Event;
 use crate::features::{self, CategoryState, ProductState};
@@ -585,8 +585,6 @@ impl Handler<CatalogBatch> for CatalogActor {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, message: CatalogBatch, _: &mut Self::Context) -> Self::Result {
-        // Scores read this partition from the board again once the batch is handled, however.
-        let settle = Settle(self.cell.clone());
         if self.fenced.is_some() {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
@@ -605,15 +603,12 @@ impl Handler<CatalogBatch> for CatalogActor {
             self.store
                 .load_catalog(products, categories)
                 .into_actor(self)
-                .map(move |loaded, actor, ctx| {
-                    match loaded {
-                        Ok((products, categories)) => {
-                            actor.rehydrate(products, categories);
-                            actor.apply(&message);
-                        }
-                        Err(error) => actor.park(message, &error, ctx),
+                .map(move |loaded, actor, ctx| match loaded {
+                    Ok((products, categories)) => {
+                        actor.rehydrate(products, categories);
+                        actor.apply(&message);
                     }
-                    drop(settle);
+                    Err(error) => actor.park(message, &error, ctx),
                 }),
         ))
     }
@@ -639,9 +634,8 @@ impl Handler<CatalogFeatures> for CatalogActor {
                     // One part, in memory: no copies.
                     let maps = actor.cell.maps.read();
                     let product = maps.products.get(&(*product_id, 0));
-                    let category = product.and_then(|product| {
-                        maps.categories.get(&(product.state.category_id, 0))
-                    });
+                    let category = product
+                        .and_then(|product| maps.categories.get(&(product.state.category_id, 0)));
                     features::catalog_features(
                         product.map(|part| &part.state),
                         category.map(|part| &part.state),
@@ -729,6 +723,17 @@ impl Handler<GetProduct> for CatalogActor {
                 }),
         )
     }
+}
+
+/// Answers once every batch sent before it is handled (applied, or held for the store).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CaughtUp;
+
+impl Handler<CaughtUp> for CatalogActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CaughtUp, _: &mut Self::Context) {}
 }
 
 /// Flushes dirty products and categories now.

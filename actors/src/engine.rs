@@ -12,7 +12,8 @@ use futures_util::future::join_all;
 
 use crate::board::Board;
 use crate::catalog::{
-    CatalogActor, CatalogFeatures, FlushCatalog, GetCatalogStats, GetProduct, partition_of,
+    CatalogActor, CatalogFeatures, CaughtUp, FlushCatalog, GetCatalogStats, GetProduct,
+    partition_of,
 };
 use crate::clock::EventClock;
 use crate::delivery::Delivery;
@@ -122,8 +123,9 @@ fn assemble(count: usize, user_side: &[f64], catalog_side: &[f64]) -> Vec<Featur
     (0..count)
         .map(|index| {
             let mut vector = [0.0; FEATURE_COUNT];
-            vector[..USER_SIDE_COUNT]
-                .copy_from_slice(&user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT]);
+            vector[..USER_SIDE_COUNT].copy_from_slice(
+                &user_side[index * USER_SIDE_COUNT..(index + 1) * USER_SIDE_COUNT],
+            );
             vector[USER_SIDE_COUNT..]
                 .copy_from_slice(&catalog_side[index * width..(index + 1) * width]);
             vector
@@ -219,6 +221,15 @@ impl Engine {
 
     fn catalog(&self, product_id: u64) -> &Addr<CatalogActor> {
         &self.catalogs[partition_of(product_id, self.catalogs.len())]
+    }
+
+    /// Resolves once every catalog partition has handled the batches sent to it before: the
+    /// board's products then hold their events.
+    pub async fn catalog_caught_up(&self) -> Result<(), EngineError> {
+        for result in join_all(self.catalogs.iter().map(|catalog| catalog.send(CaughtUp))).await {
+            result?;
+        }
+        Ok(())
     }
 
     /// Applies a batch of events delivered once (offline, HTTP); resolves when every shard has

@@ -97,7 +97,10 @@ impl SessionActor {
                         // Kept either way: a redelivered event of an ended session is known.
                         actor.guard = stored.guard;
                     }
-                    actor.context.board.publish_session(actor.key, &actor.session);
+                    actor
+                        .context
+                        .board
+                        .publish_session(actor.key, &actor.session);
                 },
                 |actor| &mut actor.phase,
             );
@@ -117,9 +120,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.context
-            .board
-            .withdraw_session(self.key, &self.session);
+        self.context.board.withdraw_session(self.key, &self.session);
     }
 }
 

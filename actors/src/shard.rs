@@ -983,8 +983,7 @@ impl ShardActor {
                 actor.observer.events_applied(&accepted, total.duplicates);
                 if !accepted.is_empty() {
                     let batch = CatalogBatch { part: accepted };
-                    for (partition, catalog) in actor.catalogs.iter().enumerate() {
-                        actor.entities.board.catalog(partition).sent();
+                    for catalog in actor.catalogs.iter() {
                         catalog.do_send(batch.clone());
                     }
                 }

@@ -12,10 +12,7 @@ use propensity_actors::event::Event;
 
 use crate::events::{read_events, synthetic};
 use crate::ingest::{IngestResult, bench_settings, ingest, measure_memory, print_ingest};
-use crate::score::{
-    Endpoint, ScoreArgs, ScoreResult, closed_loop_in_own_thread, print_score, score_in_own_thread,
-    targets_from,
-};
+use crate::score::targets_from;
 use crate::{bus, report};
 
 /// Options of `bench`.
@@ -56,49 +53,6 @@ pub struct BenchArgs {
     million_sessions: bool,
 }
 
-fn score_measure(
-    result: &ScoreResult,
-    key: String,
-    name: String,
-    goal_applies: bool,
-) -> report::Measure {
-    report::Measure {
-        key,
-        name: format!(
-            "{name} (achieved {:.0}/s, {} errors), latency from schedule",
-            result.achieved_rate, result.errors
-        ),
-        value: result.p99 as f64,
-        unit: "µs (p99)",
-        result: format!(
-            "p50 {} µs, p99 {} µs, p99.9 {} µs (from send: p50 {} µs, p99 {} µs)",
-            result.p50, result.p99, result.p999, result.sent_p50, result.sent_p99
-        ),
-        goal: if goal_applies {
-            report::Goal::at_most(1000.0)
-        } else {
-            None
-        },
-        goal_text: if goal_applies {
-            "p99 ≤ 1 ms".into()
-        } else {
-            "none (the goal is at 10k/s)".into()
-        },
-        details: serde_json::json!({
-            "requested_per_second": result.rate,
-            "achieved_per_second": result.achieved_rate,
-            "sent": result.sent,
-            "errors": result.errors,
-            "p50_us": result.p50,
-            "p99_us": result.p99,
-            "p999_us": result.p999,
-            "max_us": result.max,
-            "from_send_p50_us": result.sent_p50,
-            "from_send_p99_us": result.sent_p99,
-        }),
-    }
-}
-
 fn memory_measure(result: &IngestResult, key: &str, name: String) -> report::Measure {
     let per_session = result.heap_growth_bytes as f64 / result.live_sessions.max(1) as f64;
     report::Measure {
@@ -122,14 +76,6 @@ fn memory_measure(result: &IngestResult, key: &str, name: String) -> report::Mea
             "events_per_second": result.events as f64 / result.seconds,
         }),
     }
-}
-
-/// An open-loop run holds its rate when it achieves at least this share of it.
-const SUSTAINED_SHARE: f64 = 0.97;
-
-/// A rate rounded down to a hundred requests/s, at least 100.
-fn round_rate(rate: f64) -> u64 {
-    ((rate / 100.0).floor() as u64 * 100).max(100)
 }
 
 /// The command line that reproduces a report, for its header.
@@ -162,52 +108,6 @@ fn bench_command(args: &BenchArgs) -> String {
     command
 }
 
-/// `/v1/score` at 1000/s from its own thread while this one pushes `events` through the actor
-/// path again and again at full speed, each round shifted in time past the one before so that
-/// nothing is a duplicate. Returns the scoring result and the events/s ingested meanwhile.
-async fn score_while_ingesting(
-    service: &Service,
-    events: &[Event],
-    seconds: u64,
-    targets: Arc<Vec<(u64, String, u64)>>,
-) -> Result<(ScoreResult, f64)> {
-    let args = ScoreArgs {
-        url: service.url(),
-        rate: 1000,
-        seconds,
-        concurrency: 256,
-        events: None,
-                endpoint: Endpoint::Score,
-                pin_cpu: None,
-    };
-    let scoring = tokio::task::spawn_local(score_in_own_thread(args, targets));
-    let span =
-        events.last().map_or(0, |last| last.time) - events.first().map_or(0, |first| first.time);
-    let shift = span + 2 * 3600 * 1000;
-    let started = std::time::Instant::now();
-    let mut ingested = 0;
-    let mut round = 1;
-    'rounds: loop {
-        for chunk in events.chunks(4096) {
-            if scoring.is_finished() {
-                break 'rounds;
-            }
-            let shifted: Vec<Event> = chunk
-                .iter()
-                .map(|event| Event {
-                    time: event.time + round * shift,
-                    ..event.clone()
-                })
-                .collect();
-            service.engine.ingest(shifted).await?;
-            ingested += chunk.len();
-        }
-        round += 1;
-    }
-    let rate = ingested as f64 / started.elapsed().as_secs_f64();
-    Ok((scoring.await??, rate))
-}
-
 /// Runs every measure and writes the report.
 pub async fn run(args: &BenchArgs) -> Result<()> {
     let work_dir = args.work_dir.as_path();
@@ -232,7 +132,9 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let (train_report, _) = propensity::offline::train::run(&request)?;
     let events = read_events(&events_path)?;
     let targets = Arc::new(targets_from(&events));
-    let settings = bench_settings(work_dir, &model, 0)?;
+    let mut settings = bench_settings(work_dir, &model, 0)?;
+    // The hot reload measure swaps the model file: the service looks every second.
+    settings.model.reload_interval_seconds = 1;
     let mut measures = Vec::new();
     measures.push(report::Measure {
         key: "training_feature_generation".into(),
@@ -320,125 +222,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         ),
     ));
 
-    // One unmeasured second warms connections and caches.
-    let warm_up = ScoreArgs {
-        url: service.url(),
-        rate: 1000,
-        seconds: 1,
-        concurrency: 256,
-        events: None,
-                endpoint: Endpoint::Score,
-                pin_cpu: None,
-    };
-    score_in_own_thread(warm_up, targets.clone()).await?;
-    let (result, ingest_rate) =
-        score_while_ingesting(&service, &again_events, args.seconds, targets.clone()).await?;
-    drop(again_events);
-    print_score(&result);
-    println!("ingest meanwhile: {ingest_rate:.0} events/s");
-    let mut measure = score_measure(
-        &result,
-        "score_1000_per_second_while_ingesting".into(),
-        format!(
-            "/v1/score at 1000/s while the data is pushed through the actor path again at full speed ({ingest_rate:.0} events/s achieved meanwhile)"
-        ),
-        false,
+    measures.extend(
+        crate::latency::bench_scoring(args.seconds, &service, &model, again_events, targets)
+            .await?,
     );
-    measure.goal_text = "none (reported: a score must not wait behind another user's batch)".into();
-    measure.details["ingest_events_per_second"] = serde_json::json!(ingest_rate);
-    measures.push(measure);
-    for rate in [1_000, 10_000] {
-        let result = score_in_own_thread(
-            ScoreArgs {
-                url: service.url(),
-                rate,
-                seconds: args.seconds,
-                concurrency: 256,
-                events: None,
-                endpoint: Endpoint::Score,
-                pin_cpu: None,
-            },
-            targets.clone(),
-        )
-        .await?;
-        print_score(&result);
-        measures.push(score_measure(
-            &result,
-            format!("score_{rate}_per_second"),
-            format!("/v1/score at {rate}/s"),
-            rate == 10_000,
-        ));
-    }
-    // The most the service answers back to back, then that rate on a fixed schedule; a rate the
-    // open loop cannot hold (the load generator's own cost included) is lowered to 90% of what it
-    // achieved and tried again.
-    let closed_loop_concurrency = 32;
-    let throughput = closed_loop_in_own_thread(
-        service.url(),
-        closed_loop_concurrency,
-        args.seconds.min(5),
-        targets.clone(),
-    )
-    .await?;
-    let mut max_rate = round_rate(throughput);
-    println!(
-        "score closed loop: {throughput:.0} requests/s with {closed_loop_concurrency} clients"
-    );
-    let mut tried = Vec::new();
-    let result = loop {
-        let result = score_in_own_thread(
-            ScoreArgs {
-                url: service.url(),
-                rate: max_rate,
-                seconds: args.seconds,
-                concurrency: 256,
-                events: None,
-                endpoint: Endpoint::Score,
-                pin_cpu: None,
-            },
-            targets.clone(),
-        )
-        .await?;
-        print_score(&result);
-        tried.push((max_rate, result.achieved_rate));
-        if result.achieved_rate >= SUSTAINED_SHARE * max_rate as f64 || tried.len() == 3 {
-            break result;
-        }
-        max_rate = round_rate(result.achieved_rate * 0.9);
-    };
-    let sustained = result.achieved_rate >= SUSTAINED_SHARE * max_rate as f64;
-    let attempts = tried
-        .iter()
-        .map(|(rate, achieved)| format!("{rate}/s achieved {achieved:.0}/s"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut measure = score_measure(
-        &result,
-        "score_max_rate".into(),
-        format!(
-            "/v1/score at the maximum {}rate, {max_rate}/s ({throughput:.0}/s answered in a {} s closed loop of {closed_loop_concurrency} clients; open loop tried at {attempts})",
-            if sustained {
-                "sustained "
-            } else {
-                "(not sustained) "
-            },
-            args.seconds.min(5)
-        ),
-        false,
-    );
-    measure.details["closed_loop_per_second"] = serde_json::json!(throughput);
-    measure.details["closed_loop_clients"] = serde_json::json!(closed_loop_concurrency);
-    measure.details["sustained"] = serde_json::json!(sustained);
-    measure.details["open_loop_attempts"] = serde_json::json!(
-        tried
-            .iter()
-            .map(|(rate, achieved)| serde_json::json!({"requested_per_second": rate, "achieved_per_second": achieved}))
-            .collect::<Vec<_>>()
-    );
-    measure.goal_text = "none (reported)".into();
-    measure.details["closed_loop_per_second"] = serde_json::json!(throughput);
-    measure.details["closed_loop_clients"] = serde_json::json!(closed_loop_concurrency);
-    measures.push(measure);
     service.stop().await?;
 
     if let Some(url) = &args.rabbitmq {

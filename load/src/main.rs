@@ -4,9 +4,10 @@
 //!   full speed, a fixed rate or in accelerated event time.
 //! - `ingest` ([`ingest`]): drives events through the embedded actor path as fast as it takes
 //!   them and reports events/s and memory per live session ([`memory`]).
-//! - `score` ([`score`]): open-loop load on `/v1/score` at a fixed rate, with latency percentiles
-//!   corrected for coordinated omission.
-//! - `bench` ([`bench`]): runs both on fresh synthetic data ([`events`]), and with `--rabbitmq`
+//! - `score` ([`score`]): open-loop load on `/v1/score` (or `/health`, explained scores, rankings
+//!   of 50 products) at a fixed rate, with latency percentiles corrected for coordinated omission.
+//! - `bench` ([`bench`]): runs both on fresh synthetic data ([`events`]), the scoring measures
+//!   against the floor of the HTTP stack ([`latency`]), and with `--rabbitmq`
 //!   the bus measures of [`bus`], and writes a Markdown report with a JSON twin ([`report`]).
 
 use anyhow::Result;
@@ -16,6 +17,7 @@ mod bench;
 mod bus;
 mod events;
 mod ingest;
+mod latency;
 mod memory;
 mod publish;
 mod report;

@@ -37,6 +37,9 @@ pub struct ScoreArgs {
     /// service stop trading places on the same core.
     #[arg(long)]
     pub pin_cpu: Option<usize>,
+    /// Count the answers by the model version they name.
+    #[arg(skip)]
+    pub track_versions: bool,
 }
 
 /// The request a load run sends.
@@ -74,8 +77,12 @@ impl Endpoint {
         let (user_id, user_session, product_id) = &targets[index % targets.len()];
         let body = match self {
             Endpoint::Health => return client.get(url),
-            Endpoint::Score => serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false}),
-            Endpoint::ScoreExplained => serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": true}),
+            Endpoint::Score => {
+                serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false})
+            }
+            Endpoint::ScoreExplained => {
+                serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": true})
+            }
             Endpoint::Rank50 => {
                 let product_ids: Vec<u64> = (0..RANKED)
                     .map(|offset| targets[(index + offset) % targets.len()].2)
@@ -110,6 +117,62 @@ pub struct ScoreResult {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    /// Answers by the model version they name (with `track_versions`).
+    pub versions: std::collections::BTreeMap<String, u64>,
+    histogram: Histogram<u64>,
+    service_histogram: Histogram<u64>,
+    seconds: f64,
+}
+
+impl ScoreResult {
+    fn new(
+        rate: u64,
+        sent: u64,
+        errors: u64,
+        seconds: f64,
+        histogram: Histogram<u64>,
+        service_histogram: Histogram<u64>,
+        versions: std::collections::BTreeMap<String, u64>,
+    ) -> Self {
+        ScoreResult {
+            sent_p50: service_histogram.value_at_quantile(0.5),
+            sent_p99: service_histogram.value_at_quantile(0.99),
+            rate,
+            sent,
+            errors,
+            achieved_rate: sent as f64 / seconds,
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+            versions,
+            histogram,
+            service_histogram,
+            seconds,
+        }
+    }
+
+    /// The two runs as one (slices of one measure, taken in turns with another).
+    pub fn merge(mut self, other: ScoreResult) -> ScoreResult {
+        self.histogram
+            .add(&other.histogram)
+            .expect("histograms of the same bounds");
+        self.service_histogram
+            .add(&other.service_histogram)
+            .expect("histograms of the same bounds");
+        for (version, count) in other.versions {
+            *self.versions.entry(version).or_default() += count;
+        }
+        ScoreResult::new(
+            self.rate,
+            self.sent + other.sent,
+            self.errors + other.errors,
+            self.seconds + other.seconds,
+            self.histogram,
+            self.service_histogram,
+            self.versions,
+        )
+    }
 }
 
 /// Open-loop load on `/v1/score` at `args.rate` requests/s for `args.seconds`, over `targets`.
@@ -141,6 +204,8 @@ pub async fn score_load(
     let runtime = tokio::runtime::Handle::current();
     let (recorded, service_recorded, failed) =
         (histogram.clone(), service_histogram.clone(), errors.clone());
+    let versions = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let (seen, track_versions) = (versions.clone(), args.track_versions);
     // The schedule runs on a thread of its own that sleeps until each request is due: a loop
     // that polled the clock instead would burn a core the service needs, and the timer of the
     // async runtime ticks in whole milliseconds.
@@ -161,11 +226,12 @@ pub async fn score_load(
                 std::thread::sleep(wait);
             }
             let request = endpoint.request(&client, &url, &targets, index as usize);
-            let (semaphore, histogram, service_histogram, errors) = (
+            let (semaphore, histogram, service_histogram, errors, versions) = (
                 semaphore.clone(),
                 recorded.clone(),
                 service_recorded.clone(),
                 failed.clone(),
+                seen.clone(),
             );
             tasks.push(runtime.spawn(async move {
                 let Ok(_permit) = semaphore.acquire_owned().await else {
@@ -173,10 +239,27 @@ pub async fn score_load(
                 };
                 let sent = Instant::now();
                 let ok = match request.send().await {
-                    Ok(response) => {
-                        response.status().is_success() && response.bytes().await.is_ok()
+                    Ok(response) if response.status().is_success() => {
+                        match response.bytes().await {
+                            Ok(body) if track_versions => {
+                                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                                    .ok()
+                                    .and_then(|body| {
+                                        body["model_version"].as_str().map(str::to_owned)
+                                    })
+                                    .unwrap_or_default();
+                                *versions
+                                    .lock()
+                                    .expect("version lock")
+                                    .entry(version)
+                                    .or_default() += 1;
+                                true
+                            }
+                            Ok(_) => true,
+                            Err(_) => false,
+                        }
                     }
-                    Err(_) => false,
+                    _ => false,
                 };
                 if !ok {
                     errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -200,20 +283,18 @@ pub async fn score_load(
         task.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let histogram = histogram.lock().expect("histogram lock");
-    let service_histogram = service_histogram.lock().expect("histogram lock");
-    Ok(ScoreResult {
-        sent_p50: service_histogram.value_at_quantile(0.5),
-        sent_p99: service_histogram.value_at_quantile(0.99),
-        rate: args.rate,
-        sent: total,
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        achieved_rate: total as f64 / elapsed,
-        p50: histogram.value_at_quantile(0.5),
-        p99: histogram.value_at_quantile(0.99),
-        p999: histogram.value_at_quantile(0.999),
-        max: histogram.max(),
-    })
+    let histogram = histogram.lock().expect("histogram lock").clone();
+    let service_histogram = service_histogram.lock().expect("histogram lock").clone();
+    let versions = versions.lock().expect("version lock").clone();
+    Ok(ScoreResult::new(
+        args.rate,
+        total,
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed,
+        histogram,
+        service_histogram,
+        versions,
+    ))
 }
 
 /// Runs a load generator on a thread and runtime of its own, so it does not share the
@@ -257,7 +338,10 @@ pub async fn score_in_own_thread(
     args: ScoreArgs,
     targets: Arc<Vec<(u64, String, u64)>>,
 ) -> Result<ScoreResult> {
-    in_own_thread(args.pin_cpu, move || async move { score_load(&args, targets).await }).await
+    in_own_thread(args.pin_cpu, move || async move {
+        score_load(&args, targets).await
+    })
+    .await
 }
 
 /// Pins the calling thread to one CPU, as `taskset -c CPU` does for a process.
@@ -285,10 +369,11 @@ pub fn targets_from(events: &[Event]) -> Vec<(u64, String, u64)> {
         .collect()
 }
 
-/// Prints what a scoring run measured.
-pub fn print_score(result: &ScoreResult) {
+/// Prints what a load run measured.
+pub fn print_score(endpoint: Endpoint, result: &ScoreResult) {
     println!(
-        "score at {}/s: sent {} ({} errors) at {:.0}/s achieved; latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        "{} at {}/s: sent {} ({} errors) at {:.0}/s achieved; latency p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        endpoint.label(),
         result.rate,
         result.sent,
         result.errors,
@@ -300,56 +385,6 @@ pub fn print_score(result: &ScoreResult) {
     );
 }
 
-/// Closed loop on /v1/score: `concurrency` clients each send their next request as soon as the
-/// last one is answered, for `seconds`; returns the requests per second answered. Finds the
-/// throughput the open-loop run then holds the service to.
-async fn score_closed_loop(
-    url: String,
-    concurrency: usize,
-    seconds: u64,
-    targets: Arc<Vec<(u64, String, u64)>>,
-) -> Result<f64> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let url = format!("{}/v1/score", url.trim_end_matches('/'));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..concurrency {
-        let (client, url, targets) = (client.clone(), url.clone(), targets.clone());
-        tasks.spawn(async move {
-            let mut answered = 0u64;
-            let mut index = worker;
-            while Instant::now() < deadline {
-                let (user_id, user_session, product_id) = &targets[index % targets.len()];
-                index += concurrency;
-                let body = serde_json::json!({"user_id": user_id, "user_session": user_session, "product_id": product_id, "explain": false});
-                let response = client.post(&url).json(&body).send().await?;
-                if response.status().is_success() && response.bytes().await.is_ok() {
-                    answered += 1;
-                }
-            }
-            anyhow::Ok(answered)
-        });
-    }
-    let mut answered = 0;
-    while let Some(result) = tasks.join_next().await {
-        answered += result??;
-    }
-    Ok(answered as f64 / started.elapsed().as_secs_f64())
-}
-
-/// [`score_closed_loop`] on a thread of its own.
-pub async fn closed_loop_in_own_thread(
-    url: String,
-    concurrency: usize,
-    seconds: u64,
-    targets: Arc<Vec<(u64, String, u64)>>,
-) -> Result<f64> {
-    in_own_thread(None, move || score_closed_loop(url, concurrency, seconds, targets)).await
-}
-
 /// `propensity-load score`: open-loop load on a running service, then the latencies.
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let targets = match &args.events {
@@ -359,6 +394,6 @@ pub async fn run(args: ScoreArgs) -> Result<()> {
             .collect(),
     };
     let result = score_load(&args, Arc::new(targets)).await?;
-    print_score(&result);
+    print_score(args.endpoint, &result);
     Ok(())
 }

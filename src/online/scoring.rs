@@ -1,11 +1,12 @@
-//! `ScoringActor`: holds the model, evaluates the tree on feature vectors, maps propensities to
-//! the shop's action, and swaps in a newer model file without dropping a request.
+//! `ScoringActor`: evaluates the tree on feature vectors, maps propensities to the shop's
+//! action, and swaps in a newer model file without dropping or slowing a request.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use arc_swap::ArcSwap;
 use propensity_actors::features::FeatureVector;
 use serde::Serialize;
 
@@ -71,20 +72,45 @@ pub struct ScoreResult {
     pub scores: Vec<Scored>,
 }
 
-/// Holds and reloads the model. A copy runs on every HTTP worker's thread, so that a score
-/// never waits for another thread to wake; each copy watches the model file.
+/// The model in service. A reload swaps it whole, so a score reads one version from its first
+/// product to its last, and names that version.
 #[derive(Clone)]
-pub struct ScoringActor {
-    model: Arc<Model>,
+pub struct ModelSlot(Arc<ArcSwap<Model>>);
+
+impl ModelSlot {
+    fn new(model: Model) -> Self {
+        ModelSlot(Arc::new(ArcSwap::from_pointee(model)))
+    }
+
+    /// The model now.
+    pub fn current(&self) -> Arc<Model> {
+        self.0.load_full()
+    }
+}
+
+/// How the watching copy of the actor follows the model file.
+#[derive(Clone)]
+struct Watch {
     path: PathBuf,
     modified: Option<SystemTime>,
-    settings: ScoringSettings,
     reload_interval: Duration,
     on_reload: Arc<dyn Fn(&Model) + Send + Sync>,
 }
 
+/// Scores with the model in its slot. One copy runs on every HTTP worker's thread, so that a
+/// score never waits for another thread to wake; one more, the watcher, reads the model file
+/// when it changes and swaps the new model into the slot every copy reads, so that no worker
+/// stops answering to parse a model.
+#[derive(Clone)]
+pub struct ScoringActor {
+    slot: ModelSlot,
+    settings: ScoringSettings,
+    /// Set on the watcher only.
+    watch: Option<Watch>,
+}
+
 impl ScoringActor {
-    /// Loads the model at `path`; `on_reload` hears of each model put in service.
+    /// The watcher: loads the model at `path`; `on_reload` hears of each model put in service.
     pub fn new(
         path: PathBuf,
         settings: ScoringSettings,
@@ -97,40 +123,86 @@ impl ScoringActor {
         let model = check_features(model)?;
         on_reload(&model);
         Ok(ScoringActor {
-            modified: std::fs::metadata(&path)
-                .and_then(|meta| meta.modified())
-                .ok(),
-            model: Arc::new(model),
-            path,
+            slot: ModelSlot::new(model),
             settings,
-            reload_interval,
-            on_reload,
+            watch: Some(Watch {
+                modified: std::fs::metadata(&path)
+                    .and_then(|meta| meta.modified())
+                    .ok(),
+                path,
+                reload_interval,
+                on_reload,
+            }),
         })
     }
 
+    /// A copy that scores with the watcher's model and does not read the file itself.
+    pub fn reader(&self) -> ScoringActor {
+        ScoringActor {
+            watch: None,
+            ..self.clone()
+        }
+    }
+
+    /// The model in service.
+    pub fn model(&self) -> Arc<Model> {
+        self.slot.current()
+    }
+
     fn reload_if_changed(&mut self) {
-        let modified = std::fs::metadata(&self.path)
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        let modified = std::fs::metadata(&watch.path)
             .and_then(|meta| meta.modified())
             .ok();
-        if modified.is_none() || modified == self.modified {
+        if modified.is_none() || modified == watch.modified {
             return;
         }
-        match Model::load(&self.path)
+        match Model::load(&watch.path)
             .map_err(anyhow::Error::from)
             .and_then(check_features)
         {
             Ok(model) => {
-                self.modified = modified;
-                if model.version != self.model.version {
-                    tracing::info!(from = %self.model.version, to = %model.version, "model reloaded");
-                    (self.on_reload)(&model);
-                    self.model = Arc::new(model);
+                watch.modified = modified;
+                let current = self.slot.current();
+                if model.version != current.version {
+                    tracing::info!(from = %current.version, to = %model.version, "model reloaded");
+                    (watch.on_reload)(&model);
+                    self.slot.0.store(Arc::new(model));
                 }
             }
             // A half-written or bad file keeps the old model in service; the next tick retries.
             Err(error) => {
-                tracing::warn!(%error, path = %self.path.display(), "model reload failed; keeping the current model")
+                tracing::warn!(%error, path = %watch.path.display(), "model reload failed; keeping the current model")
             }
+        }
+    }
+
+    /// Scores feature vectors with the model in service.
+    pub fn score(&self, vectors: &[FeatureVector], explain: bool) -> ScoreResult {
+        let model = self.slot.current();
+        let scores = vectors
+            .iter()
+            .map(|vector| {
+                let propensity = model.score(vector);
+                let band = Band::of(propensity, &self.settings);
+                let explanation = if explain {
+                    serde_json::to_value(model.explain(vector)).unwrap_or(serde_json::Value::Null)
+                } else {
+                    serde_json::Value::Null
+                };
+                Scored {
+                    propensity,
+                    band,
+                    action: band.action(),
+                    explanation,
+                }
+            })
+            .collect();
+        ScoreResult {
+            model_version: model.version.clone(),
+            scores,
         }
     }
 }
@@ -152,8 +224,10 @@ impl Actor for ScoringActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if !self.reload_interval.is_zero() {
-            ctx.run_interval(self.reload_interval, |actor, _| actor.reload_if_changed());
+        if let Some(watch) = &self.watch
+            && !watch.reload_interval.is_zero()
+        {
+            ctx.run_interval(watch.reload_interval, |actor, _| actor.reload_if_changed());
         }
     }
 }
@@ -170,34 +244,12 @@ impl Handler<Score> for ScoringActor {
     type Result = ScoreResult;
 
     fn handle(&mut self, message: Score, _: &mut Self::Context) -> ScoreResult {
-        let scores = message
-            .vectors
-            .iter()
-            .map(|vector| {
-                let propensity = self.model.score(vector);
-                let band = Band::of(propensity, &self.settings);
-                let explanation = if message.explain {
-                    serde_json::to_value(self.model.explain(vector))
-                        .unwrap_or(serde_json::Value::Null)
-                } else {
-                    serde_json::Value::Null
-                };
-                Scored {
-                    propensity,
-                    band,
-                    action: band.action(),
-                    explanation,
-                }
-            })
-            .collect();
-        ScoreResult {
-            model_version: self.model.version.clone(),
-            scores,
-        }
+        self.score(&message.vectors, message.explain)
     }
 }
 
-/// Checks the model file now instead of waiting for the next tick.
+/// Checks the model file now instead of waiting for the next tick (the watcher; a reader
+/// answers with the version in service).
 #[derive(Message)]
 #[rtype(result = "String")]
 pub struct ReloadModel;
@@ -206,9 +258,11 @@ impl Handler<ReloadModel> for ScoringActor {
     type Result = String;
 
     fn handle(&mut self, _: ReloadModel, _: &mut Self::Context) -> String {
-        self.modified = None;
+        if let Some(watch) = self.watch.as_mut() {
+            watch.modified = None;
+        }
         self.reload_if_changed();
-        self.model.version.clone()
+        self.slot.current().version.clone()
     }
 }
 

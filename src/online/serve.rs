@@ -72,7 +72,8 @@ impl Service {
                     .set(1);
             }),
         )?;
-        let worker_scoring = scoring.clone();
+        // The watcher runs here; every HTTP worker gets a reader of the same model slot.
+        let worker_scoring = scoring.reader();
         let scoring = scoring.start();
         // With the bus, the service is ready once the consumer is consuming.
         let ready = Arc::new(AtomicBool::new(settings.bus.kind == BusKind::Http));

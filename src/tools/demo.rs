@@ -195,6 +195,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         }
         summary.events_replayed += batch.len() as u64;
         service.engine.ingest(batch).await?;
+        service.engine.catalog_caught_up().await?;
         for (key, product_id) in samples {
             let vectors = service.engine.features(key, vec![product_id]).await?;
             let result = service

@@ -255,6 +255,24 @@ struct ScoreItem {
     explanation: serde_json::Value,
 }
 
+/// The answer for one product (`explanation` is null unless asked for).
+#[derive(Serialize)]
+struct SingleScore<'a> {
+    product_id: u64,
+    propensity: f64,
+    band: crate::online::scoring::Band,
+    action: crate::online::scoring::Action,
+    model_version: &'a str,
+    explanation: serde_json::Value,
+}
+
+/// The answer for several products, best first.
+#[derive(Serialize)]
+struct RankedScores<'a> {
+    model_version: &'a str,
+    scores: Vec<ScoreItem>,
+}
+
 async fn score(
     state: web::Data<AppState>,
     request: web::Json<ScoreRequest>,
@@ -335,19 +353,21 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
         .collect();
     if single {
         let item = items.pop().expect("one product");
-        return Ok(HttpResponse::Ok().json(serde_json::json!({
-            "product_id": item.product_id,
-            "propensity": item.propensity,
-            "band": item.band,
-            "action": item.action,
-            "model_version": result.model_version,
-            "explanation": item.explanation,
-        })));
+        return Ok(HttpResponse::Ok().json(SingleScore {
+            product_id: item.product_id,
+            propensity: item.propensity,
+            band: item.band,
+            action: item.action,
+            model_version: &result.model_version,
+            explanation: item.explanation,
+        }));
     }
     // Best first, for ranking.
     items.sort_by(|a, b| b.propensity.total_cmp(&a.propensity));
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"model_version": result.model_version, "scores": items})))
+    Ok(HttpResponse::Ok().json(RankedScores {
+        model_version: &result.model_version,
+        scores: items,
+    }))
 }
 
 /// `POST /v1/events`: one event object or an array of them.
@@ -415,6 +435,8 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
         return Ok(HttpResponse::Accepted().json(serde_json::json!({"published": events.len()})));
     }
     let applied = state.engine.ingest(events).await?;
+    // A score sent after this answer sees the events in the products' features too.
+    state.engine.catalog_caught_up().await?;
     Ok(HttpResponse::Accepted()
         .json(serde_json::json!({"accepted": applied.applied, "duplicates": applied.duplicates})))
 }
