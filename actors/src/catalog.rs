@@ -244,9 +244,10 @@ impl CatalogActor {
 
     fn apply(&mut self, batch: &CatalogBatch) {
         let cell = self.cell.clone();
-        let mut maps = cell.maps.write();
+        // One event at a time: a score reading the partition waits for one event, not for a
+        // batch (nor for this thread to be scheduled again, were it preempted mid-batch).
         for delivery in batch.part.iter() {
-            self.apply_delivery(&mut maps, delivery);
+            self.apply_delivery(&mut cell.maps.write(), delivery);
         }
     }
 
