@@ -118,6 +118,14 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A session the engine holds in memory, to score during the outage: the latest applied
+    // whose session and user are active.
+    let in_memory = events
+        .iter()
+        .rev()
+        .find(|event| service.engine.holds_in_memory(SessionKey::of(event)))
+        .expect("a recently applied session in memory")
+        .clone();
     let mut outage = Outage::begin().await;
     let outage_started = Instant::now();
     // A flush that completed as the node went down may still be acknowledged: count from a
@@ -125,20 +133,6 @@ async fn a_30_second_store_outage_mid_replay_loses_nothing_and_keeps_memory_boun
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resident_at_start = resident_bytes();
     let acked_at_start = service.metrics.bus_acks.get();
-
-    // A session the engine holds in memory, to score during the outage. Sessions end all
-    // through the replay and the partitions run at their own pace: look from the latest event
-    // back until one answers (the others need the store, which is down).
-    let mut in_memory = None;
-    let mut tried = std::collections::HashSet::new();
-    for event in events.iter().rev() {
-        let key = SessionKey::of(event);
-        if tried.insert(key) && matches!(service.engine.session(key).await, Ok(Some(_))) {
-            in_memory = Some(event.clone());
-            break;
-        }
-    }
-    let in_memory = in_memory.expect("a recently applied session in memory");
 
     let mut deliveries_after_5s = None;
     let mut most_unacked = 0;

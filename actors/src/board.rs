@@ -199,6 +199,13 @@ impl Board {
         Some(out)
     }
 
+    /// Whether the session and its user are both active, their state in memory.
+    pub fn holds(&self, key: SessionKey) -> bool {
+        let stripe = stripe(key.user_id);
+        self.sessions[stripe].read().contains_key(&key)
+            && self.users[stripe].read().contains_key(&key.user_id)
+    }
+
     /// Sessions and users on the board, for tests and stats.
     pub fn counts(&self) -> (usize, usize) {
         (
@@ -279,8 +286,10 @@ mod tests {
         board.publish_session(key, &new);
         board.withdraw_session(key, &old);
         assert_eq!(board.counts(), (1, 1));
+        assert!(board.holds(key));
         board.withdraw_session(key, &new);
         assert_eq!(board.counts(), (0, 1));
+        assert!(!board.holds(key));
         assert_eq!(board.user_side(key, &[1]), None);
     }
 

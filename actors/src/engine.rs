@@ -391,6 +391,12 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether the session and its user are active, their state in memory (not loading,
+    /// failed or passivated).
+    pub fn holds_in_memory(&self, key: SessionKey) -> bool {
+        self.board.holds(key)
+    }
+
     /// A session's state, live or last.
     pub async fn session(&self, key: SessionKey) -> Result<Option<SessionState>, EngineError> {
         Ok(self
