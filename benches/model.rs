@@ -30,6 +30,7 @@ fn trained() -> (Model, Vec<Vec<f64>>) {
         truth: None,
         session_timeout: SESSION_TIMEOUT,
         options: propensity::offline::model::TrainOptions::default(),
+        max_fit_rows: propensity::offline::train::DEFAULT_MAX_FIT_ROWS,
         show_progress: false,
     };
     let (_, model) = propensity::offline::train::run(&request).unwrap();

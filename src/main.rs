@@ -61,9 +61,13 @@ enum Command {
         /// Validation starts here (`2019-10-01 00:00:00 UTC` or RFC 3339); default: the last 20% of the time span.
         #[arg(long)]
         split_at: Option<String>,
-        /// Write the feature matrix with labels, times and split as CSV.
+        /// Write the rows kept, with labels, times, split and weights, as CSV.
         #[arg(long)]
         export_features: Option<PathBuf>,
+        /// About how many fitting rows to grow the tree on: above it, every positive and one
+        /// negative in k are kept, each negative weighted k. 0 keeps every row.
+        #[arg(long, default_value_t = propensity::offline::train::DEFAULT_MAX_FIT_ROWS)]
+        max_fit_rows: u64,
         /// Write the tree (DOT) and ROC, precision-recall, calibration and importance plots (SVG).
         #[arg(long)]
         report_dir: Option<PathBuf>,
@@ -205,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             max_depth,
             min_samples_leaf,
+            max_fit_rows,
         } => {
             let split_at = split_at
                 .map(|text| {
@@ -227,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
                 truth,
                 session_timeout: settings.engine.session_timeout_millis(),
                 options,
+                max_fit_rows,
                 show_progress: !json,
             };
             let (report, _) = propensity::offline::train::run(&request)?;

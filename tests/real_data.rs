@@ -44,6 +44,7 @@ fn trains_on_the_real_samples_with_their_quirks() {
             min_samples_leaf: 5,
             ..Default::default()
         },
+        max_fit_rows: propensity::offline::train::DEFAULT_MAX_FIT_ROWS,
         show_progress: false,
     };
     let (report, model) = propensity::offline::train::run(&request).unwrap();

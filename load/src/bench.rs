@@ -127,6 +127,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         truth: None,
         session_timeout: 30 * 60 * 1000,
         options: propensity::offline::model::TrainOptions::default(),
+        max_fit_rows: propensity::offline::train::DEFAULT_MAX_FIT_ROWS,
         show_progress: true,
     };
     let (train_report, _) = propensity::offline::train::run(&request)?;

@@ -4,16 +4,19 @@
 //! memory. Bad rows are reported with their file and line and skipped.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use indicatif::ProgressBar;
 use propensity_actors::event::{CSV_HEADER, CsvEvents, Event, Millis, ParseError};
 
 /// Events held in memory per sorted run while sorting an unsorted file.
 const SORT_RUN_EVENTS: usize = 500_000;
+/// One minute of event time.
+const MINUTE: Millis = 60_000;
 /// How many bad rows are printed before the rest are only counted.
 const BAD_ROWS_SHOWN: u64 = 20;
 
@@ -27,6 +30,9 @@ pub struct FileSummary {
     pub first_time: Option<Millis>,
     pub last_time: Option<Millis>,
     pub bytes: u64,
+    /// Scoring points (events other than purchases) per minute of event time, keyed by the
+    /// minute's start: what lets training place its time cuts by rows before replaying.
+    pub scoring_points_per_minute: BTreeMap<Millis, u64>,
 }
 
 /// The history files of a run: what a first pass learned about each, and their time span.
@@ -38,9 +44,14 @@ pub struct HistoryFiles {
 impl HistoryFiles {
     /// Reads every file once: counts rows and bad rows, checks order and finds the time span.
     pub fn scan(paths: &[PathBuf]) -> Result<HistoryFiles> {
+        Self::scan_showing(paths, &ProgressBar::hidden())
+    }
+
+    /// [`HistoryFiles::scan`], advancing `progress` by the bytes read.
+    pub fn scan_showing(paths: &[PathBuf], progress: &ProgressBar) -> Result<HistoryFiles> {
         let files = paths
             .iter()
-            .map(|path| scan_file(path))
+            .map(|path| scan_file(path, progress))
             .collect::<Result<Vec<_>>>()?;
         Ok(HistoryFiles { files })
     }
@@ -66,6 +77,17 @@ impl HistoryFiles {
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|file| file.bytes).sum()
     }
+
+    /// Scoring points per minute over every file, in time order.
+    pub fn scoring_points_per_minute(&self) -> BTreeMap<Millis, u64> {
+        let mut merged = BTreeMap::new();
+        for file in &self.files {
+            for (&minute, &count) in &file.scoring_points_per_minute {
+                *merged.entry(minute).or_insert(0) += count;
+            }
+        }
+        merged
+    }
 }
 
 fn open(path: &Path) -> Result<CsvEvents<BufReader<File>>> {
@@ -89,10 +111,12 @@ fn is_fatal(error: &ParseError) -> bool {
     matches!(error, ParseError::AtLine { source, .. } if matches!(**source, ParseError::Header { .. } | ParseError::Io { .. }))
 }
 
-fn scan_file(path: &Path) -> Result<FileSummary> {
+fn scan_file(path: &Path, progress: &ProgressBar) -> Result<FileSummary> {
     let bytes = std::fs::metadata(path)
         .with_context(|| format!("failed to read {}", path.display()))?
         .len();
+    let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let events = CsvEvents::new(BufReader::with_capacity(1 << 20, progress.wrap_read(file)));
     let mut summary = FileSummary {
         path: path.to_owned(),
         rows: 0,
@@ -101,12 +125,19 @@ fn scan_file(path: &Path) -> Result<FileSummary> {
         first_time: None,
         last_time: None,
         bytes,
+        scoring_points_per_minute: BTreeMap::new(),
     };
     let mut previous = Millis::MIN;
-    for item in open(path)? {
+    for item in events {
         match item {
             Ok(event) => {
                 summary.rows += 1;
+                if event.event_type.is_scoring_point() {
+                    *summary
+                        .scoring_points_per_minute
+                        .entry(event.time - event.time.rem_euclid(MINUTE))
+                        .or_insert(0) += 1;
+                }
                 summary.sorted &= event.time >= previous;
                 previous = event.time;
                 summary.first_time = Some(

@@ -1,9 +1,9 @@
 //! `propensity train`: replays history in event-time order through the feature engine, labels
 //! every scoring point, splits by time, fits and calibrates the tree, and reports its quality.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use propensity_actors::event::{Event, EventType, Millis, format_time};
 use propensity_actors::features::SessionKey;
-use propensity_actors::features::{FEATURE_COUNT, Outcome, SessionState, feature_names};
+use propensity_actors::features::{
+    FEATURE_COUNT, FeatureVector, Outcome, SessionState, feature_names,
+};
 use propensity_actors::{Applied, ReplayEngine};
 use serde::Serialize;
 
@@ -86,31 +88,60 @@ pub struct ReplayStats {
     pub abandoned_carts: u64,
 }
 
-/// Labels scoring points as purchases arrive. A row waits in its session's list until the same
-/// product is bought (label 1) or the session ends (label stays 0).
+/// One scoring point, handed on by [`replay_rows`] once its label is final.
+#[derive(Clone, Debug)]
+pub struct ScoringRow {
+    /// Position among the scoring points, in event-time order.
+    pub sequence: u64,
+    pub features: FeatureVector,
+    pub label: bool,
+    pub time: Millis,
+    pub identity: u64,
+    pub key: SessionKey,
+    pub product_id: u64,
+}
+
+/// Labels scoring points as purchases arrive. A row waits in its session's list until the
+/// session ends: by then a purchase of the same product has labelled it 1, or it stays 0. Only
+/// rows of open sessions are held.
 #[derive(Default)]
 struct Labeler {
-    pending: foldhash::HashMap<SessionKey, Vec<(u64, usize)>>,
+    pending: foldhash::HashMap<SessionKey, Vec<ScoringRow>>,
+    finished: Vec<ScoringRow>,
 }
 
 impl Labeler {
-    fn wait(&mut self, key: SessionKey, product_id: u64, row: usize) {
-        self.pending.entry(key).or_default().push((product_id, row));
+    fn wait(&mut self, row: ScoringRow) {
+        self.pending.entry(row.key).or_default().push(row);
     }
 
-    fn purchase(&mut self, key: SessionKey, product_id: u64, labels: &mut [bool]) {
+    fn purchase(&mut self, key: SessionKey, product_id: u64) {
         if let Some(waiting) = self.pending.get_mut(&key) {
-            waiting.retain(|&(product, row)| {
-                if product == product_id {
-                    labels[row] = true;
-                }
-                product != product_id
-            });
+            for row in waiting
+                .iter_mut()
+                .filter(|row| row.product_id == product_id)
+            {
+                row.label = true;
+            }
         }
     }
 
     fn session_ended(&mut self, key: SessionKey) {
-        self.pending.remove(&key);
+        if let Some(rows) = self.pending.remove(&key) {
+            self.finished.extend(rows);
+        }
+    }
+
+    /// Hands on the rows whose sessions ended, in event order: which sessions end together
+    /// depends only on the events, so the output order is deterministic.
+    fn hand_on(&mut self, emit: &mut impl FnMut(ScoringRow)) {
+        if self.finished.is_empty() {
+            return;
+        }
+        self.finished.sort_unstable_by_key(|row| row.sequence);
+        for row in self.finished.drain(..) {
+            emit(row);
+        }
     }
 }
 
@@ -122,20 +153,20 @@ fn end_session(session: SessionState, stats: &mut ReplayStats, labeler: &mut Lab
     labeler.session_ended(SessionKey::new(session.user_id, &session.session_id));
 }
 
-/// Replays ordered events through a fresh engine and returns every scoring point, labelled.
-/// Features are read right after their event is applied, before any later event is seen.
-pub fn replay<I: Iterator<Item = Event>>(
+/// Replays ordered events through a fresh engine and hands every scoring point to `emit` once
+/// its label is final (when its session ends). Features are read right after their event is
+/// applied, before any later event is seen. Memory holds the engine's state and the rows of open
+/// sessions, never the whole history.
+pub fn replay_rows<I: Iterator<Item = Event>>(
     events: I,
     session_timeout: Millis,
     progress: &ProgressBar,
-) -> (ScoringRows, ReplayStats, ReplayEngine) {
+    mut emit: impl FnMut(ScoringRow),
+) -> (ReplayStats, ReplayEngine) {
     let mut engine = ReplayEngine::new(session_timeout);
-    let mut rows = ScoringRows::default();
-    // Every event is at most one row: reserving up front spares the copies of a growing matrix.
-    let (expected_events, _) = events.size_hint();
-    rows.reserve(expected_events);
     let mut stats = ReplayStats::default();
     let mut labeler = Labeler::default();
+    let mut sequence = 0;
     for event in events {
         stats.events += 1;
         if stats.events % 65_536 == 0 {
@@ -157,17 +188,20 @@ pub fn replay<I: Iterator<Item = Event>>(
             end_session(session, &mut stats, &mut labeler);
         }
         if event.event_type == EventType::Purchase {
-            labeler.purchase(key, event.product_id, &mut rows.labels);
-            continue;
+            labeler.purchase(key, event.product_id);
+        } else {
+            labeler.wait(ScoringRow {
+                sequence,
+                features: engine.features(key, event.product_id),
+                label: false,
+                time: event.time,
+                identity: event.identity(),
+                key,
+                product_id: event.product_id,
+            });
+            sequence += 1;
         }
-        let row = rows.len();
-        rows.features
-            .extend_from_slice(&engine.features(key, event.product_id));
-        rows.labels.push(false);
-        rows.times.push(event.time);
-        rows.identities.push(event.identity());
-        rows.keys.push((key, event.product_id));
-        labeler.wait(key, event.product_id, row);
+        labeler.hand_on(&mut emit);
     }
     // Sessions still open at the end are final for labels and counts, but stay in the engine so
     // callers can read the end state.
@@ -175,7 +209,34 @@ pub fn replay<I: Iterator<Item = Event>>(
     for session in open {
         end_session(session, &mut stats, &mut labeler);
     }
+    let orphans: Vec<SessionKey> = labeler.pending.keys().copied().collect();
+    for key in orphans {
+        labeler.session_ended(key);
+    }
+    labeler.hand_on(&mut emit);
     progress.inc(stats.events % 65_536);
+    (stats, engine)
+}
+
+/// Replays ordered events and returns every scoring point, labelled, in event order: the whole
+/// matrix in memory, for tests and small sets. Training streams with [`replay_rows`] instead.
+pub fn replay<I: Iterator<Item = Event>>(
+    events: I,
+    session_timeout: Millis,
+    progress: &ProgressBar,
+) -> (ScoringRows, ReplayStats, ReplayEngine) {
+    let mut finished = Vec::new();
+    let (stats, engine) = replay_rows(events, session_timeout, progress, |row| finished.push(row));
+    finished.sort_unstable_by_key(|row| row.sequence);
+    let mut rows = ScoringRows::default();
+    rows.reserve(finished.len());
+    for row in finished {
+        rows.features.extend_from_slice(&row.features);
+        rows.labels.push(row.label);
+        rows.times.push(row.time);
+        rows.identities.push(row.identity);
+        rows.keys.push((row.key, row.product_id));
+    }
     (rows, stats, engine)
 }
 
@@ -198,6 +259,9 @@ impl<I: Iterator<Item = Event>> Iterator for SizedEvents<I> {
     }
 }
 
+/// The fitting rows kept by default: above it, negatives are downsampled.
+pub const DEFAULT_MAX_FIT_ROWS: u64 = 2_000_000;
+
 /// Options of `propensity train`.
 #[derive(Clone, Debug)]
 pub struct TrainRequest {
@@ -209,6 +273,9 @@ pub struct TrainRequest {
     pub truth: Option<PathBuf>,
     pub session_timeout: Millis,
     pub options: TrainOptions,
+    /// About how many fitting rows to keep: when the fitting period holds more, one negative in
+    /// `k` is kept with weight `k` (every positive is kept). 0 keeps every row.
+    pub max_fit_rows: u64,
     pub show_progress: bool,
 }
 
@@ -221,18 +288,27 @@ pub struct TrainReport {
     pub bad_rows: u64,
     pub duplicates: u64,
     pub scoring_points: usize,
+    /// Scoring points in the fitting period.
     pub fit_rows: usize,
+    /// Of those, the rows the tree was grown on: every positive, and one negative in
+    /// `negative_weight`.
+    pub fit_rows_kept: usize,
+    /// How many rows each kept negative of the fit stands for (1: nothing was downsampled).
+    pub negative_weight: u64,
     pub calibration_rows: usize,
     pub validation_rows: usize,
     pub split_at: String,
+    pub calibration_from: String,
     pub data_span: (String, String),
     pub feature_events_per_second: f64,
     /// Reading, ordering and replaying the history into scoring points.
     pub replay_seconds: f64,
     /// Growing, pruning and smoothing the tree.
     pub fit_seconds: f64,
-    /// Fitting the calibration on its rows.
+    /// Scoring the calibration rows and fitting the calibration.
     pub calibration_seconds: f64,
+    /// Scoring the validation rows and computing the metrics.
+    pub validation_seconds: f64,
     /// The most memory the process held resident (the kernel's high-water mark, VmHWM), when
     /// the system tells it.
     pub peak_resident_bytes: Option<u64>,
@@ -243,29 +319,34 @@ pub struct TrainReport {
     pub auc_ratio_to_oracle: Option<f64>,
 }
 
-fn progress_bar(show: bool, length: u64, message: &'static str) -> ProgressBar {
+/// Progress counted in events.
+const EVENTS: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})";
+/// Progress counted in bytes read.
+const BYTES: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+
+fn progress_bar(show: bool, length: u64, message: &'static str, template: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})")
-            .expect("a valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
     bar.set_message(message);
     bar
 }
 
-fn subset(rows: &ScoringRows, indices: &[usize]) -> Result<Dataset> {
-    let mut features = Vec::with_capacity(indices.len() * FEATURE_COUNT);
-    for &index in indices {
-        features.extend_from_slice(rows.row(index));
+/// A ticking line for a phase that reports no progress of its own.
+fn spinner(show: bool, message: String) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
     }
-    Ok(Dataset {
-        features: Array2::from_shape_vec((indices.len(), FEATURE_COUNT), features)?,
-        labels: indices.iter().map(|&index| rows.labels[index]).collect(),
-        feature_names: feature_names(),
-    })
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {spinner}")
+            .expect("a valid template"),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    bar
 }
 
 /// Loads a generator truth file: event identity (hex) to probability.
@@ -300,45 +381,219 @@ fn load_truth(path: &Path) -> Result<HashMap<u64, f64>> {
     Ok(truth)
 }
 
-fn export_features(path: &Path, rows: &ScoringRows, splits: &[Split]) -> Result<()> {
-    let file =
-        File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
-    let mut out = BufWriter::new(file);
-    write!(
-        out,
-        "event_identity,event_time,user_id,product_id,split,label"
-    )?;
-    for name in feature_names() {
-        write!(out, ",{name}")?;
-    }
-    writeln!(out)?;
-    for (index, split) in splits.iter().enumerate() {
-        let (key, product_id) = rows.keys[index];
-        write!(
-            out,
-            "{:016x},{},{},{},{},{}",
-            rows.identities[index],
-            format_time(rows.times[index]),
-            key.user_id,
-            product_id,
-            split.as_str(),
-            u8::from(rows.labels[index])
-        )?;
-        for value in rows.row(index) {
-            write!(out, ",{value}")?;
-        }
-        writeln!(out)?;
-    }
-    out.flush()
-        .with_context(|| format!("failed to write {}", path.display()))
+/// Where the time split puts rows: validation from `split_at`, calibration from the minute where
+/// the last eighth of the rows before `split_at` starts, fitting before that. Placed by rows
+/// (from the scan's counts per minute) so sparse periods cannot leave a part empty, and known
+/// before the replay so every row can go to its part as soon as it is labelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cuts {
+    calibration_from: Millis,
+    validation_from: Millis,
 }
 
-/// Runs the whole training command.
+impl Cuts {
+    /// The cuts, and about how many scoring points fall in the fitting period.
+    fn place(per_minute: &BTreeMap<Millis, u64>, split_at: Millis) -> (Cuts, u64) {
+        let before: u64 = per_minute.range(..split_at).map(|(_, count)| count).sum();
+        let target = before * 7 / 8;
+        let mut cumulative = 0;
+        let mut calibration_from = split_at;
+        for (&minute, &count) in per_minute.range(..split_at) {
+            if cumulative + count > target {
+                calibration_from = minute;
+                break;
+            }
+            cumulative += count;
+        }
+        let cuts = Cuts {
+            calibration_from,
+            validation_from: split_at,
+        };
+        (cuts, cumulative)
+    }
+
+    fn split(&self, time: Millis) -> Split {
+        if time >= self.validation_from {
+            Split::Validation
+        } else if time >= self.calibration_from {
+            Split::Calibration
+        } else {
+            Split::Fit
+        }
+    }
+}
+
+/// How many rows each kept negative stands for, to keep about `max_fit_rows` of `fit_rows`.
+fn negative_weight_for(fit_rows: u64, max_fit_rows: u64) -> u64 {
+    if max_fit_rows == 0 {
+        return 1;
+    }
+    fit_rows.div_ceil(max_fit_rows).max(1)
+}
+
+/// Whether a negative fitting row is kept: one in `negative_weight`, chosen by the event's
+/// identity (a hash), so the same history always keeps the same rows.
+fn keeps_negative(identity: u64, negative_weight: u64) -> bool {
+    identity.is_multiple_of(negative_weight)
+}
+
+/// The rows the tree grows on, kept in memory as they are labelled.
+struct FitSample {
+    negative_weight: u64,
+    features: Vec<f64>,
+    labels: Vec<bool>,
+    /// Every fitting-period row seen, kept or not.
+    seen: usize,
+}
+
+impl FitSample {
+    /// Keeps the row if it is positive or its negative is drawn; returns its weight if kept.
+    fn offer(&mut self, row: &ScoringRow) -> Option<u64> {
+        self.seen += 1;
+        if !row.label && !keeps_negative(row.identity, self.negative_weight) {
+            return None;
+        }
+        self.features.extend_from_slice(&row.features);
+        self.labels.push(row.label);
+        Some(if row.label { 1 } else { self.negative_weight })
+    }
+
+    fn into_dataset(self) -> Result<Dataset> {
+        let rows = self.labels.len();
+        Ok(Dataset {
+            features: Array2::from_shape_vec((rows, FEATURE_COUNT), self.features)?,
+            labels: self.labels,
+            feature_names: feature_names(),
+            negative_weight: self.negative_weight,
+        })
+    }
+}
+
+/// Bytes of one spilled row: label, event identity, features.
+const SPILL_ROW_BYTES: usize = 1 + 8 + FEATURE_COUNT * 8;
+
+/// Held-out rows (calibration, validation) written to disk as they are labelled and read back
+/// once the tree exists, so their memory does not grow with the history.
+struct RowSpill {
+    path: PathBuf,
+    out: BufWriter<File>,
+    rows: usize,
+}
+
+impl RowSpill {
+    fn create(path: PathBuf) -> Result<RowSpill> {
+        let file =
+            File::create(&path).with_context(|| format!("failed to create {}", path.display()))?;
+        Ok(RowSpill {
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, row: &ScoringRow) -> std::io::Result<()> {
+        let mut bytes = [0u8; SPILL_ROW_BYTES];
+        bytes[0] = u8::from(row.label);
+        bytes[1..9].copy_from_slice(&row.identity.to_le_bytes());
+        for (chunk, value) in bytes[9..].chunks_exact_mut(8).zip(row.features) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        self.rows += 1;
+        self.out.write_all(&bytes)
+    }
+
+    /// Reads every row back, in the order written: `f(identity, label, features)`.
+    fn read_back(mut self, mut f: impl FnMut(u64, bool, &FeatureVector)) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("failed to write {}", self.path.display()))?;
+        drop(self.out);
+        let file = File::open(&self.path)
+            .with_context(|| format!("failed to open {}", self.path.display()))?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut bytes = [0u8; SPILL_ROW_BYTES];
+        let mut features = [0.0; FEATURE_COUNT];
+        for _ in 0..self.rows {
+            input
+                .read_exact(&mut bytes)
+                .with_context(|| format!("failed to read {}", self.path.display()))?;
+            let identity = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+            for (value, chunk) in features.iter_mut().zip(bytes[9..].chunks_exact(8)) {
+                *value = f64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            }
+            f(identity, bytes[0] == 1, &features);
+        }
+        Ok(())
+    }
+}
+
+/// `--export-features`: every row kept, with its part of the split and its weight, as CSV in the
+/// order labels became final. With downsampling it is a weighted sample: a learner given the
+/// weights sees the population the tree saw.
+struct FeatureExport {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl FeatureExport {
+    fn create(path: &Path) -> Result<FeatureExport> {
+        let file =
+            File::create(path).with_context(|| format!("failed to create {}", path.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        write!(
+            out,
+            "event_identity,event_time,user_id,product_id,split,label,weight"
+        )?;
+        for name in feature_names() {
+            write!(out, ",{name}")?;
+        }
+        writeln!(out)?;
+        Ok(FeatureExport {
+            path: path.to_owned(),
+            out,
+        })
+    }
+
+    fn write(&mut self, row: &ScoringRow, split: Split, weight: u64) -> std::io::Result<()> {
+        write!(
+            self.out,
+            "{:016x},{},{},{},{},{},{weight}",
+            row.identity,
+            format_time(row.time),
+            row.key.user_id,
+            row.product_id,
+            split.as_str(),
+            u8::from(row.label)
+        )?;
+        for value in row.features {
+            write!(self.out, ",{value}")?;
+        }
+        writeln!(self.out)
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.out
+            .flush()
+            .with_context(|| format!("failed to write {}", self.path.display()))
+    }
+}
+
+/// Runs the whole training command, streaming: the replay hands each labelled row to its part
+/// of the split (fitting rows to an in-memory sample, held-out rows to files), so memory holds
+/// the replay's live state and the sample, never the history.
 pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     if request.events.is_empty() {
         bail!("no event files given: pass --events FILE...");
     }
-    let history = HistoryFiles::scan(&request.events)?;
+    let mut bytes = 0;
+    for path in &request.events {
+        bytes += std::fs::metadata(path)
+            .with_context(|| format!("failed to read {}", path.display()))?
+            .len();
+    }
+    let scanning = progress_bar(request.show_progress, bytes, "scanning", BYTES);
+    let history = HistoryFiles::scan_showing(&request.events, &scanning)?;
+    scanning.finish_and_clear();
     let Some((first, last)) = history.span() else {
         bail!("the event files hold no valid rows");
     };
@@ -351,93 +606,130 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
             format_time(last)
         );
     }
+    let (cuts, expected_fit_rows) = Cuts::place(&history.scoring_points_per_minute(), split_at);
+    let negative_weight = negative_weight_for(expected_fit_rows, request.max_fit_rows);
 
-    let spill = tempfile::tempdir().context("failed to create a directory for sort runs")?;
-    let progress = progress_bar(request.show_progress, history.rows(), "features");
+    let spill = tempfile::tempdir().context("failed to create a directory for spilled rows")?;
+    let mut sample = FitSample {
+        negative_weight,
+        features: Vec::new(),
+        labels: Vec::new(),
+        seen: 0,
+    };
+    let expected_kept = expected_fit_rows.div_ceil(negative_weight) as usize;
+    sample.features.reserve(expected_kept * FEATURE_COUNT);
+    sample.labels.reserve(expected_kept);
+    let mut calibration = RowSpill::create(spill.path().join("calibration.rows"))?;
+    let mut validation = RowSpill::create(spill.path().join("validation.rows"))?;
+    let mut export = request
+        .export_features
+        .as_deref()
+        .map(FeatureExport::create)
+        .transpose()?;
+    let mut scoring_points = 0usize;
+    let mut write_error: Option<std::io::Error> = None;
+
+    let progress = progress_bar(request.show_progress, history.rows(), "features", EVENTS);
     let started = std::time::Instant::now();
-    let (rows, stats, _engine) = replay(
+    let (stats, engine) = replay_rows(
         SizedEvents {
             events: ordered_events(&history, spill.path())?,
             remaining: history.rows() as usize,
         },
         request.session_timeout,
         &progress,
+        |row| {
+            scoring_points += 1;
+            let split = cuts.split(row.time);
+            let (written, weight) = match split {
+                Split::Fit => match sample.offer(&row) {
+                    Some(weight) => (Ok(()), weight),
+                    None => return,
+                },
+                Split::Calibration => (calibration.push(&row), 1),
+                Split::Validation => (validation.push(&row), 1),
+            };
+            let exported = match export.as_mut() {
+                Some(export) => export.write(&row, split, weight),
+                None => Ok(()),
+            };
+            if let Err(error) = written.and(exported)
+                && write_error.is_none()
+            {
+                write_error = Some(error);
+            }
+        },
     );
+    drop(engine);
     let replay_seconds = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-
-    // Rows are in event-time order. The last eighth of the rows before the cut calibrates, the
-    // rest fits: still a split by time, sized by rows so sparse periods cannot leave it empty.
-    let before_cut = rows.times.partition_point(|&time| time < split_at);
-    let calibration_start = before_cut * 7 / 8;
-    let splits: Vec<Split> = (0..rows.len())
-        .map(|index| match index {
-            index if index >= before_cut => Split::Validation,
-            index if index >= calibration_start => Split::Calibration,
-            _ => Split::Fit,
-        })
-        .collect();
-    let indices_of = |wanted: Split| -> Vec<usize> {
-        (0..rows.len())
-            .filter(|&index| splits[index] == wanted)
-            .collect()
-    };
-    let (fit_indices, calibration_indices, validation_indices) = (
-        indices_of(Split::Fit),
-        indices_of(Split::Calibration),
-        indices_of(Split::Validation),
-    );
-    if fit_indices.is_empty() || validation_indices.is_empty() {
+    if let Some(error) = write_error {
+        return Err(error).context("failed to write a row of the replay to disk");
+    }
+    if let Some(export) = export {
+        export.finish()?;
+    }
+    let (fit_rows, fit_rows_kept) = (sample.seen, sample.labels.len());
+    let (calibration_rows, validation_rows) = (calibration.rows, validation.rows);
+    if fit_rows_kept == 0 || validation_rows == 0 {
         bail!(
-            "the time split leaves {} fitting and {} validation rows; both need some",
-            fit_indices.len(),
-            validation_indices.len()
+            "the time split leaves {fit_rows} fitting and {validation_rows} validation rows; both need some"
         );
     }
-    if let Some(path) = &request.export_features {
-        export_features(path, &rows, &splits)?;
-    }
 
-    let (mut model, timings) = model::train_timed(
-        &subset(&rows, &fit_indices)?,
-        &subset(&rows, &calibration_indices)?,
-        &request.options,
-    )?;
+    let fit_started = std::time::Instant::now();
+    let growing = spinner(
+        request.show_progress,
+        format!("growing the tree on {fit_rows_kept} rows"),
+    );
+    let fitted = model::fit_tree(&sample.into_dataset()?, &request.options)?;
+    growing.finish_and_clear();
+    let fit_seconds = fit_started.elapsed().as_secs_f64();
 
-    let validation_labels: Vec<bool> = validation_indices
-        .iter()
-        .map(|&index| rows.labels[index])
-        .collect();
-    let validation_scores: Vec<f64> = validation_indices
-        .iter()
-        .map(|&index| model.score(rows.row(index)))
-        .collect();
-    let validation = model::evaluate(&validation_scores, &validation_labels);
+    let calibration_started = std::time::Instant::now();
+    let mut leaf_scores = Vec::with_capacity(calibration_rows);
+    let mut calibration_labels = Vec::with_capacity(calibration_rows);
+    calibration.read_back(|_, label, features| {
+        leaf_scores.push(fitted.tree.leaf_probability(features));
+        calibration_labels.push(label);
+    })?;
+    let mut model = fitted.calibrate(&leaf_scores, &calibration_labels, &request.options)?;
+    drop((leaf_scores, calibration_labels));
+    let calibration_seconds = calibration_started.elapsed().as_secs_f64();
 
-    let (oracle, oracle_rows) = match &request.truth {
-        Some(path) => {
-            let truth = load_truth(path)?;
-            let mut scores = Vec::new();
-            let mut labels = Vec::new();
-            for &index in &validation_indices {
-                if let Some(&probability) = truth.get(&rows.identities[index]) {
-                    scores.push(probability);
-                    labels.push(rows.labels[index]);
-                }
-            }
-            if scores.len() != validation_indices.len() {
+    let validation_started = std::time::Instant::now();
+    let truth = request.truth.as_deref().map(load_truth).transpose()?;
+    let mut validation_scores = Vec::with_capacity(validation_rows);
+    let mut validation_labels = Vec::with_capacity(validation_rows);
+    let (mut oracle_scores, mut oracle_labels) = (Vec::new(), Vec::new());
+    validation.read_back(|identity, label, features| {
+        validation_scores.push(model.score(features));
+        validation_labels.push(label);
+        if let Some(&probability) = truth.as_ref().and_then(|truth| truth.get(&identity)) {
+            oracle_scores.push(probability);
+            oracle_labels.push(label);
+        }
+    })?;
+    let validation_metrics = model::evaluate(&validation_scores, &validation_labels);
+    let validation_seconds = validation_started.elapsed().as_secs_f64();
+    let (oracle, oracle_rows) = match truth {
+        Some(_) => {
+            if oracle_scores.len() != validation_rows {
                 eprintln!(
                     "warning: the truth file covers {} of {} validation rows",
-                    scores.len(),
-                    validation_indices.len()
+                    oracle_scores.len(),
+                    validation_rows
                 );
             }
-            (Some(model::evaluate(&scores, &labels)), Some(scores.len()))
+            (
+                Some(model::evaluate(&oracle_scores, &oracle_labels)),
+                Some(oracle_scores.len()),
+            )
         }
         None => (None, None),
     };
 
-    model.metrics = Some(validation.clone());
+    model.metrics = Some(validation_metrics.clone());
     model.data_span = Some((format_time(first), format_time(last)));
     model.save(&request.model_out)?;
     if let Some(dir) = &request.report_dir {
@@ -452,21 +744,25 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         events: stats.events,
         bad_rows: history.bad_rows(),
         duplicates: stats.duplicates,
-        scoring_points: rows.len(),
-        fit_rows: fit_indices.len(),
-        calibration_rows: calibration_indices.len(),
-        validation_rows: validation_indices.len(),
+        scoring_points,
+        fit_rows,
+        fit_rows_kept,
+        negative_weight,
+        calibration_rows,
+        validation_rows,
         split_at: format_time(split_at),
+        calibration_from: format_time(cuts.calibration_from),
         data_span: (format_time(first), format_time(last)),
         feature_events_per_second: stats.events as f64 / replay_seconds.max(1e-9),
         replay_seconds,
-        fit_seconds: timings.fit_seconds,
-        calibration_seconds: timings.calibration_seconds,
+        fit_seconds,
+        calibration_seconds,
+        validation_seconds,
         peak_resident_bytes: peak_resident_bytes(),
         auc_ratio_to_oracle: oracle
             .as_ref()
-            .map(|oracle| validation.roc_auc / oracle.roc_auc),
-        validation,
+            .map(|oracle| validation_metrics.roc_auc / oracle.roc_auc),
+        validation: validation_metrics,
         oracle,
         oracle_rows,
     };
@@ -504,14 +800,25 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
         report.scoring_points
     );
     println!(
-        "split at {}: {} fit, {} calibration, {} validation rows",
-        report.split_at, report.fit_rows, report.calibration_rows, report.validation_rows,
+        "split at {} (calibration from {}): {} fit, {} calibration, {} validation rows",
+        report.split_at,
+        report.calibration_from,
+        report.fit_rows,
+        report.calibration_rows,
+        report.validation_rows,
     );
+    if report.negative_weight > 1 {
+        println!(
+            "fit on {} of the {} fitting rows: every positive, one negative in {} (weighted {})",
+            report.fit_rows_kept, report.fit_rows, report.negative_weight, report.negative_weight
+        );
+    }
     println!(
-        "phases: replay {:.2} s, fit {:.2} s, calibration {:.2} s; peak resident memory {}",
+        "phases: replay {:.2} s, fit {:.2} s, calibration {:.2} s, validation {:.2} s; peak resident memory {}",
         report.replay_seconds,
         report.fit_seconds,
         report.calibration_seconds,
+        report.validation_seconds,
         match report.peak_resident_bytes {
             Some(bytes) => format!("{:.0} MiB", bytes as f64 / 1048576.0),
             None => "unknown (no /proc/self/status)".to_owned(),
@@ -538,6 +845,7 @@ pub fn print_report(report: &TrainReport, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offline::model::TrainOptions;
     use propensity_actors::features::FEATURES;
     use propensity_actors::replay::DEFAULT_SESSION_TIMEOUT;
 
@@ -652,5 +960,108 @@ mod tests {
         }
         assert_eq!(checked, full.len());
         assert!(checked > 40);
+    }
+
+    #[test]
+    fn a_downsampled_fit_holds_out_every_row_and_keeps_up_with_a_full_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.csv");
+        crate::tools::generate::generate_files(1500, 7, 5, &events, None::<&Path>, false).unwrap();
+        let request = |max_fit_rows: u64, export_features: Option<PathBuf>| TrainRequest {
+            events: vec![events.clone()],
+            model_out: dir.path().join(format!("model-{max_fit_rows}.json")),
+            split_at: None,
+            export_features,
+            report_dir: None,
+            truth: None,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            options: TrainOptions::default(),
+            max_fit_rows,
+            show_progress: false,
+        };
+        let (full, _) = run(&request(0, None)).unwrap();
+        assert_eq!(full.negative_weight, 1);
+        assert_eq!(full.fit_rows_kept, full.fit_rows);
+        assert!(full.fit_rows > 20_000, "{} fitting rows", full.fit_rows);
+
+        let export = dir.path().join("sample.csv");
+        let (sampled, model) =
+            run(&request(full.fit_rows as u64 / 5, Some(export.clone()))).unwrap();
+        assert!(sampled.negative_weight >= 5, "{}", sampled.negative_weight);
+        // The same split, and the held-out rows are never downsampled.
+        assert_eq!(
+            (
+                sampled.fit_rows,
+                sampled.calibration_rows,
+                sampled.validation_rows
+            ),
+            (full.fit_rows, full.calibration_rows, full.validation_rows)
+        );
+        assert!(sampled.fit_rows_kept < full.fit_rows / 3);
+        // The tree stands for the whole fitting period, give or take the sampling.
+        assert!(
+            model.training_rows.abs_diff(full.fit_rows) * 10 < full.fit_rows,
+            "{} rows stood for, {} fitting rows",
+            model.training_rows,
+            full.fit_rows
+        );
+        assert!(
+            sampled.validation.roc_auc > full.validation.roc_auc - 0.02,
+            "ROC-AUC {} sampled against {} full",
+            sampled.validation.roc_auc,
+            full.validation.roc_auc
+        );
+        assert!(
+            sampled.validation.brier < full.validation.brier + 0.002,
+            "Brier {} sampled against {} full",
+            sampled.validation.brier,
+            full.validation.brier
+        );
+
+        // The export is the weighted sample: every held-out row, the kept fitting rows, and
+        // weights that add up to about the fitting period.
+        let text = std::fs::read_to_string(&export).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        assert_eq!(
+            &header[..7],
+            [
+                "event_identity",
+                "event_time",
+                "user_id",
+                "product_id",
+                "split",
+                "label",
+                "weight"
+            ]
+        );
+        let (mut kept, mut held_out, mut fit_weight) = (0, 0, 0u64);
+        for line in lines {
+            let fields: Vec<&str> = line.split(',').collect();
+            assert_eq!(fields.len(), 7 + FEATURE_COUNT);
+            let weight: u64 = fields[6].parse().unwrap();
+            if fields[4] == "fit" {
+                kept += 1;
+                fit_weight += weight;
+                assert_eq!(
+                    weight,
+                    if fields[5] == "1" {
+                        1
+                    } else {
+                        sampled.negative_weight
+                    }
+                );
+            } else {
+                held_out += 1;
+                assert_eq!(weight, 1);
+            }
+        }
+        assert_eq!(kept, sampled.fit_rows_kept);
+        assert_eq!(held_out, sampled.calibration_rows + sampled.validation_rows);
+        assert!(
+            (fit_weight as f64 / full.fit_rows as f64 - 1.0).abs() < 0.1,
+            "weights add up to {fit_weight} for {} rows",
+            full.fit_rows
+        );
     }
 }

@@ -101,6 +101,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         truth: (options.events.is_none() && truth.exists()).then_some(truth),
         session_timeout: settings.engine.session_timeout_millis(),
         options: crate::offline::model::TrainOptions::default(),
+        max_fit_rows: crate::offline::train::DEFAULT_MAX_FIT_ROWS,
         show_progress: true,
     };
     let (report, _) = crate::offline::train::run(&request)?;

@@ -63,6 +63,7 @@ pub fn train_model(
         truth: None,
         session_timeout,
         options: propensity::offline::model::TrainOptions::default(),
+        max_fit_rows: propensity::offline::train::DEFAULT_MAX_FIT_ROWS,
         show_progress: false,
     };
     let (_, model) = propensity::offline::train::run(&request).expect("training works");

@@ -31,7 +31,7 @@ pub use metrics::{
     reliability_bins_over, roc_curve,
 };
 pub use report::write_report;
-pub use train::{TrainOptions, TrainTimings, train, train_timed};
+pub use train::{FittedTree, TrainOptions, TrainTimings, fit_tree, train, train_timed};
 pub use tree::{Branch, Node, NodeCounts, Tree};
 
 /// A training, calibration or validation set: row-major features, labels, feature names.
@@ -43,12 +43,32 @@ pub struct Dataset {
     pub labels: Vec<bool>,
     /// Name of each feature column, in column order.
     pub feature_names: Vec<String>,
+    /// How many rows each negative row stands for: 1 when every row was kept, `k` when one
+    /// negative in `k` was kept (every positive always is). Leaf counts, the base rate and the
+    /// propensities weigh negatives by it, so they estimate the full population.
+    pub negative_weight: u64,
 }
 
 impl Dataset {
+    /// A set where every row stands for itself.
+    pub fn new(features: Array2<f64>, labels: Vec<bool>, feature_names: Vec<String>) -> Dataset {
+        Dataset {
+            features,
+            labels,
+            feature_names,
+            negative_weight: 1,
+        }
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.labels.len()
+    }
+
+    /// Number of rows the set stands for: positives plus negatives times their weight.
+    pub fn represented_rows(&self) -> u64 {
+        let positives = self.positives() as u64;
+        positives + (self.rows() as u64 - positives) * self.negative_weight
     }
 
     /// Number of positive labels.
@@ -79,6 +99,11 @@ impl Dataset {
         }
         if columns == 0 {
             return Err(ModelError::NoFeatures { dataset });
+        }
+        if self.negative_weight == 0 {
+            return Err(ModelError::InvalidOptions(format!(
+                "the {dataset} set's negative weight must be at least 1"
+            )));
         }
         if let Some(((row, column), &value)) = self
             .features
@@ -120,9 +145,10 @@ pub struct Model {
     pub trained_at: String,
     /// First and last event time of the training data, filled in by the caller.
     pub data_span: Option<(String, String)>,
-    /// Number of training rows.
+    /// Number of training rows the tree stands for: with downsampled negatives, the kept rows
+    /// with their weights.
     pub training_rows: usize,
-    /// Positive share of the training rows.
+    /// Positive share of the training rows (weighted the same way).
     pub base_rate: f64,
 }
 
@@ -593,6 +619,7 @@ mod tests {
             features: array![[0.2, 1.0, 0.0], [0.9, 0.0, 0.0]],
             labels: vec![false, true],
             feature_names: model.feature_names.clone(),
+            negative_weight: 1,
         };
         assert_eq!(model.score_dataset(&dataset).unwrap(), vec![0.05, 0.7]);
         dataset.features[(1, 2)] = f64::NAN;
@@ -639,6 +666,7 @@ mod tests {
             features,
             labels,
             feature_names: names,
+            negative_weight: 1,
         };
         let model = train(&dataset, &dataset, &TrainOptions::default()).unwrap();
         assert!(model.tree.leaf_count() > 2);
@@ -764,6 +792,7 @@ mod tests {
             features: Array2::zeros((0, 1)),
             labels: vec![],
             feature_names: names.clone(),
+            negative_weight: 1,
         };
         assert_eq!(
             empty.validate("validation").unwrap_err().to_string(),
@@ -773,6 +802,7 @@ mod tests {
             features: Array2::zeros((2, 0)),
             labels: vec![true, false],
             feature_names: vec![],
+            negative_weight: 1,
         };
         assert!(matches!(
             no_features.validate("training"),
@@ -782,6 +812,7 @@ mod tests {
             features: array![[1.0], [f64::INFINITY]],
             labels: vec![true, false],
             feature_names: names.clone(),
+            negative_weight: 1,
         };
         assert_eq!(
             infinite.validate("training").unwrap_err().to_string(),
@@ -791,6 +822,7 @@ mod tests {
             features: array![[1.0], [2.0]],
             labels: vec![true, true],
             feature_names: names.clone(),
+            negative_weight: 1,
         };
         assert_eq!(
             all_positive
@@ -803,6 +835,7 @@ mod tests {
             features: array![[1.0, 2.0]],
             labels: vec![true],
             feature_names: names,
+            negative_weight: 1,
         };
         assert!(matches!(
             wrong_names.validate("training"),

@@ -96,7 +96,7 @@ impl TrainOptions {
 /// Trains a calibrated propensity model on `train`, calibrating on the held-out `calibration` rows.
 ///
 /// Steps: fit a Gini `linfa_trees::DecisionTree` with class weights; convert it to a [`Tree`];
-/// count the unweighted training rows per leaf; collapse splits whose children hold fewer than
+/// count the training rows per leaf; collapse splits whose children hold fewer than
 /// `min_samples_leaf` rows (linfa checks its leaf minimum on weighted sums only); smooth the leaf
 /// frequencies toward the training base rate; fit the isotonic [`Calibration`] on the
 /// calibration rows' leaf scores. `metrics` and `data_span` are left `None` for the caller, who
@@ -148,7 +148,45 @@ pub fn train_timed(
                 .unwrap_or_default(),
         });
     }
+    let fitted = fit_tree(train, options)?;
+    let fit_seconds = fit_started.elapsed().as_secs_f64();
+    let calibration_started = std::time::Instant::now();
+    let mut leaf_scores = Vec::with_capacity(calibration.labels.len());
+    for_each_row(calibration.features.view(), |_, values| {
+        leaf_scores.push(fitted.tree.leaf_probability(values));
+    });
+    let model = fitted.calibrate(&leaf_scores, &calibration.labels, options)?;
+    let timings = TrainTimings {
+        fit_seconds,
+        calibration_seconds: calibration_started.elapsed().as_secs_f64(),
+    };
+    Ok((model, timings))
+}
 
+/// A grown, counted, pruned and smoothed tree, waiting for its calibration.
+#[derive(Clone, Debug)]
+pub struct FittedTree {
+    pub tree: Tree,
+    pub feature_names: Vec<String>,
+    /// Rows the tree stands for (negatives weighted).
+    pub represented_rows: u64,
+    /// Positive share of those rows.
+    pub base_rate: f64,
+}
+
+/// Grows the tree on `train`: a Gini `linfa_trees::DecisionTree` with class weights, converted
+/// to a [`Tree`], its leaves counted (negatives weighted by the set's `negative_weight`), splits
+/// with a child under `min_samples_leaf` rows collapsed (linfa checks its leaf minimum on
+/// weighted sums only), and the leaf frequencies smoothed toward the base rate.
+///
+/// With downsampled negatives, the balanced class weight is computed on the kept rows: it only
+/// sets the ratio of a positive's weight to a negative's, and the importance weight of the
+/// negatives would cancel out of it, so the split search is the one the full set would get in
+/// expectation. The importance weight matters where the probabilities come from: the leaf
+/// counts and the base rate.
+pub fn fit_tree(train: &Dataset, options: &TrainOptions) -> Result<FittedTree, ModelError> {
+    options.validate()?;
+    train.validate("training")?;
     let rows = train.labels.len();
     let positives = train.positives();
     let negatives = rows - positives;
@@ -175,43 +213,63 @@ pub fn train_timed(
         .min_weight_split(options.min_weight_split)
         .min_weight_leaf(min_weight_leaf)
         .fit(&dataset)?;
+    drop(dataset);
 
     let mut tree = Tree::from_linfa(fitted.root_node());
-    tree.count_rows(train.features.view(), &train.labels);
+    tree.count_rows(train.features.view(), &train.labels, train.negative_weight);
     let mut tree = tree.prune_small_leaves(options.min_samples_leaf as u64);
-    let base_rate = positives as f64 / rows as f64;
+    let represented_rows = train.represented_rows();
+    let base_rate = positives as f64 / represented_rows as f64;
     tree.smooth_leaves(base_rate, options.smoothing);
-
-    let fit_seconds = fit_started.elapsed().as_secs_f64();
-    let calibration_started = std::time::Instant::now();
-    let mut leaf_scores = Vec::with_capacity(calibration.labels.len());
-    for_each_row(calibration.features.view(), |_, values| {
-        leaf_scores.push(tree.leaf_probability(values));
-    });
-    let calibration_map =
-        Calibration::fit_isotonic(&leaf_scores, &calibration.labels, options.smoothing);
-    let timings = TrainTimings {
-        fit_seconds,
-        calibration_seconds: calibration_started.elapsed().as_secs_f64(),
-    };
-
     tracing::info!(
         rows,
         positives,
+        negative_weight = train.negative_weight,
         positive_weight,
         linfa_leaves = fitted.num_leaves(),
         leaves = tree.leaf_count(),
         depth = tree.depth(),
-        "trained propensity tree"
+        "grew the propensity tree"
     );
-    let model = Model::assemble(
-        train.feature_names.clone(),
+    Ok(FittedTree {
         tree,
-        calibration_map,
-        rows,
+        feature_names: train.feature_names.clone(),
+        represented_rows,
         base_rate,
-    )?;
-    Ok((model, timings))
+    })
+}
+
+impl FittedTree {
+    /// Fits the isotonic [`Calibration`] on the leaf scores of held-out rows (never
+    /// downsampled) and assembles the model. `metrics` and `data_span` are left `None` for the
+    /// caller, who should evaluate on a third, untouched validation set.
+    pub fn calibrate(
+        self,
+        leaf_scores: &[f64],
+        labels: &[bool],
+        options: &TrainOptions,
+    ) -> Result<Model, ModelError> {
+        let positives = labels.iter().filter(|&&label| label).count();
+        if labels.is_empty() {
+            return Err(ModelError::EmptyDataset {
+                dataset: "calibration",
+            });
+        }
+        if positives == 0 || positives == labels.len() {
+            return Err(ModelError::SingleClass {
+                dataset: "calibration",
+                positive: positives == labels.len(),
+            });
+        }
+        let calibration = Calibration::fit_isotonic(leaf_scores, labels, options.smoothing);
+        Model::assemble(
+            self.feature_names,
+            self.tree,
+            calibration,
+            self.represented_rows as usize,
+            self.base_rate,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +308,7 @@ mod tests {
             features,
             labels,
             feature_names: vec!["x0".into(), "x1".into()],
+            negative_weight: 1,
         }
     }
 
@@ -487,5 +546,133 @@ mod tests {
         assert_eq!(flat.tree.leaf_count(), 1);
         let balanced = train(&train_set, &calibration_set, &TrainOptions::default()).unwrap();
         assert!(balanced.tree.leaf_count() >= 2);
+    }
+
+    /// Every positive and one negative in `k` of `full` (chosen by a hash of the row), each kept
+    /// negative weighted `k`: what `propensity train` does to a fitting period too big to hold.
+    fn downsample(full: &Dataset, k: u64) -> Dataset {
+        let kept: Vec<usize> = (0..full.rows())
+            .filter(|&row| full.labels[row] || Stream(row as u64).next_unit() < 1.0 / k as f64)
+            .collect();
+        Dataset {
+            features: full.features.select(ndarray::Axis(0), &kept),
+            labels: kept.iter().map(|&row| full.labels[row]).collect(),
+            feature_names: full.feature_names.clone(),
+            negative_weight: k,
+        }
+    }
+
+    #[test]
+    fn downsampled_negatives_with_weights_keep_leaf_propensities_unbiased() {
+        // A rare positive class that depends on the features, as with the scoring points.
+        let truth = |x0: f64, x1: f64| 0.01 + 0.08 * x0 + if x1 > 0.7 { 0.05 } else { 0.0 };
+        let full = synthetic(200_000, 21, truth);
+        let k = 8;
+        let sample = downsample(&full, k);
+        assert!(sample.rows() < full.rows() / 4, "{} kept", sample.rows());
+        let options = TrainOptions {
+            smoothing: 0.0,
+            ..TrainOptions::default()
+        };
+        let weighted = fit_tree(&sample, &options).unwrap();
+        assert!(weighted.tree.leaf_count() >= 4, "the signal needs leaves");
+
+        // Leaf by leaf, against every row of the full set that reaches the same leaf: positives
+        // are all kept, so they match exactly; the weighted total estimates the full total
+        // within its sampling error (kept negatives ~ Binomial(n, 1/k), so k * kept has a
+        // standard deviation of about sqrt(n * k)).
+        let mut reference = weighted.tree.clone();
+        reference.count_rows(full.features.view(), &full.labels, 1);
+        let mut bias = 0.0;
+        for (index, node) in weighted.tree.nodes().iter().enumerate() {
+            let Node::Leaf {
+                probability,
+                positives,
+                total,
+            } = *node
+            else {
+                continue;
+            };
+            let (_, full_positives, full_total) = reference.leaf_at(index);
+            assert_eq!(positives, full_positives, "leaf {index}");
+            let full_negatives = (full_total - full_positives) as f64;
+            let tolerance = 4.0 * (full_negatives * k as f64).sqrt() + k as f64;
+            assert!(
+                (total as f64 - full_total as f64).abs() <= tolerance,
+                "leaf {index}: weighted total {total}, full {full_total}, tolerance {tolerance:.0}"
+            );
+            // With no smoothing the propensity is the leaf's weighted frequency, so the totals
+            // agreeing is the propensities agreeing; summed below as the bias over all rows.
+            assert_eq!(probability, positives as f64 / total as f64, "leaf {index}");
+            let full_rate = full_positives as f64 / full_total as f64;
+            bias += (probability - full_rate) * full_total as f64;
+        }
+        let full_base_rate = full.positives() as f64 / full.rows() as f64;
+        let bias = bias / full.rows() as f64;
+        assert!(
+            bias.abs() < 0.02 * full_base_rate,
+            "mean propensity off by {bias:.5} against a base rate of {full_base_rate:.4}"
+        );
+        assert!(
+            (weighted.base_rate - full_base_rate).abs() / full_base_rate < 0.02,
+            "base rate {} against {full_base_rate}",
+            weighted.base_rate
+        );
+
+        // Without the weights the same sample overstates the propensities several fold: the
+        // checks above would catch a weight that went missing.
+        let unweighted = fit_tree(
+            &Dataset {
+                negative_weight: 1,
+                ..sample.clone()
+            },
+            &options,
+        )
+        .unwrap();
+        assert!(
+            unweighted.base_rate > 4.0 * full_base_rate,
+            "{}",
+            unweighted.base_rate
+        );
+
+        // Against a fit on every row, on the same fresh validation rows: as good a ranking, and
+        // calibration (Brier) no worse than the sampling noise.
+        let calibration_set = synthetic(50_000, 22, truth);
+        let validation_set = synthetic(50_000, 23, truth);
+        let full_model = train(&full, &calibration_set, &TrainOptions::default()).unwrap();
+        let fitted = fit_tree(&sample, &TrainOptions::default()).unwrap();
+        let leaf_scores: Vec<f64> = (0..calibration_set.rows())
+            .map(|row| {
+                fitted
+                    .tree
+                    .leaf_probability(calibration_set.features.row(row).as_slice().unwrap())
+            })
+            .collect();
+        let sampled_model = fitted
+            .calibrate(
+                &leaf_scores,
+                &calibration_set.labels,
+                &TrainOptions::default(),
+            )
+            .unwrap();
+        let metrics = |model: &Model| {
+            crate::offline::model::evaluate(
+                &model.score_dataset(&validation_set).unwrap(),
+                &validation_set.labels,
+            )
+        };
+        let (full_metrics, sampled_metrics) = (metrics(&full_model), metrics(&sampled_model));
+        assert!(
+            sampled_metrics.roc_auc > full_metrics.roc_auc - 0.01,
+            "ROC-AUC {} sampled against {} full",
+            sampled_metrics.roc_auc,
+            full_metrics.roc_auc
+        );
+        assert!(
+            sampled_metrics.brier < full_metrics.brier + 0.0005,
+            "Brier {} sampled against {} full",
+            sampled_metrics.brier,
+            full_metrics.brier
+        );
     }
 }

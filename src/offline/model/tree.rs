@@ -278,17 +278,27 @@ impl Tree {
         }
     }
 
-    /// Recounts every leaf's positives and total by routing the given (unweighted) rows.
+    /// Recounts every leaf's positives and total by routing the given rows, each negative
+    /// counting `negative_weight` times (1 unless negatives were downsampled).
     ///
     /// linfa's pruning merges sibling leaves that predict the same class and keeps no counts, so
     /// counting ourselves is the only way to know how many rows each of our leaves holds.
-    pub fn count_rows(&mut self, features: ArrayView2<'_, f64>, labels: &[bool]) {
+    pub fn count_rows(
+        &mut self,
+        features: ArrayView2<'_, f64>,
+        labels: &[bool],
+        negative_weight: u64,
+    ) {
         debug_assert_eq!(features.nrows(), labels.len());
         let mut counts = vec![NodeCounts::default(); self.nodes.len()];
         for_each_row(features, |row, values| {
             let leaf = self.leaf_index(values);
-            counts[leaf].total += 1;
-            counts[leaf].positives += u64::from(labels[row]);
+            if labels[row] {
+                counts[leaf].total += 1;
+                counts[leaf].positives += 1;
+            } else {
+                counts[leaf].total += negative_weight;
+            }
         });
         for (node, count) in self.nodes.iter_mut().zip(counts) {
             if let Node::Leaf {
@@ -639,7 +649,7 @@ mod tests {
     fn count_rows_routes_each_row_once() {
         let mut tree = small_tree();
         let features = array![[0.0, 0.0], [0.0, 5.0], [1.0, 0.0], [1.0, 9.0], [0.5, 2.0]];
-        tree.count_rows(features.view(), &[true, false, true, true, false]);
+        tree.count_rows(features.view(), &[true, false, true, true, false], 1);
         let counts = tree.node_counts();
         assert_eq!(
             counts[2],
@@ -669,10 +679,10 @@ mod tests {
     fn count_rows_handles_column_major_arrays() {
         let mut row_major = small_tree();
         let features = array![[0.0, 0.0], [0.0, 5.0], [1.0, 0.0]];
-        row_major.count_rows(features.view(), &[true, false, true]);
+        row_major.count_rows(features.view(), &[true, false, true], 1);
         let mut column_major = small_tree();
         let transposed = features.t().to_owned();
-        column_major.count_rows(transposed.t(), &[true, false, true]);
+        column_major.count_rows(transposed.t(), &[true, false, true], 1);
         assert_eq!(row_major, column_major);
     }
 
@@ -762,7 +772,7 @@ mod tests {
         assert_eq!(tree.leaf_count(), fitted.num_leaves());
         assert_eq!(tree.depth(), fitted.max_depth());
         assert_eq!(used_features(&tree), HashSet::from([0, 1]));
-        tree.count_rows(features.view(), labels.as_slice().unwrap());
+        tree.count_rows(features.view(), labels.as_slice().unwrap(), 1);
         let counts = tree.node_counts();
         assert_eq!(counts[0].total, rows as u64);
         // The rule is learnable exactly, so every leaf must be pure.

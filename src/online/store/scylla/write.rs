@@ -420,6 +420,25 @@ impl Core {
         entry.1.extend(ends);
     }
 
+    /// Reads the partition's owner row at serial consistency, which completes or voids any
+    /// lightweight transaction still in progress on the partition.
+    async fn settle_partition(&self, source: u16) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(
+                &self.statements.select_partition_owner,
+                (i32::from(source),),
+            )
+            .await
+            .map_err(|error| {
+                store_error(
+                    error,
+                    "settling a bus partition's writes",
+                    self.settings.write_timeout_ms,
+                )
+            })?;
+        Ok(())
+    }
+
     /// Takes a partition's doubts from under `epoch`; those of an earlier epoch are dropped
     /// (another instance may have counted those ends since).
     fn take_doubts(&self, source: u16, epoch: i64) -> HashSet<(SessionKey, Millis)> {
@@ -454,18 +473,32 @@ impl Core {
         transition_keys.dedup();
         tally_keys.sort_unstable();
         tally_keys.dedup();
-        let mut index: HashMap<SessionKey, IndexEntry> = HashMap::new();
-        for (key, entry) in self.read_index_entries(source, &transition_keys).await? {
-            index.insert(key, entry);
-        }
-        let mut tallies: HashMap<TallyKey, OutcomeTally> = HashMap::new();
-        for (key, tally) in self.read_tallies(&tally_keys).await? {
-            tallies.insert(key, tally);
-        }
+        let mut doubted = self.take_doubts(source, epoch);
+        let read = async {
+            if !doubted.is_empty() {
+                // A batch of this partition timed out and may still be in flight. Its fence
+                // makes it a lightweight transaction, and a serial read of the partition settles
+                // one in progress: committed now, or never. Without this it could land between
+                // the reads below, after the index was read and before the tallies were, and
+                // its ends would be tallied twice.
+                self.settle_partition(source).await?;
+            }
+            let index = self.read_index_entries(source, &transition_keys).await?;
+            let tallies = self.read_tallies(&tally_keys).await?;
+            Ok::<_, StoreError>((index, tallies))
+        };
+        let (index, tallies) = match read.await {
+            Ok(read) => read,
+            Err(error) => {
+                self.doubt(source, Some(epoch), doubted);
+                return Err(error);
+            }
+        };
+        let mut index: HashMap<SessionKey, IndexEntry> = index.into_iter().collect();
+        let mut tallies: HashMap<TallyKey, OutcomeTally> = tallies.into_iter().collect();
         // Each batch carries its transitions' index rows and the tallies as they stand after
         // them: whatever prefix of the batches lands, the index and the tallies agree.
         let statements = &self.statements;
-        let mut doubted = self.take_doubts(source, epoch);
         let mut counted = Vec::new();
         for chunk in transitions.chunks(TRANSITIONS_PER_BATCH) {
             // An end found counted that an earlier write of this instance may have counted: it
