@@ -12,6 +12,8 @@
 //! `predict` uses `value < threshold`; the two only differ for a value exactly on the midpoint
 //! between two training values.) A NaN value fails `<=` and therefore goes right.
 
+use std::collections::HashMap;
+
 use linfa_trees::TreeNode;
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
@@ -276,6 +278,76 @@ impl Tree {
             } => (probability, positives, total),
             Node::Split { .. } => panic!("node {index} is a split, not a leaf"),
         }
+    }
+
+    /// The leaves with their depth (the root is at depth 0), in pre-order.
+    pub fn leaf_depths(&self) -> Vec<(usize, usize)> {
+        let mut leaves = Vec::new();
+        let mut stack = vec![(0usize, 0usize)];
+        while let Some((index, depth)) = stack.pop() {
+            match self.nodes[index] {
+                Node::Leaf { .. } => leaves.push((index, depth)),
+                Node::Split { left, right, .. } => {
+                    stack.push((right as usize, depth + 1));
+                    stack.push((left as usize, depth + 1));
+                }
+            }
+        }
+        leaves
+    }
+
+    /// A copy in which every leaf with an entry in `subtrees` is replaced by that tree.
+    pub fn graft(&self, subtrees: &HashMap<usize, Tree>) -> Tree {
+        let mut nodes = Vec::with_capacity(
+            self.nodes.len()
+                + subtrees
+                    .values()
+                    .map(|tree| tree.nodes.len())
+                    .sum::<usize>(),
+        );
+        self.copy_grafted(0, subtrees, &mut nodes);
+        Tree::new(nodes).expect("pre-order copy of valid trees is valid")
+    }
+
+    /// Appends the subtree rooted at `index`, grafts included, to `out` in pre-order; returns
+    /// where it starts.
+    fn copy_grafted(
+        &self,
+        index: usize,
+        subtrees: &HashMap<usize, Tree>,
+        out: &mut Vec<Node>,
+    ) -> u32 {
+        let position = out.len() as u32;
+        match self.nodes[index] {
+            Node::Leaf { .. } => match subtrees.get(&index) {
+                Some(subtree) => {
+                    subtree.copy_grafted(0, &HashMap::new(), out);
+                }
+                None => out.push(self.nodes[index].clone()),
+            },
+            Node::Split {
+                feature,
+                threshold,
+                left,
+                right,
+            } => {
+                out.push(Node::Split {
+                    feature,
+                    threshold,
+                    left: 0,
+                    right: 0,
+                });
+                let left = self.copy_grafted(left as usize, subtrees, out);
+                let right = self.copy_grafted(right as usize, subtrees, out);
+                out[position as usize] = Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                };
+            }
+        }
+        position
     }
 
     /// Recounts every leaf's positives and total by routing the given rows, each negative
@@ -784,5 +856,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn graft_replaces_leaves_and_routes_through_the_subtrees() {
+        // small_tree: the root splits feature 0 at 0.5; left, a split on feature 1 at 2.0 into
+        // two leaves; right, the leaf 4.
+        let tree = small_tree();
+        assert_eq!(tree.leaf_depths(), vec![(2, 2), (3, 2), (4, 1)]);
+        let subtree = Tree::new(vec![
+            split(1, 10.0, 1, 2),
+            leaf(0.3, 3, 10),
+            leaf(0.7, 7, 10),
+        ])
+        .unwrap();
+        let grafted = tree.graft(&HashMap::from([(4, subtree)]));
+        assert_eq!(grafted.leaf_count(), tree.leaf_count() + 1);
+        assert_eq!(grafted.depth(), 2);
+        // Rows that reached the replaced leaf now split on the subtree's rule; others route as
+        // before.
+        assert_eq!(grafted.leaf_probability(&[1.0, 5.0]), 0.3);
+        assert_eq!(grafted.leaf_probability(&[1.0, 50.0]), 0.7);
+        for row in [[0.0, 0.0], [0.0, 9.0], [0.5, 3.0]] {
+            assert_eq!(grafted.leaf_probability(&row), tree.leaf_probability(&row));
+        }
+        assert_eq!(tree.graft(&HashMap::new()), tree);
     }
 }
