@@ -439,13 +439,32 @@ impl Core {
         Ok(())
     }
 
-    /// Takes a partition's doubts from under `epoch`; those of an earlier epoch are dropped
-    /// (another instance may have counted those ends since).
-    fn take_doubts(&self, source: u16, epoch: i64) -> HashSet<(SessionKey, Millis)> {
-        match self.in_doubt.lock().expect("in-doubt lock").remove(&source) {
-            Some((doubted_under, ends)) if doubted_under == epoch => ends,
-            _ => HashSet::new(),
+    /// Whether the partition has ends in doubt under `epoch`.
+    fn has_doubts(&self, source: u16, epoch: i64) -> bool {
+        self.in_doubt
+            .lock()
+            .expect("in-doubt lock")
+            .get(&source)
+            .is_some_and(|(doubted_under, ends)| *doubted_under == epoch && !ends.is_empty())
+    }
+
+    /// Takes one end out of the partition's doubts under `epoch`; whether it was there. Doubts
+    /// of an earlier epoch count for nothing (another instance may have counted those ends
+    /// since) and are dropped.
+    fn take_doubt(&self, source: u16, epoch: i64, end: (SessionKey, Millis)) -> bool {
+        let mut in_doubt = self.in_doubt.lock().expect("in-doubt lock");
+        let Some((doubted_under, ends)) = in_doubt.get_mut(&source) else {
+            return false;
+        };
+        if *doubted_under != epoch {
+            in_doubt.remove(&source);
+            return false;
         }
+        let taken = ends.remove(&end);
+        if ends.is_empty() {
+            in_doubt.remove(&source);
+        }
+        taken
     }
 
     async fn write_source_transitions(
@@ -473,9 +492,8 @@ impl Core {
         transition_keys.dedup();
         tally_keys.sort_unstable();
         tally_keys.dedup();
-        let mut doubted = self.take_doubts(source, epoch);
         let read = async {
-            if !doubted.is_empty() {
+            if self.has_doubts(source, epoch) {
                 // A batch of this partition timed out and may still be in flight. Its fence
                 // makes it a lightweight transaction, and a serial read of the partition settles
                 // one in progress: committed now, or never. Without this it could land between
@@ -487,13 +505,7 @@ impl Core {
             let tallies = self.read_tallies(&tally_keys).await?;
             Ok::<_, StoreError>((index, tallies))
         };
-        let (index, tallies) = match read.await {
-            Ok(read) => read,
-            Err(error) => {
-                self.doubt(source, Some(epoch), doubted);
-                return Err(error);
-            }
-        };
+        let (index, tallies) = read.await?;
         let mut index: HashMap<SessionKey, IndexEntry> = index.into_iter().collect();
         let mut tallies: HashMap<TallyKey, OutcomeTally> = tallies.into_iter().collect();
         // Each batch carries its transitions' index rows and the tallies as they stand after
@@ -503,13 +515,15 @@ impl Core {
         for chunk in transitions.chunks(TRANSITIONS_PER_BATCH) {
             // An end found counted that an earlier write of this instance may have counted: it
             // did, and the counters hear of it now.
+            // Doubts are taken one end at a time: other actors save ends of this partition
+            // concurrently, and theirs must stay for their own saves.
             let mut revived = Vec::new();
             for transition in chunk {
                 if let Transition::End(end) = transition
                     && index
                         .get(&end.key)
                         .is_some_and(|entry| entry.has_ended(end.started_at))
-                    && doubted.remove(&(end.key, end.started_at))
+                    && self.take_doubt(source, epoch, (end.key, end.started_at))
                 {
                     revived.push(end.clone());
                 }
@@ -575,26 +589,24 @@ impl Core {
             if let Err(error) = self.write_fenced(source, rows).await {
                 if !matches!(error, StoreError::Fenced(_)) {
                     // This batch may have applied, and those before did.
-                    doubted.extend(
+                    self.doubt(
+                        source,
+                        Some(epoch),
                         counted
                             .iter()
                             .chain(&revived)
                             .chain(&ended)
                             .map(|end: &SessionEnd| (end.key, end.started_at)),
                     );
-                    self.doubt(source, Some(epoch), doubted);
                 }
                 return Err(error);
             }
             for end in &ended {
-                doubted.remove(&(end.key, end.started_at));
+                // Counted now, and heard of by the counters with this save.
+                self.take_doubt(source, epoch, (end.key, end.started_at));
             }
             counted.extend(revived);
             counted.extend(ended);
-        }
-        if !doubted.is_empty() {
-            // Not among this save's transitions: kept for the save that carries them again.
-            self.doubt(source, Some(epoch), doubted);
         }
         Ok(counted)
     }
