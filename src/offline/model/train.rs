@@ -662,7 +662,7 @@ mod tests {
         }
         let full_base_rate = full.positives() as f64 / full.rows() as f64;
         // A leaf's propensity is a ratio of counts, unbiased only as leaves grow: a small leaf
-        // runs high by about k x negatives / total^2 (1.9 to 2.0% of the base rate over all
+        // runs high by about k x negatives / total^2 (1.8 to 2.1% of the base rate over all
         // leaves here, in repeated runs; linfa breaks ties between classes in hash order, so
         // trees vary a little), which the calibration on held-out rows takes out. Five per cent
         // allows it and is still far below the several-fold error of a sample without its
