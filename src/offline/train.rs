@@ -240,25 +240,6 @@ pub fn replay<I: Iterator<Item = Event>>(
     (rows, stats, engine)
 }
 
-/// An event stream that knows how many events it holds at most (from the history's count).
-struct SizedEvents<I> {
-    events: I,
-    remaining: usize,
-}
-
-impl<I: Iterator<Item = Event>> Iterator for SizedEvents<I> {
-    type Item = Event;
-
-    fn next(&mut self) -> Option<Event> {
-        self.remaining = self.remaining.saturating_sub(1);
-        self.events.next()
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
-    }
-}
-
 /// The fitting rows kept by default: above it, negatives are downsampled.
 pub const DEFAULT_MAX_FIT_ROWS: u64 = 2_000_000;
 
@@ -632,10 +613,7 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     let progress = progress_bar(request.show_progress, history.rows(), "features", EVENTS);
     let started = std::time::Instant::now();
     let (stats, engine) = replay_rows(
-        SizedEvents {
-            events: ordered_events(&history, spill.path())?,
-            remaining: history.rows() as usize,
-        },
+        ordered_events(&history, spill.path())?,
         request.session_timeout,
         &progress,
         |row| {

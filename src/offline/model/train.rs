@@ -150,7 +150,7 @@ pub fn train_timed(
                 .unwrap_or_default(),
         });
     }
-    let fitted = fit_tree(train, options)?;
+    let fitted = grow(train, options)?;
     let fit_seconds = fit_started.elapsed().as_secs_f64();
     let calibration_started = std::time::Instant::now();
     let mut leaf_scores = Vec::with_capacity(calibration.labels.len());
@@ -189,6 +189,11 @@ pub struct FittedTree {
 pub fn fit_tree(train: &Dataset, options: &TrainOptions) -> Result<FittedTree, ModelError> {
     options.validate()?;
     train.validate("training")?;
+    grow(train, options)
+}
+
+/// [`fit_tree`] on a set and options already validated.
+fn grow(train: &Dataset, options: &TrainOptions) -> Result<FittedTree, ModelError> {
     let rows = train.labels.len();
     let positives = train.positives();
     let negatives = rows - positives;
@@ -238,14 +243,13 @@ pub fn fit_tree(train: &Dataset, options: &TrainOptions) -> Result<FittedTree, M
         weights.clone(),
         top_depth,
     )?;
-    let mut tree = top.clone();
+    let mut subtrees = HashMap::new();
     if top_depth < options.max_depth {
         let leaves = top.leaf_depths();
         let mut rows_of: HashMap<usize, Vec<usize>> = HashMap::new();
         for_each_row(train.features.view(), |row, values| {
             rows_of.entry(top.leaf_index(values)).or_default().push(row);
         });
-        let mut subtrees = HashMap::new();
         for (leaf, depth) in leaves {
             let Some(rows) = rows_of.remove(&leaf) else {
                 continue;
@@ -265,10 +269,10 @@ pub fn fit_tree(train: &Dataset, options: &TrainOptions) -> Result<FittedTree, M
             )?;
             subtrees.insert(leaf, subtree);
         }
-        tree = top.graft(&subtrees);
     }
     drop(weights);
 
+    let mut tree = top.graft(&subtrees);
     tree.count_rows(train.features.view(), &train.labels, train.negative_weight);
     let mut tree = tree.prune_small_leaves(options.min_samples_leaf as u64);
     let represented_rows = train.represented_rows();
