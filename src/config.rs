@@ -10,6 +10,10 @@ use serde::Deserialize;
 /// The defaults, compiled in so the binary runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The demo's overlay, built in so `propensity demo` behaves the same from any directory; a
+/// `demo.toml` in the config directory replaces it.
+pub const DEMO_TOML: &str = include_str!("../config/demo.toml");
+
 /// Every setting of the service.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -365,14 +369,18 @@ impl Settings {
         ));
         if let Some(env) = env {
             let path = config_dir.join(format!("{env}.toml"));
-            if !path.exists() {
+            if env == "demo" && !path.exists() {
+                builder =
+                    builder.add_source(config::File::from_str(DEMO_TOML, config::FileFormat::Toml));
+            } else if !path.exists() {
                 bail!(
                     "no config overlay for environment {env:?}: {} does not exist",
                     path.display()
                 );
+            } else {
+                builder = builder
+                    .add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
             }
-            builder = builder
-                .add_source(config::File::from(path.clone()).format(config::FileFormat::Toml));
         }
         let overrides: std::collections::HashMap<String, String> = vars
             .into_iter()
@@ -516,6 +524,30 @@ mod tests {
             loaded += 1;
         }
         assert!(loaded >= 3, "only {loaded} config files");
+    }
+
+    #[test]
+    fn the_demo_overlay_is_built_in_for_any_working_directory() {
+        let elsewhere = std::env::temp_dir().join("propensity-no-config-here");
+        let built_in = Settings::load_with(&elsewhere, Some("demo"), Vec::new()).unwrap();
+        let from_file = load(Some("demo"), &[]).unwrap();
+        let defaults = load(None, &[]).unwrap();
+        assert!(!built_in.engine.live_watermark);
+        assert_ne!(
+            built_in.engine.live_watermark,
+            defaults.engine.live_watermark
+        );
+        assert_eq!(
+            built_in.engine.live_watermark,
+            from_file.engine.live_watermark
+        );
+        assert_eq!(built_in.logging.level, from_file.logging.level);
+        // Any other missing overlay is still an error.
+        let error = Settings::load_with(&elsewhere, Some("test"), Vec::new()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("test.toml does not exist"),
+            "{error:#}"
+        );
     }
 
     #[test]

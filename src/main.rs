@@ -164,9 +164,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let env = match (&cli.command, &cli.env) {
         (_, Some(env)) => Some(env.clone()),
-        (Command::Demo { .. }, None) if cli.config_dir.join("demo.toml").exists() => {
-            Some("demo".to_owned())
-        }
+        (Command::Demo { .. }, None) => Some("demo".to_owned()),
         _ => None,
     };
     let settings = Settings::load(&cli.config_dir, env.as_deref())?;

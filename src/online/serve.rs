@@ -46,19 +46,30 @@ impl Service {
         settings: &Settings,
         store: Arc<dyn StateStore>,
     ) -> Result<Service> {
+        // Everything that can fail comes before any actor starts: an actor started and never
+        // run would be started by the runtime's drop instead, which panics without a reactor.
+        let listener = std::net::TcpListener::bind(&settings.http.listen)
+            .with_context(|| format!("failed to listen on {}", settings.http.listen))?;
+        let address = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        let publisher = match settings.bus.kind {
+            BusKind::Http => None,
+            BusKind::Rabbitmq => Some(Arc::new(
+                Publisher::connect(&settings.bus.rabbitmq)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "failed to connect to RabbitMQ at {} (bus.rabbitmq.url)",
+                            redact(&settings.bus.rabbitmq.url)
+                        )
+                    })?,
+            )),
+        };
         let metrics = Arc::new(Metrics::new());
         metrics
             .abandonment_threshold
             .set(settings.alerting.abandonment_ratio_threshold);
-        let engine = Engine::start(
-            settings.engine.shard_count(),
-            settings.engine.shard_settings(
-                (settings.bus.kind == BusKind::Rabbitmq)
-                    .then_some(settings.bus.rabbitmq.partitions),
-            ),
-            store.clone(),
-            metrics.clone(),
-        );
         let model_metrics = metrics.clone();
         let scoring = ScoringActor::new(
             settings.model.path.clone(),
@@ -72,32 +83,29 @@ impl Service {
                     .set(1);
             }),
         )?;
+        let engine = Engine::start(
+            settings.engine.shard_count(),
+            settings.engine.shard_settings(
+                (settings.bus.kind == BusKind::Rabbitmq)
+                    .then_some(settings.bus.rabbitmq.partitions),
+            ),
+            store.clone(),
+            metrics.clone(),
+        );
         // The watcher runs here; every HTTP worker gets a reader of the same model slot.
         let worker_scoring = scoring.reader();
         let scoring = scoring.start();
         // With the bus, the service is ready once the consumer is consuming.
         let ready = Arc::new(AtomicBool::new(settings.bus.kind == BusKind::Http));
-        let (publisher, consumer) = match settings.bus.kind {
-            BusKind::Http => (None, None),
-            BusKind::Rabbitmq => {
-                let publisher = Publisher::connect(&settings.bus.rabbitmq)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "failed to connect to RabbitMQ at {} (bus.rabbitmq.url)",
-                            redact(&settings.bus.rabbitmq.url)
-                        )
-                    })?;
-                let consumer = crate::online::ingest::consumer::start(
-                    settings.bus.rabbitmq.clone(),
-                    settings.engine.max_future_skew(),
-                    engine.clone(),
-                    metrics.clone(),
-                    ready.clone(),
-                );
-                (Some(Arc::new(publisher)), Some(consumer))
-            }
-        };
+        let consumer = publisher.is_some().then(|| {
+            crate::online::ingest::consumer::start(
+                settings.bus.rabbitmq.clone(),
+                settings.engine.max_future_skew(),
+                engine.clone(),
+                metrics.clone(),
+                ready.clone(),
+            )
+        });
         let state = AppState {
             engine: engine.clone(),
             scoring: scoring.clone(),
@@ -121,12 +129,8 @@ impl Service {
             server = server.workers(settings.http.workers);
         }
         let server = server
-            .bind(&settings.http.listen)
+            .listen(listener)
             .with_context(|| format!("failed to listen on {}", settings.http.listen))?;
-        let address = *server
-            .addrs()
-            .first()
-            .context("the server bound no address")?;
         let server = server.run();
         let handle = server.handle();
         let server_task = tokio::task::spawn_local(server);
