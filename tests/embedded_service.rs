@@ -610,3 +610,66 @@ async fn a_model_swapped_under_load_answers_every_request_with_its_version() {
     );
     service.stop().await.unwrap();
 }
+
+/// `GET /v1/products/{id}` windows end at the stream's watermark: a product bought once and
+/// untouched for a day and a half shows its purchase in neither window, while other shoppers'
+/// events move event time on.
+#[actix_rt::test]
+async fn product_windows_end_at_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_path = common::small_model(dir.path(), TIMEOUT);
+    let settings = common::settings(dir.path(), &model_path);
+    let client = reqwest::Client::new();
+    let start = chrono::DateTime::parse_from_rfc3339("2019-10-01T10:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let hour = 60 * 60 * 1000;
+    let event_at = |user_id: u64, product_id: u64, event_type: EventType, time: Millis| Event {
+        event_type,
+        product_id,
+        ..cart_at(user_id, time)
+    };
+    let service = Service::start(&settings).await.unwrap();
+    let url = service.url();
+    common::post_events(
+        &client,
+        &url,
+        &[
+            event_at(1, 77, EventType::View, start),
+            event_at(1, 77, EventType::Purchase, start + 1000),
+        ],
+    )
+    .await;
+    let windows = |body: serde_json::Value| {
+        let windows = &body["windows"];
+        (
+            windows["last_hour"]["purchases"].as_u64().unwrap(),
+            windows["last_24_hours"]["purchases"].as_u64().unwrap(),
+        )
+    };
+    let product = |client: reqwest::Client, url: String| async move {
+        client
+            .get(format!("{url}/v1/products/77"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(windows(product(client.clone(), url.clone()).await), (1, 1));
+    // Three other shoppers, 36 hours later, make the watermark.
+    let later: Vec<Event> = (2..=4)
+        .map(|user| event_at(user, 5, EventType::View, start + 36 * hour))
+        .collect();
+    common::post_events(&client, &url, &later).await;
+    let body = product(client.clone(), url.clone()).await;
+    assert_eq!(windows(body.clone()), (0, 0), "{body}");
+    assert_eq!(
+        body["windows"]["as_of"],
+        propensity_actors::event::format_time(start + 36 * hour),
+        "{body}"
+    );
+    assert_eq!(body["counts"]["purchases"], 1, "the totals keep it: {body}");
+    service.stop().await.unwrap();
+}

@@ -528,7 +528,10 @@ async fn product(
     let Some(product) = state.engine.product(product_id).await? else {
         return Err(ApiError::NotFound(format!("no product {product_id}")));
     };
-    let now = product.last_event_at;
+    // Windows end at the stream's event time, so a product nobody touched for a day shows an
+    // empty last hour; the product's own latest event counts while the watermark lags behind it.
+    let watermark = state.engine.stats().await?.watermark;
+    let now = watermark.max(product.last_event_at);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "product_id": product.product_id,
         "category_id": product.category_id,
@@ -537,6 +540,7 @@ async fn product(
         "revenue": product.revenue,
         "last_event_at": format_time(product.last_event_at),
         "windows": {
+            "as_of": format_time(now),
             "last_hour": product.window(now, 1),
             "last_24_hours": product.window(now, 24),
         },
