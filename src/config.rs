@@ -34,6 +34,7 @@ pub struct Settings {
 pub struct HttpSettings {
     pub listen: String,
     pub auth_token: String,
+    pub protect_metrics: bool,
     pub body_limit_bytes: usize,
     pub max_batch: usize,
     pub workers: usize,

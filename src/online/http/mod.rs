@@ -8,13 +8,14 @@ use std::time::Instant;
 use actix::Addr;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::middleware::Next;
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{HttpResponse, ResponseError, web};
 use propensity_actors::engine::Engine;
 use propensity_actors::event::{Event, format_time};
 use propensity_actors::features::SessionKey;
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
@@ -126,26 +127,93 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(web::PathConfig::default().error_handler(|error, _| {
             ApiError::BadRequest(format!("invalid path: {error}")).into()
         }))
-        .route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics))
         .service(
             web::scope("")
                 .wrap(actix_web::middleware::from_fn(authorize))
-                .route("/ready", web::get().to(ready))
-                .route("/openapi.json", web::get().to(openapi))
-                .route("/v1/score", web::post().to(score))
-                .route("/v1/events", web::post().to(events))
-                .route(
+                // Outermost: whatever actix answers by itself (an oversized body, say) is JSON too.
+                .wrap(ErrorHandlers::new().default_handler(json_error))
+                .service(route("/health", Method::GET, web::get().to(health)))
+                .service(route("/metrics", Method::GET, web::get().to(metrics)))
+                .service(route("/ready", Method::GET, web::get().to(ready)))
+                .service(route("/openapi.json", Method::GET, web::get().to(openapi)))
+                .service(route("/v1/score", Method::POST, web::post().to(score)))
+                .service(route("/v1/events", Method::POST, web::post().to(events)))
+                .service(route(
                     "/v1/sessions/{user_id}/{user_session}",
+                    Method::GET,
                     web::get().to(session),
-                )
-                .route("/v1/users/{user_id}", web::get().to(user))
-                .route("/v1/products/{product_id}", web::get().to(product))
-                .route("/v1/outcomes", web::get().to(outcomes))
+                ))
+                .service(route(
+                    "/v1/users/{user_id}",
+                    Method::GET,
+                    web::get().to(user),
+                ))
+                .service(route(
+                    "/v1/products/{product_id}",
+                    Method::GET,
+                    web::get().to(product),
+                ))
+                .service(route("/v1/outcomes", Method::GET, web::get().to(outcomes)))
                 .default_service(web::to(not_found)),
         );
 }
 
+/// A resource with its one method; any other method gets a JSON 405 naming it in `Allow`.
+fn route(path: &str, method: Method, handler: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(handler)
+        .default_service(web::to(move || {
+            let allow = method.clone();
+            async move {
+                let status = StatusCode::METHOD_NOT_ALLOWED;
+                HttpResponse::build(status)
+                    .insert_header((actix_web::http::header::ALLOW, allow.as_str()))
+                    .json(ErrorBody {
+                        error: &format!("method not allowed; this route answers {allow}"),
+                        status: status.as_u16(),
+                    })
+            }
+        }))
+}
+
+/// Turns an error response that is not JSON yet into `{error, status}`.
+fn json_error<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let status = response.status();
+    let message = match response.response().error() {
+        Some(error) => error.to_string(),
+        None => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (request, _) = response.into_parts();
+    let message = match request.app_data::<web::Data<AppState>>() {
+        Some(state) if status == StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "{message}: at most {} bytes (http.body_limit_bytes)",
+            state.settings.body_limit_bytes
+        ),
+        _ => message,
+    };
+    let body = HttpResponse::build(status).json(ErrorBody {
+        error: &message,
+        status: status.as_u16(),
+    });
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(request, body)
+            .map_into_boxed_body()
+            .map_into_right_body(),
+    ))
+}
+
+/// Whether a request may pass: with `http.auth_token` set, every route but /health (and
+/// /metrics unless `http.protect_metrics`) needs it as a bearer token.
 async fn authorize(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -154,13 +222,20 @@ async fn authorize(
         .app_data::<web::Data<AppState>>()
         .expect("state is configured");
     let token = &state.settings.auth_token;
-    if !token.is_empty() {
+    let open = match request.path() {
+        "/health" => true,
+        "/metrics" => !state.settings.protect_metrics,
+        _ => false,
+    };
+    if !token.is_empty() && !open {
         let given = request
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // In constant time, so the answer's timing says nothing about how much of it was right.
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             return Err(ApiError::Unauthorized.into());
         }
     }
@@ -208,25 +283,81 @@ async fn openapi() -> HttpResponse {
 }
 
 /// An id that may come as a JSON number or a string of digits (JavaScript loses digits past 2^53).
-#[derive(Deserialize, Clone, Copy)]
-#[serde(untagged)]
-enum IdField {
-    Number(u64),
-    Text(#[serde(deserialize_with = "digits")] u64),
-}
+#[derive(Clone, Copy)]
+struct IdField(u64);
 
-fn digits<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    text.parse()
-        .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an unsigned integer id")))
+/// What an id must be, in the words of the error a client sees after the field's name.
+const ID_EXPECTED: &str =
+    "must be an unsigned integer of up to 20 digits (a JSON number or a string of digits)";
+
+impl<'de> Deserialize<'de> for IdField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = IdField;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an unsigned integer of up to 20 digits")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<IdField, E> {
+                Ok(IdField(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<IdField, E> {
+                u64::try_from(value)
+                    .map(IdField)
+                    .map_err(|_| E::custom(ID_EXPECTED))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<IdField, E> {
+                let digits = !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
+                match text.parse() {
+                    Ok(value) if digits => Ok(IdField(value)),
+                    _ => Err(E::custom(ID_EXPECTED)),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<IdField, E> {
+                Err(E::custom(ID_EXPECTED))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<IdField, E> {
+                Err(E::custom(ID_EXPECTED))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<IdField, E> {
+                Err(E::custom(ID_EXPECTED))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
 }
 
 impl IdField {
     fn get(self) -> u64 {
-        match self {
-            IdField::Number(value) | IdField::Text(value) => value,
-        }
+        self.0
     }
+}
+
+/// Reads a JSON body into `T`; an error names the field it is about (`product_ids[2] must
+/// be ...`), without the parser's line and column.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let mut message = inner.to_string();
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
+        ApiError::BadRequest(if inner.is_syntax() || inner.is_eof() {
+            format!("invalid JSON body: {message}")
+        } else if path == "." {
+            format!("invalid body: {message}")
+        } else if message.starts_with("must ") {
+            format!("{path} {message}")
+        } else {
+            format!("{path}: {message}")
+        })
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
+    Ok(value)
 }
 
 /// `POST /v1/score`: one product or a batch of them, for ranking.
@@ -273,12 +404,12 @@ struct RankedScores<'a> {
     scores: Vec<ScoreItem>,
 }
 
-async fn score(
-    state: web::Data<AppState>,
-    request: web::Json<ScoreRequest>,
-) -> Result<HttpResponse, ApiError> {
+async fn score(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let result = score_inner(&state, request.into_inner()).await;
+    let result = match parse_body::<ScoreRequest>(&body) {
+        Ok(request) => score_inner(&state, request).await,
+        Err(error) => Err(error),
+    };
     let status = match &result {
         Ok(_) => "ok",
         Err(ApiError::Internal(_)) => "server_error",
@@ -443,7 +574,7 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
 
 fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse()
-        .map_err(|_| ApiError::BadRequest(format!("{what} {text:?} is not an unsigned integer")))
+        .map_err(|_| ApiError::BadRequest(format!("{what} {ID_EXPECTED}, not {text:?}")))
 }
 
 async fn session(
