@@ -23,6 +23,7 @@ pub struct Settings {
     pub model: ModelSettings,
     pub scoring: ScoringSettings,
     pub alerting: AlertingSettings,
+    pub drift: DriftSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub logging: LoggingSettings,
@@ -125,6 +126,18 @@ pub struct ScoringSettings {
 #[serde(deny_unknown_fields)]
 pub struct AlertingSettings {
     pub abandonment_ratio_threshold: f64,
+}
+
+/// The drift watch: live feature distributions against the model's training distributions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettings {
+    /// Length of the sliding window, in seconds.
+    pub window_seconds: u64,
+    /// Slots the window is cut into: it slides by one slot at a time.
+    pub slots: u64,
+    /// Fewest scores in the window before a PSI is exported (fewer say little).
+    pub min_rows: u64,
 }
 
 /// Which online store.
@@ -418,6 +431,12 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.alerting.abandonment_ratio_threshold) {
             bail!("invalid settings: alerting.abandonment_ratio_threshold must lie in [0, 1]");
+        }
+        if self.drift.slots == 0 || self.drift.slots > self.drift.window_seconds {
+            bail!(
+                "invalid settings: drift.slots must be between 1 and drift.window_seconds ({})",
+                self.drift.window_seconds
+            );
         }
         if self.engine.session_timeout_seconds == 0 {
             bail!("invalid settings: engine.session_timeout_seconds must be positive");

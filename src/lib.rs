@@ -10,6 +10,7 @@
 //!   - [`online::store`]: the online stores behind the actors' `StateStore` seam: embedded redb,
 //!     or ScyllaDB/Cassandra with its schema.
 //!   - [`online::scoring`]: the scoring actor, bands and actions, model hot reload.
+//!   - [`online::drift`]: live feature distributions against the training ones (PSI).
 //! - [`offline`]: training on history.
 //!   - [`offline::history`]: the history reader: CSV files as one event-time-ordered stream,
 //!     sorting unsorted ones.
@@ -19,6 +20,7 @@
 //!     (the online scoring actor serves it).
 //! - [`tools`]: commands around the two.
 //!   - [`tools::generate`]: the synthetic REES46 clickstream and its oracle probabilities.
+//!   - [`tools::describe`]: what each feature is and how the model saw it in training.
 //!   - [`tools::demo`]: generate, train, serve and replay in one command.
 //!
 //! Shared by all three: [`config`] (the settings tree and its loading from config/ and the

@@ -90,6 +90,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Describe a feature (or all): entity, meaning, inputs, window, range, and from the current
+    /// model its training distribution and importance.
+    Describe {
+        /// The feature; all of them when left out (`propensity features` lists the names).
+        feature: Option<String>,
+        /// The model to read distributions and importances from; default: model.path.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the service: HTTP API, actors, store.
     Serve,
     /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
@@ -146,6 +158,18 @@ fn init_logging(settings: &Settings) {
     match settings.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Writes to stdout; a reader that stopped early (`| head`) ends the output, not the process
+/// with a panic.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("failed to write to stdout")
+        }
+        _ => Ok(()),
     }
 }
 
@@ -251,6 +275,17 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Describe {
+            feature,
+            model,
+            json,
+        } => {
+            let model_path = model.unwrap_or_else(|| settings.model.path.clone());
+            let description =
+                propensity::tools::describe::describe(feature.as_deref(), &model_path)?;
+            let text = propensity::tools::describe::render(&description, &model_path, json)?;
+            write_stdout(&text)
         }
         Command::Serve => {
             actix_rt::System::new().block_on(propensity::online::serve::run(settings))

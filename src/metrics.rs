@@ -2,8 +2,8 @@
 //! product id is ever a label value.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use propensity_actors::delivery::{BatchPart, Delivery};
 use propensity_actors::event::EventType;
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub score_feature_reads: IntCounterVec,
     pub propensity: Histogram,
     pub model_info: IntGaugeVec,
+    pub feature_drift: GaugeVec,
+    pub drift_window_scores: IntGauge,
     pub flush_latency: Histogram,
     pub flush_rows: IntCounter,
     pub flush_errors: IntCounter,
@@ -178,6 +180,25 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            feature_drift: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "propensity_feature_drift_psi",
+                        "Population stability index of a scored feature (or of the propensity) over the drift window against the model's training distribution; absent while the window holds fewer than drift.min_rows scores",
+                    ),
+                    &["feature"],
+                )
+                .unwrap(),
+            ),
+            drift_window_scores: register(
+                &registry,
+                IntGauge::new(
+                    "propensity_drift_window_scores",
+                    "Scores counted in the drift window",
+                )
+                .unwrap(),
+            ),
             flush_latency: register(
                 &registry,
                 Histogram::with_opts(HistogramOpts::new(
@@ -282,6 +303,19 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// Sets the drift gauges from the watch: one PSI per feature (and the propensity) while the
+    /// window holds enough scores, none otherwise.
+    pub fn update_drift(&self, watch: &crate::online::drift::DriftWatch) {
+        let (rows, drifts) = watch.drifts();
+        self.drift_window_scores.set(rows as i64);
+        self.feature_drift.reset();
+        for drift in drifts {
+            self.feature_drift
+                .with_label_values(&[&drift.feature])
+                .set(drift.psi);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         TextEncoder::new()

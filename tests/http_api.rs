@@ -134,6 +134,22 @@ async fn errors_are_json_with_the_right_status_and_name_the_field() {
         );
         assert!(!error.contains("line 1"), "no parser positions: {error}");
     }
+    // The model card is the served model's, as `propensity describe` reads it from the file.
+    let (status, _, body) = send(&client, "GET", format!("{url}/v1/model"), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let card = propensity::offline::model::Model::load(&model)
+        .unwrap()
+        .card(10);
+    assert_eq!(body, serde_json::to_value(&card).unwrap());
+    assert!(card.training_distributions && !card.top_features.is_empty() && card.metrics.is_some());
+    assert!(
+        body["training_span"]["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("2019-"),
+        "{body}"
+    );
+
     let (status, _, body) = send(&client, "GET", format!("{url}/v1/users/x7"), None, None).await;
     assert_eq!(status, 400);
     assert!(

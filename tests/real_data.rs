@@ -79,4 +79,67 @@ fn trains_on_the_real_samples_with_their_quirks() {
     );
     let exported = std::fs::read_to_string(dir.path().join("features.csv")).unwrap();
     assert_eq!(exported.lines().count(), report.scoring_points + 1);
+
+    // The training distributions in the model are those of the fitting rows, as exported.
+    let profiles = model.profiles.as_ref().expect("training distributions");
+    let mut lines = exported.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let first_feature = header
+        .iter()
+        .position(|&name| name == "session_events")
+        .unwrap();
+    assert_eq!(
+        header[first_feature..],
+        model
+            .feature_names
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()[..]
+    );
+    let (mut rows, mut sums, mut zeros) = (
+        0.0,
+        vec![0.0; model.feature_names.len() + 1],
+        vec![0.0; model.feature_names.len()],
+    );
+    let mut minimum = vec![f64::INFINITY; model.feature_names.len()];
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields[4] != "fit" {
+            continue;
+        }
+        let weight: f64 = fields[6].parse().unwrap();
+        let values: Vec<f64> = fields[first_feature..]
+            .iter()
+            .map(|field| field.parse().unwrap())
+            .collect();
+        rows += weight;
+        for (index, &value) in values.iter().enumerate() {
+            sums[index] += weight * value;
+            zeros[index] += if value == 0.0 { weight } else { 0.0 };
+            minimum[index] = minimum[index].min(value);
+        }
+        sums[values.len()] += weight * model.score(&values);
+    }
+    assert_eq!(rows as usize, report.fit_rows);
+    for (index, profile) in profiles.features.iter().enumerate() {
+        let name = &model.feature_names[index];
+        assert_eq!(profile.rows as usize, report.fit_rows, "{name}");
+        assert!(
+            (profile.mean - sums[index] / rows).abs() <= 1e-9 * profile.mean.abs().max(1.0),
+            "{name}: {} vs {}",
+            profile.mean,
+            sums[index] / rows
+        );
+        assert!(
+            (profile.zero_share - zeros[index] / rows).abs() < 1e-12,
+            "{name}"
+        );
+        assert_eq!(profile.min, minimum[index], "{name}");
+    }
+    let propensity_mean = sums[model.feature_names.len()] / rows;
+    assert!(
+        (profiles.propensity.mean - propensity_mean).abs() < 1e-9,
+        "{} vs {propensity_mean}",
+        profiles.propensity.mean
+    );
 }

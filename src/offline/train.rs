@@ -660,7 +660,8 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
         request.show_progress,
         format!("growing the tree on {fit_rows_kept} rows"),
     );
-    let fitted = model::fit_tree(&sample.into_dataset()?, &request.options)?;
+    let fit_set = sample.into_dataset()?;
+    let fitted = model::fit_tree(&fit_set, &request.options)?;
     growing.finish_and_clear();
     let fit_seconds = fit_started.elapsed().as_secs_f64();
 
@@ -674,6 +675,9 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     let mut model = fitted.calibrate(&leaf_scores, &calibration_labels, &request.options)?;
     drop((leaf_scores, calibration_labels));
     let calibration_seconds = calibration_started.elapsed().as_secs_f64();
+    // The training distributions, for `describe` and the service's drift watch.
+    model.profiles = Some(model::Profiles::of(&fit_set, &model));
+    drop(fit_set);
 
     let validation_started = std::time::Instant::now();
     let truth = request.truth.as_deref().map(load_truth).transpose()?;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::ScoringSettings;
 use crate::offline::model::Model;
+use crate::online::drift::DriftWatch;
 
 /// How likely a purchase is, in three bands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -105,16 +106,20 @@ struct Watch {
 pub struct ScoringActor {
     slot: ModelSlot,
     settings: ScoringSettings,
+    /// Counts every scored vector against the training distributions.
+    drift: Arc<DriftWatch>,
     /// Set on the watcher only.
     watch: Option<Watch>,
 }
 
 impl ScoringActor {
-    /// The watcher: loads the model at `path`; `on_reload` hears of each model put in service.
+    /// The watcher: loads the model at `path`; `on_reload` hears of each model put in service,
+    /// and `drift` starts a window on each.
     pub fn new(
         path: PathBuf,
         settings: ScoringSettings,
         reload_interval: Duration,
+        drift: Arc<DriftWatch>,
         on_reload: Arc<dyn Fn(&Model) + Send + Sync>,
     ) -> anyhow::Result<ScoringActor> {
         let model = Model::load(&path).map_err(|error| {
@@ -122,9 +127,11 @@ impl ScoringActor {
         })?;
         let model = check_features(model)?;
         on_reload(&model);
+        drift.start_window(&model);
         Ok(ScoringActor {
             slot: ModelSlot::new(model),
             settings,
+            drift,
             watch: Some(Watch {
                 modified: std::fs::metadata(&path)
                     .and_then(|meta| meta.modified())
@@ -149,6 +156,11 @@ impl ScoringActor {
         self.slot.current()
     }
 
+    /// The slot every copy reads the model in service from.
+    pub fn slot(&self) -> ModelSlot {
+        self.slot.clone()
+    }
+
     fn reload_if_changed(&mut self) {
         let Some(watch) = self.watch.as_mut() else {
             return;
@@ -169,6 +181,7 @@ impl ScoringActor {
                 if model.version != current.version {
                     tracing::info!(from = %current.version, to = %model.version, "model reloaded");
                     (watch.on_reload)(&model);
+                    self.drift.start_window(&model);
                     self.slot.0.store(Arc::new(model));
                 }
             }
@@ -186,6 +199,7 @@ impl ScoringActor {
             .iter()
             .map(|vector| {
                 let propensity = model.score(vector);
+                self.drift.record(vector, propensity);
                 let band = Band::of(propensity, &self.settings);
                 let explanation = if explain {
                     serde_json::to_value(model.explain(vector)).unwrap_or(serde_json::Value::Null)

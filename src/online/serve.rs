@@ -15,6 +15,7 @@ use propensity_actors::store::StateStore;
 
 use crate::config::{BusKind, Settings};
 use crate::metrics::Metrics;
+use crate::online::drift::DriftWatch;
 use crate::online::http::{AppState, configure};
 use crate::online::ingest::{ConsumerHandle, Publisher};
 use crate::online::scoring::ScoringActor;
@@ -71,10 +72,12 @@ impl Service {
             .abandonment_threshold
             .set(settings.alerting.abandonment_ratio_threshold);
         let model_metrics = metrics.clone();
+        let drift = Arc::new(DriftWatch::new(settings.drift.clone()));
         let scoring = ScoringActor::new(
             settings.model.path.clone(),
             settings.scoring.clone(),
             Duration::from_secs(settings.model.reload_interval_seconds),
+            drift.clone(),
             Arc::new(move |model: &crate::offline::model::Model| {
                 model_metrics.model_info.reset();
                 model_metrics
@@ -94,6 +97,7 @@ impl Service {
         );
         // The watcher runs here; every HTTP worker gets a reader of the same model slot.
         let worker_scoring = scoring.reader();
+        let models = scoring.slot();
         let scoring = scoring.start();
         // With the bus, the service is ready once the consumer is consuming.
         let ready = Arc::new(AtomicBool::new(settings.bus.kind == BusKind::Http));
@@ -109,6 +113,8 @@ impl Service {
         let state = AppState {
             engine: engine.clone(),
             scoring: scoring.clone(),
+            models,
+            drift,
             metrics: metrics.clone(),
             settings: settings.http.clone(),
             ready: ready.clone(),

@@ -1,4 +1,6 @@
-//! Commands around the service and its training: synthetic data and the one-command demo.
+//! Commands around the service and its training: synthetic data, feature descriptions and the
+//! one-command demo.
 
 pub mod demo;
+pub mod describe;
 pub mod generate;

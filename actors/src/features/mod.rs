@@ -32,224 +32,415 @@ pub struct FeatureDefinition {
     pub name: &'static str,
     pub entity: Entity,
     pub description: &'static str,
+    /// The events and event fields it is computed from.
+    pub inputs: &'static str,
+    pub window: Window,
+    pub unit: Unit,
 }
 
-const fn feature(
-    name: &'static str,
-    entity: Entity,
-    description: &'static str,
-) -> FeatureDefinition {
-    FeatureDefinition {
-        name,
-        entity,
-        description,
+/// The stretch of history a feature summarises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    /// The current session, up to its latest event.
+    Session,
+    /// The user's whole history, the current session included.
+    UserHistory,
+    /// The user's sessions before the current one.
+    EarlierSessions,
+    /// Every user's events on the product, since the product was first seen.
+    ProductHistory,
+    /// The product's latest event.
+    LatestEvent,
+    /// Every view in the product's category, since it was first seen.
+    CategoryHistory,
+}
+
+impl Window {
+    /// The window in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Window::Session => "the current session, up to its latest event",
+            Window::UserHistory => "the user's whole history, this session included",
+            Window::EarlierSessions => "the user's sessions before this one",
+            Window::ProductHistory => "every user's events on the product, all time",
+            Window::LatestEvent => "the product's latest event",
+            Window::CategoryHistory => "every view in the product's category, all time",
+        }
+    }
+}
+
+/// What kind of number a feature is; it fixes the type and range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Count,
+    /// A quotient of two counts, 0 when the denominator is 0.
+    Ratio,
+    /// A part of a whole.
+    Share,
+    Seconds,
+    /// Seconds since something, -1 when it never happened.
+    SecondsOrNever,
+    /// In the events' currency.
+    Money,
+    /// A price over a reference price, 1 when the reference is unknown.
+    PriceRatio,
+}
+
+impl Unit {
+    /// The values a feature of this unit takes, in words.
+    pub fn range(self) -> &'static str {
+        match self {
+            Unit::Count => "integer, 0 or more",
+            Unit::Ratio => "real, 0 or more (0 when the denominator is 0)",
+            Unit::Share => "real, 0 to 1",
+            Unit::Seconds => "real, 0 or more",
+            Unit::SecondsOrNever => "real, 0 or more, or -1 when it never happened",
+            Unit::Money => "real, 0 or more, in the events' currency",
+            Unit::PriceRatio => "real, 0 or more (1 when the category's median price is unknown)",
+        }
     }
 }
 
 /// Every feature, in the order of the feature vector. Names are stable: models refer to them.
 pub const FEATURES: [FeatureDefinition; FEATURE_COUNT] = [
-    feature(
-        "session_events",
-        Entity::Session,
-        "events in the session so far",
-    ),
-    feature("session_views", Entity::Session, "views in the session"),
-    feature(
-        "session_carts",
-        Entity::Session,
-        "add-to-cart events in the session",
-    ),
-    feature(
-        "session_removes",
-        Entity::Session,
-        "remove-from-cart events in the session",
-    ),
-    feature(
-        "session_purchases",
-        Entity::Session,
-        "purchases in the session",
-    ),
-    feature(
-        "session_cart_view_ratio",
-        Entity::Session,
-        "session carts divided by session views",
-    ),
-    feature(
-        "session_seconds_since_start",
-        Entity::Session,
-        "seconds from the session's first event to its latest",
-    ),
-    feature(
-        "session_distinct_products_viewed",
-        Entity::Session,
-        "distinct products viewed in the session",
-    ),
-    feature(
-        "session_distinct_categories_viewed",
-        Entity::Session,
-        "distinct categories viewed in the session",
-    ),
-    feature("cart_items", Entity::Session, "units in the cart"),
-    feature(
-        "cart_value",
-        Entity::Session,
-        "value of the cart at the latest prices",
-    ),
-    feature(
-        "session_product_views",
-        Entity::SessionProduct,
-        "views of this product in the session",
-    ),
-    feature(
-        "session_product_carts",
-        Entity::SessionProduct,
-        "add-to-cart events for this product in the session",
-    ),
-    feature(
-        "session_product_removes",
-        Entity::SessionProduct,
-        "remove-from-cart events for this product in the session",
-    ),
-    feature(
-        "session_product_in_cart",
-        Entity::SessionProduct,
-        "units of this product in the cart",
-    ),
-    feature(
-        "session_product_seconds_since_last_view",
-        Entity::SessionProduct,
-        "seconds since this product was last viewed in the session, -1 if never",
-    ),
-    feature(
-        "session_product_view_share",
-        Entity::SessionProduct,
-        "share of the session's views that were of this product",
-    ),
-    feature(
-        "user_events",
-        Entity::User,
-        "events of the user over their history",
-    ),
-    feature(
-        "user_views",
-        Entity::User,
-        "views of the user over their history",
-    ),
-    feature(
-        "user_carts",
-        Entity::User,
-        "add-to-cart events of the user over their history",
-    ),
-    feature(
-        "user_removes",
-        Entity::User,
-        "remove-from-cart events of the user over their history",
-    ),
-    feature(
-        "user_purchases",
-        Entity::User,
-        "purchases of the user over their history",
-    ),
-    feature(
-        "user_cart_view_ratio",
-        Entity::User,
-        "user carts divided by user views",
-    ),
-    feature(
-        "user_purchase_cart_ratio",
-        Entity::User,
-        "user purchases divided by user carts",
-    ),
-    feature(
-        "user_earlier_sessions",
-        Entity::User,
-        "sessions of the user before this one",
-    ),
-    feature(
-        "user_earlier_purchase_sessions",
-        Entity::User,
-        "sessions of the user with a purchase, before this one",
-    ),
-    feature(
-        "user_seconds_since_last_purchase",
-        Entity::User,
-        "seconds since the user's latest purchase, -1 if none",
-    ),
-    feature(
-        "user_lifetime_revenue",
-        Entity::User,
-        "total the user has spent",
-    ),
-    feature(
-        "user_product_views",
-        Entity::UserProduct,
-        "views of this product by the user over their history",
-    ),
-    feature(
-        "user_product_carts",
-        Entity::UserProduct,
-        "add-to-cart events for this product by the user over their history",
-    ),
-    feature(
-        "user_product_removes",
-        Entity::UserProduct,
-        "remove-from-cart events for this product by the user over their history",
-    ),
-    feature(
-        "user_product_purchases",
-        Entity::UserProduct,
-        "purchases of this product by the user over their history",
-    ),
-    feature(
-        "user_product_earlier_views",
-        Entity::UserProduct,
-        "views of this product by the user in earlier sessions",
-    ),
-    feature(
-        "product_events",
-        Entity::Product,
-        "events about the product, all users",
-    ),
-    feature(
-        "product_views",
-        Entity::Product,
-        "views of the product, all users",
-    ),
-    feature(
-        "product_carts",
-        Entity::Product,
-        "add-to-cart events for the product, all users",
-    ),
-    feature(
-        "product_removes",
-        Entity::Product,
-        "remove-from-cart events for the product, all users",
-    ),
-    feature(
-        "product_purchases",
-        Entity::Product,
-        "purchases of the product, all users",
-    ),
-    feature(
-        "product_cart_view_ratio",
-        Entity::Product,
-        "product carts divided by product views",
-    ),
-    feature(
-        "product_purchase_view_ratio",
-        Entity::Product,
-        "product purchases divided by product views",
-    ),
-    feature(
-        "price",
-        Entity::Product,
-        "the product's price in its latest event",
-    ),
-    feature(
-        "price_to_category_median",
-        Entity::Product,
-        "the product's price divided by the median price viewed in its category (each view counts), 1 if unknown",
-    ),
+    FeatureDefinition {
+        name: "session_events",
+        entity: Entity::Session,
+        description: "events in the session so far",
+        inputs: "every event",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_views",
+        entity: Entity::Session,
+        description: "views in the session",
+        inputs: "view",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_carts",
+        entity: Entity::Session,
+        description: "add-to-cart events in the session",
+        inputs: "cart",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_removes",
+        entity: Entity::Session,
+        description: "remove-from-cart events in the session",
+        inputs: "remove_from_cart",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_purchases",
+        entity: Entity::Session,
+        description: "purchases in the session",
+        inputs: "purchase",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_cart_view_ratio",
+        entity: Entity::Session,
+        description: "session carts divided by session views",
+        inputs: "cart, view",
+        window: Window::Session,
+        unit: Unit::Ratio,
+    },
+    FeatureDefinition {
+        name: "session_seconds_since_start",
+        entity: Entity::Session,
+        description: "seconds from the session's first event to its latest",
+        inputs: "event_time",
+        window: Window::Session,
+        unit: Unit::Seconds,
+    },
+    FeatureDefinition {
+        name: "session_distinct_products_viewed",
+        entity: Entity::Session,
+        description: "distinct products viewed in the session",
+        inputs: "view (product_id)",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_distinct_categories_viewed",
+        entity: Entity::Session,
+        description: "distinct categories viewed in the session",
+        inputs: "view (category_id)",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "cart_items",
+        entity: Entity::Session,
+        description: "units in the cart",
+        inputs: "cart, remove_from_cart, purchase",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "cart_value",
+        entity: Entity::Session,
+        description: "value of the cart at the latest prices",
+        inputs: "cart, remove_from_cart, purchase (price)",
+        window: Window::Session,
+        unit: Unit::Money,
+    },
+    FeatureDefinition {
+        name: "session_product_views",
+        entity: Entity::SessionProduct,
+        description: "views of this product in the session",
+        inputs: "view of the product",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_product_carts",
+        entity: Entity::SessionProduct,
+        description: "add-to-cart events for this product in the session",
+        inputs: "cart of the product",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_product_removes",
+        entity: Entity::SessionProduct,
+        description: "remove-from-cart events for this product in the session",
+        inputs: "remove_from_cart of the product",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_product_in_cart",
+        entity: Entity::SessionProduct,
+        description: "units of this product in the cart",
+        inputs: "cart, remove_from_cart, purchase of the product",
+        window: Window::Session,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "session_product_seconds_since_last_view",
+        entity: Entity::SessionProduct,
+        description: "seconds since this product was last viewed in the session, -1 if never",
+        inputs: "view of the product (event_time)",
+        window: Window::Session,
+        unit: Unit::SecondsOrNever,
+    },
+    FeatureDefinition {
+        name: "session_product_view_share",
+        entity: Entity::SessionProduct,
+        description: "share of the session's views that were of this product",
+        inputs: "view",
+        window: Window::Session,
+        unit: Unit::Share,
+    },
+    FeatureDefinition {
+        name: "user_events",
+        entity: Entity::User,
+        description: "events of the user over their history",
+        inputs: "every event",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_views",
+        entity: Entity::User,
+        description: "views of the user over their history",
+        inputs: "view",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_carts",
+        entity: Entity::User,
+        description: "add-to-cart events of the user over their history",
+        inputs: "cart",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_removes",
+        entity: Entity::User,
+        description: "remove-from-cart events of the user over their history",
+        inputs: "remove_from_cart",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_purchases",
+        entity: Entity::User,
+        description: "purchases of the user over their history",
+        inputs: "purchase",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_cart_view_ratio",
+        entity: Entity::User,
+        description: "user carts divided by user views",
+        inputs: "cart, view",
+        window: Window::UserHistory,
+        unit: Unit::Ratio,
+    },
+    FeatureDefinition {
+        name: "user_purchase_cart_ratio",
+        entity: Entity::User,
+        description: "user purchases divided by user carts",
+        inputs: "purchase, cart",
+        window: Window::UserHistory,
+        unit: Unit::Ratio,
+    },
+    FeatureDefinition {
+        name: "user_earlier_sessions",
+        entity: Entity::User,
+        description: "sessions of the user before this one",
+        inputs: "user_session",
+        window: Window::EarlierSessions,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_earlier_purchase_sessions",
+        entity: Entity::User,
+        description: "sessions of the user with a purchase, before this one",
+        inputs: "purchase, user_session",
+        window: Window::EarlierSessions,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_seconds_since_last_purchase",
+        entity: Entity::User,
+        description: "seconds since the user's latest purchase, -1 if none",
+        inputs: "purchase (event_time)",
+        window: Window::UserHistory,
+        unit: Unit::SecondsOrNever,
+    },
+    FeatureDefinition {
+        name: "user_lifetime_revenue",
+        entity: Entity::User,
+        description: "total the user has spent",
+        inputs: "purchase (price)",
+        window: Window::UserHistory,
+        unit: Unit::Money,
+    },
+    FeatureDefinition {
+        name: "user_product_views",
+        entity: Entity::UserProduct,
+        description: "views of this product by the user over their history",
+        inputs: "view of the product",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_product_carts",
+        entity: Entity::UserProduct,
+        description: "add-to-cart events for this product by the user over their history",
+        inputs: "cart of the product",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_product_removes",
+        entity: Entity::UserProduct,
+        description: "remove-from-cart events for this product by the user over their history",
+        inputs: "remove_from_cart of the product",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_product_purchases",
+        entity: Entity::UserProduct,
+        description: "purchases of this product by the user over their history",
+        inputs: "purchase of the product",
+        window: Window::UserHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "user_product_earlier_views",
+        entity: Entity::UserProduct,
+        description: "views of this product by the user in earlier sessions",
+        inputs: "view of the product",
+        window: Window::EarlierSessions,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_events",
+        entity: Entity::Product,
+        description: "events about the product, all users",
+        inputs: "every event on the product",
+        window: Window::ProductHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_views",
+        entity: Entity::Product,
+        description: "views of the product, all users",
+        inputs: "view",
+        window: Window::ProductHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_carts",
+        entity: Entity::Product,
+        description: "add-to-cart events for the product, all users",
+        inputs: "cart",
+        window: Window::ProductHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_removes",
+        entity: Entity::Product,
+        description: "remove-from-cart events for the product, all users",
+        inputs: "remove_from_cart",
+        window: Window::ProductHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_purchases",
+        entity: Entity::Product,
+        description: "purchases of the product, all users",
+        inputs: "purchase",
+        window: Window::ProductHistory,
+        unit: Unit::Count,
+    },
+    FeatureDefinition {
+        name: "product_cart_view_ratio",
+        entity: Entity::Product,
+        description: "product carts divided by product views",
+        inputs: "cart, view",
+        window: Window::ProductHistory,
+        unit: Unit::Ratio,
+    },
+    FeatureDefinition {
+        name: "product_purchase_view_ratio",
+        entity: Entity::Product,
+        description: "product purchases divided by product views",
+        inputs: "purchase, view",
+        window: Window::ProductHistory,
+        unit: Unit::Ratio,
+    },
+    FeatureDefinition {
+        name: "price",
+        entity: Entity::Product,
+        description: "the product's price in its latest event",
+        inputs: "price",
+        window: Window::LatestEvent,
+        unit: Unit::Money,
+    },
+    FeatureDefinition {
+        name: "price_to_category_median",
+        entity: Entity::Product,
+        description: "the product's price divided by the median price viewed in its category (each view counts), 1 if unknown",
+        inputs: "price; view (price) in the category",
+        window: Window::CategoryHistory,
+        unit: Unit::PriceRatio,
+    },
 ];
 
 /// Number of features in a vector.

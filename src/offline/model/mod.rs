@@ -14,6 +14,7 @@
 mod calibration;
 mod error;
 mod metrics;
+mod profile;
 mod report;
 mod train;
 mod tree;
@@ -30,6 +31,7 @@ pub use metrics::{
     LOG_LOSS_EPSILON, Metrics, ReliabilityBin, evaluate, precision_recall_curve, reliability_bins,
     reliability_bins_over, roc_curve,
 };
+pub use profile::{Profile, Profiles, QUANTILES, Quantile};
 pub use report::write_report;
 pub use train::{FittedTree, TrainOptions, TrainTimings, fit_tree, train, train_timed};
 pub use tree::{Branch, Node, NodeCounts, Tree};
@@ -150,6 +152,42 @@ pub struct Model {
     pub training_rows: usize,
     /// Positive share of the training rows (weighted the same way).
     pub base_rate: f64,
+    /// How each feature and the propensity were distributed over the training rows; absent in
+    /// models trained before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Profiles>,
+}
+
+/// What a user needs to know of a model at a glance: `GET /v1/model` and `propensity describe`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelCard {
+    pub version: String,
+    pub trained_at: String,
+    /// First and last event time of the history it was trained on.
+    pub training_span: Option<TrainingSpan>,
+    /// Rows the tree stands for.
+    pub training_rows: usize,
+    pub base_rate: f64,
+    /// On the held-out validation rows.
+    pub metrics: Option<Metrics>,
+    /// The features with the largest share of the tree's impurity decrease, largest first.
+    pub top_features: Vec<FeatureImportance>,
+    /// Whether the model carries training distributions (for `describe` and the drift watch).
+    pub training_distributions: bool,
+}
+
+/// The event-time span of a model's training history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TrainingSpan {
+    pub from: String,
+    pub to: String,
+}
+
+/// A feature's share of a model's impurity decrease.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FeatureImportance {
+    pub feature: String,
+    pub importance: f64,
 }
 
 /// Why a model gave the score it gave: the splits taken and the leaf reached.
@@ -218,6 +256,7 @@ impl Model {
             data_span: None,
             training_rows,
             base_rate,
+            profiles: None,
         };
         model.validate()?;
         Ok(model)
@@ -398,6 +437,32 @@ impl Model {
             },
             score: self.calibration.apply(probability),
             base_rate: self.base_rate,
+        }
+    }
+
+    /// The model's card, with its `top` most important features.
+    pub fn card(&self, top: usize) -> ModelCard {
+        ModelCard {
+            version: self.version.clone(),
+            trained_at: self.trained_at.clone(),
+            training_span: self.data_span.as_ref().map(|(from, to)| TrainingSpan {
+                from: from.clone(),
+                to: to.clone(),
+            }),
+            training_rows: self.training_rows,
+            base_rate: self.base_rate,
+            metrics: self.metrics.clone(),
+            top_features: self
+                .feature_importance()
+                .into_iter()
+                .filter(|(_, importance)| *importance > 0.0)
+                .take(top)
+                .map(|(feature, importance)| FeatureImportance {
+                    feature,
+                    importance,
+                })
+                .collect(),
+            training_distributions: self.profiles.is_some(),
         }
     }
 

@@ -157,7 +157,8 @@ pub fn train_timed(
     for_each_row(calibration.features.view(), |_, values| {
         leaf_scores.push(fitted.tree.leaf_probability(values));
     });
-    let model = fitted.calibrate(&leaf_scores, &calibration.labels, options)?;
+    let mut model = fitted.calibrate(&leaf_scores, &calibration.labels, options)?;
+    model.profiles = Some(super::Profiles::of(train, &model));
     let timings = TrainTimings {
         fit_seconds,
         calibration_seconds: calibration_started.elapsed().as_secs_f64(),

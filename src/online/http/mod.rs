@@ -29,6 +29,10 @@ pub const OPENAPI: &str = include_str!("../../../schema/openapi.json");
 pub struct AppState {
     pub engine: Engine,
     pub scoring: Addr<ScoringActor>,
+    /// The model in service, for its card.
+    pub models: crate::online::scoring::ModelSlot,
+    /// Live feature distributions against the model's, exported with the metrics.
+    pub drift: Arc<crate::online::drift::DriftWatch>,
     pub metrics: Arc<Metrics>,
     pub settings: HttpSettings,
     /// Cleared while a dependency (bus, store) is down.
@@ -154,6 +158,7 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
                     web::get().to(product),
                 ))
                 .service(route("/v1/outcomes", Method::GET, web::get().to(outcomes)))
+                .service(route("/v1/model", Method::GET, web::get().to(model_card)))
                 .default_service(web::to(not_found)),
         );
 }
@@ -271,6 +276,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .users_in_memory
             .set(stats.users_in_memory as i64);
     }
+    state.metrics.update_drift(&state.drift);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
@@ -280,6 +286,14 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI)
+}
+
+/// How many features the model card lists.
+const CARD_TOP_FEATURES: usize = 10;
+
+/// `GET /v1/model`: the card of the model in service.
+async fn model_card(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.models.current().card(CARD_TOP_FEATURES))
 }
 
 /// An id that may come as a JSON number or a string of digits (JavaScript loses digits past 2^53).
