@@ -21,6 +21,7 @@
 //! - [`tools`]: commands around the two.
 //!   - [`tools::generate`]: the synthetic REES46 clickstream and its oracle probabilities.
 //!   - [`tools::describe`]: what each feature is and how the model saw it in training.
+//!   - [`tools::backfill`]: a new online store rebuilt from history through the actors.
 //!   - [`tools::demo`]: generate, train, serve and replay in one command.
 //!
 //! Shared by all three: [`config`] (the settings tree and its loading from config/ and the

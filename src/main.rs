@@ -102,6 +102,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild an online store from history through the service's actors: build a new store
+    /// ([store] names it), then point the service at it.
+    Backfill {
+        /// REES46 CSV files (any order inside; they are merged by event time).
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<PathBuf>,
+        /// Only events at or after this time (`2019-10-01 00:00:00 UTC` or RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this time.
+        #[arg(long)]
+        to: Option<String>,
+        /// Rebuild a store that already holds state, from scratch.
+        #[arg(long)]
+        replace: bool,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the service: HTTP API, actors, store.
     Serve,
     /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
@@ -286,6 +305,32 @@ fn run(cli: Cli) -> Result<()> {
                 propensity::tools::describe::describe(feature.as_deref(), &model_path)?;
             let text = propensity::tools::describe::render(&description, &model_path, json)?;
             write_stdout(&text)
+        }
+        Command::Backfill {
+            events,
+            from,
+            to,
+            replace,
+            json,
+        } => {
+            let time = |flag: &str, text: Option<String>| {
+                text.map(|text| {
+                    propensity_actors::event::parse_time(&text).with_context(|| {
+                        format!("{flag} {text:?} is not `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339")
+                    })
+                })
+                .transpose()
+            };
+            let request = propensity::tools::backfill::BackfillRequest {
+                events,
+                from: time("--from", from)?,
+                to: time("--to", to)?,
+                replace,
+                show_progress: !json,
+            };
+            let report = actix_rt::System::new()
+                .block_on(propensity::tools::backfill::run(&request, &settings))?;
+            propensity::tools::backfill::print_report(&report, json)
         }
         Command::Serve => {
             actix_rt::System::new().block_on(propensity::online::serve::run(settings))

@@ -76,10 +76,7 @@ fn rules_and_dashboard_only_use_exported_metrics() {
     // A RabbitMQ consumer reports each partition's depth.
     metrics.bus_backlog.with_label_values(&["0"]).set(0);
     // The drift watch exports a PSI per feature once its window holds enough scores.
-    metrics
-        .feature_drift
-        .with_label_values(&["price"])
-        .set(0.0);
+    metrics.feature_drift.with_label_values(&["price"]).set(0.0);
     let exported = metrics.render();
     let mut checked = 0;
     for file in [

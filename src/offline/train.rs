@@ -301,11 +301,16 @@ pub struct TrainReport {
 }
 
 /// Progress counted in events.
-const EVENTS: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})";
+pub(crate) const EVENTS: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})";
 /// Progress counted in bytes read.
-const BYTES: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+pub(crate) const BYTES: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
 
-fn progress_bar(show: bool, length: u64, message: &'static str, template: &str) -> ProgressBar {
+pub(crate) fn progress_bar(
+    show: bool,
+    length: u64,
+    message: &'static str,
+    template: &str,
+) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
