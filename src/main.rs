@@ -121,6 +121,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the HTTP API's OpenAPI document (what schema/openapi.json holds).
+    Openapi,
     /// Run the service: HTTP API, actors, store.
     Serve,
     /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
@@ -332,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 .block_on(propensity::tools::backfill::run(&request, &settings))?;
             propensity::tools::backfill::print_report(&report, json)
         }
+        Command::Openapi => write_stdout(propensity::online::http::openapi::document()),
         Command::Serve => {
             actix_rt::System::new().block_on(propensity::online::serve::run(settings))
         }

@@ -25,5 +25,21 @@ if [[ -n "$services" ]]; then
   "$here/services.sh" up $services
 fi
 
+# Schemathesis (PyPI), for tests/contract.rs: the API contract fuzzed against a live service.
+schemathesis_version=4.32.5
+venv=$(realpath -m "${PROPENSITY_VAR:-$root/var}")/schemathesis
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+  echo "test.sh: installing schemathesis $schemathesis_version into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
+export PROPENSITY_SCHEMATHESIS="$venv/bin/schemathesis"
+
+rm -f target/schemathesis-summary.txt
 echo "test.sh: cargo test --workspace $*"
-cargo test --workspace "$@"
+status=0
+cargo test --workspace "$@" || status=$?
+if [[ -f target/schemathesis-summary.txt ]]; then
+  echo "test.sh: schemathesis $schemathesis_version: $(cat target/schemathesis-summary.txt)"
+fi
+exit $status

@@ -15,7 +15,7 @@ use crate::offline::model::Model;
 use crate::online::drift::DriftWatch;
 
 /// How likely a purchase is, in three bands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Band {
     Low,
@@ -24,7 +24,7 @@ pub enum Band {
 }
 
 /// What the web tier should do for a band.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Low propensity: show alternative products.

@@ -15,22 +15,27 @@ pub const LOG_LOSS_EPSILON: f64 = 1e-15;
 ///
 /// A metric that is undefined for the input (AUC and average precision without both classes,
 /// anything on an empty set) is NaN, and is written to JSON as `null`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct Metrics {
     /// Area under the ROC curve; tied scores count half (average rank).
     #[serde(with = "nullable_f64")]
+    #[schema(value_type = Option<f64>)]
     pub roc_auc: f64,
     /// Area under the precision-recall step curve, as scikit-learn defines it.
     #[serde(with = "nullable_f64")]
+    #[schema(value_type = Option<f64>)]
     pub average_precision: f64,
     /// Mean squared difference between score and label.
     #[serde(with = "nullable_f64")]
+    #[schema(value_type = Option<f64>)]
     pub brier: f64,
     /// Mean negative log-likelihood with scores clipped by [`LOG_LOSS_EPSILON`].
     #[serde(with = "nullable_f64")]
+    #[schema(value_type = Option<f64>)]
     pub log_loss: f64,
     /// Share of positive labels.
     #[serde(with = "nullable_f64")]
+    #[schema(value_type = Option<f64>)]
     pub base_rate: f64,
     /// Number of rows evaluated.
     pub rows: usize,

@@ -159,7 +159,7 @@ pub struct Model {
 }
 
 /// What a user needs to know of a model at a glance: `GET /v1/model` and `propensity describe`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct ModelCard {
     pub version: String,
     pub trained_at: String,
@@ -177,14 +177,14 @@ pub struct ModelCard {
 }
 
 /// The event-time span of a model's training history.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct TrainingSpan {
     pub from: String,
     pub to: String,
 }
 
 /// A feature's share of a model's impurity decrease.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct FeatureImportance {
     pub feature: String,
     pub importance: f64,

@@ -1,5 +1,9 @@
 //! The HTTP API: scoring, the event collector, entity lookups, health, readiness, metrics and the
-//! OpenAPI document. `configure` is shared by `serve` and the tests.
+//! OpenAPI document. `configure` is shared by `serve` and the tests; [`types`] holds the bodies
+//! and [`openapi`] the document generated from them and from the handlers' annotations.
+
+pub mod openapi;
+pub mod types;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,15 +18,17 @@ use actix_web::{HttpResponse, ResponseError, web};
 use propensity_actors::engine::Engine;
 use propensity_actors::event::{Event, format_time};
 use propensity_actors::features::SessionKey;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::config::HttpSettings;
 use crate::metrics::Metrics;
 use crate::online::scoring::{Score, ScoringActor};
-
-/// The OpenAPI description of every route.
-pub const OPENAPI: &str = include_str!("../../../schema/openapi.json");
+use types::{
+    CartLine, ErrorBody, EventsAccepted, HealthBody, HourTally, ID_EXPECTED, OutcomesBody,
+    ProductBody, RankedScores, ReadyBody, ScoreItem, ScoreRequest, SessionBody, SingleScore,
+    TallyBody, UserBody, WindowsBody,
+};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -60,12 +66,6 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    status: u16,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -81,7 +81,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         HttpResponse::build(status).json(ErrorBody {
-            error: &self.to_string(),
+            error: self.to_string(),
             status: status.as_u16(),
         })
     }
@@ -174,7 +174,7 @@ fn route(path: &str, method: Method, handler: actix_web::Route) -> actix_web::Re
                 HttpResponse::build(status)
                     .insert_header((actix_web::http::header::ALLOW, allow.as_str()))
                     .json(ErrorBody {
-                        error: &format!("method not allowed; this route answers {allow}"),
+                        error: format!("method not allowed; this route answers {allow}"),
                         status: status.as_u16(),
                     })
             }
@@ -207,7 +207,7 @@ fn json_error<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHandler
         _ => message,
     };
     let body = HttpResponse::build(status).json(ErrorBody {
-        error: &message,
+        error: message,
         status: status.as_u16(),
     });
     Ok(ErrorHandlerResponse::Response(
@@ -253,14 +253,28 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     ))
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "Alive", body = HealthBody)))]
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(HealthBody {
+        status: "ok".into(),
+    })
 }
 
+/// Readiness: the store is healthy and, with RabbitMQ, the consumer is consuming.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "Ready", body = ReadyBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 503, description = "Not ready", body = ReadyBody)))]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let stats = state.engine.stats().await?;
     let ready = state.ready.load(Ordering::Relaxed) && stats.store_healthy;
-    let body = serde_json::json!({"ready": ready, "store_healthy": stats.store_healthy, "live_sessions": stats.live_sessions});
+    let body = ReadyBody {
+        ready,
+        store_healthy: stats.store_healthy,
+        live_sessions: stats.live_sessions,
+    };
     Ok(if ready {
         HttpResponse::Ok().json(body)
     } else {
@@ -268,6 +282,10 @@ async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     })
 }
 
+/// Prometheus text format. Needs the token only with `http.protect_metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])), responses(
+    (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
+    (status = 401, description = "Missing or wrong bearer token (with http.protect_metrics)", body = ErrorBody)))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Ok(stats) = state.engine.stats().await {
         state.metrics.live_sessions.set(stats.live_sessions as i64);
@@ -282,69 +300,25 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
+    (status = 200, description = "OpenAPI 3.1", body = Object),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(OPENAPI)
+        .body(openapi::document())
 }
 
 /// How many features the model card lists.
 const CARD_TOP_FEATURES: usize = 10;
 
-/// `GET /v1/model`: the card of the model in service.
+/// The card of the model in service: version, training span, metrics, top features.
+#[utoipa::path(get, path = "/v1/model", tag = "model", responses(
+    (status = 200, description = "The model card", body = crate::offline::model::ModelCard),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn model_card(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.models.current().card(CARD_TOP_FEATURES))
-}
-
-/// An id that may come as a JSON number or a string of digits (JavaScript loses digits past 2^53).
-#[derive(Clone, Copy)]
-struct IdField(u64);
-
-/// What an id must be, in the words of the error a client sees after the field's name.
-const ID_EXPECTED: &str =
-    "must be an unsigned integer of up to 20 digits (a JSON number or a string of digits)";
-
-impl<'de> Deserialize<'de> for IdField {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IdVisitor;
-        impl serde::de::Visitor<'_> for IdVisitor {
-            type Value = IdField;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-                formatter.write_str("an unsigned integer of up to 20 digits")
-            }
-            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<IdField, E> {
-                Ok(IdField(value))
-            }
-            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<IdField, E> {
-                u64::try_from(value)
-                    .map(IdField)
-                    .map_err(|_| E::custom(ID_EXPECTED))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<IdField, E> {
-                let digits = !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit());
-                match text.parse() {
-                    Ok(value) if digits => Ok(IdField(value)),
-                    _ => Err(E::custom(ID_EXPECTED)),
-                }
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<IdField, E> {
-                Err(E::custom(ID_EXPECTED))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<IdField, E> {
-                Err(E::custom(ID_EXPECTED))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<IdField, E> {
-                Err(E::custom(ID_EXPECTED))
-            }
-        }
-        deserializer.deserialize_any(IdVisitor)
-    }
-}
-
-impl IdField {
-    fn get(self) -> u64 {
-        self.0
-    }
 }
 
 /// Reads a JSON body into `T`; an error names the field it is about (`product_ids[2] must
@@ -374,50 +348,14 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     Ok(value)
 }
 
-/// `POST /v1/score`: one product or a batch of them, for ranking.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScoreRequest {
-    user_id: IdField,
-    user_session: String,
-    product_id: Option<IdField>,
-    product_ids: Option<Vec<IdField>>,
-    #[serde(default = "default_true")]
-    explain: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Serialize)]
-struct ScoreItem {
-    product_id: u64,
-    propensity: f64,
-    band: crate::online::scoring::Band,
-    action: crate::online::scoring::Action,
-    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
-    explanation: serde_json::Value,
-}
-
-/// The answer for one product (`explanation` is null unless asked for).
-#[derive(Serialize)]
-struct SingleScore<'a> {
-    product_id: u64,
-    propensity: f64,
-    band: crate::online::scoring::Band,
-    action: crate::online::scoring::Action,
-    model_version: &'a str,
-    explanation: serde_json::Value,
-}
-
-/// The answer for several products, best first.
-#[derive(Serialize)]
-struct RankedScores<'a> {
-    model_version: &'a str,
-    scores: Vec<ScoreItem>,
-}
-
+/// The propensity that the shopper buys the product later in this session, with the band and
+/// the action to take; with `product_ids`, several products ranked best first.
+#[utoipa::path(post, path = "/v1/score", tag = "scoring", request_body = ScoreRequest, responses(
+    (status = 200, description = "One product's score, or several ranked", body = types::ScoreResponse),
+    (status = 400, description = "A field is missing or invalid; the message names it", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 413, description = "Body over http.body_limit_bytes or more than http.max_batch products", body = ErrorBody),
+    (status = 503, description = "The store cannot load the state needed; retry", body = ErrorBody)))]
 async fn score(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = match parse_body::<ScoreRequest>(&body) {
@@ -443,9 +381,9 @@ async fn score(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpRespo
 
 async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResponse, ApiError> {
     let (product_ids, single) = match (request.product_id, request.product_ids) {
-        (Some(id), None) => (vec![id.get()], true),
+        (Some(id), None) => (vec![id.0], true),
         (None, Some(ids)) if !ids.is_empty() => {
-            (ids.into_iter().map(IdField::get).collect::<Vec<_>>(), false)
+            (ids.into_iter().map(|id| id.0).collect::<Vec<_>>(), false)
         }
         (None, Some(_)) => {
             return Err(ApiError::BadRequest("product_ids must not be empty".into()));
@@ -467,7 +405,7 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
             "user_session must not be empty".into(),
         ));
     }
-    let key = SessionKey::new(request.user_id.get(), &request.user_session);
+    let key = SessionKey::new(request.user_id.0, &request.user_session);
     let read = state.engine.read_features(key, product_ids.clone()).await?;
     state
         .metrics
@@ -503,19 +441,26 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
             propensity: item.propensity,
             band: item.band,
             action: item.action,
-            model_version: &result.model_version,
+            model_version: result.model_version,
             explanation: item.explanation,
         }));
     }
     // Best first, for ranking.
     items.sort_by(|a, b| b.propensity.total_cmp(&a.propensity));
     Ok(HttpResponse::Ok().json(RankedScores {
-        model_version: &result.model_version,
+        model_version: result.model_version,
         scores: items,
     }))
 }
 
-/// `POST /v1/events`: one event object or an array of them.
+/// The HTTP collector: one event or an array of them (schema/event.schema.json). A bad event
+/// rejects the whole batch, naming its index, field and reason.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = types::EventsRequest, responses(
+    (status = 202, description = "Applied (HTTP bus) or published (RabbitMQ)", body = EventsAccepted),
+    (status = 400, description = "A bad event, or in live mode one dated too far ahead; nothing of the batch is applied", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 413, description = "Body over http.body_limit_bytes or more than http.max_batch events", body = ErrorBody),
+    (status = 503, description = "The store or the broker is unavailable; retrying is safe", body = ErrorBody)))]
 async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| ApiError::BadRequest(format!("invalid JSON body: {error}")))?;
@@ -577,13 +522,20 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
             .await
             .map_err(|error| ApiError::Unavailable(error.to_string()))?;
         state.metrics.bus_published.inc_by(events.len() as u64);
-        return Ok(HttpResponse::Accepted().json(serde_json::json!({"published": events.len()})));
+        return Ok(HttpResponse::Accepted().json(EventsAccepted {
+            accepted: None,
+            duplicates: None,
+            published: Some(events.len() as u64),
+        }));
     }
     let applied = state.engine.ingest(events).await?;
     // A score sent after this answer sees the events in the products' features too.
     state.engine.catalog_caught_up().await?;
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({"accepted": applied.applied, "duplicates": applied.duplicates})))
+    Ok(HttpResponse::Accepted().json(EventsAccepted {
+        accepted: Some(applied.applied),
+        duplicates: Some(applied.duplicates),
+        published: None,
+    }))
 }
 
 fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
@@ -591,6 +543,17 @@ fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("{what} {ID_EXPECTED}, not {text:?}")))
 }
 
+/// A session's cart, view sequence, counts and features; whether it is live, and its outcome so
+/// far or final.
+#[utoipa::path(get, path = "/v1/sessions/{user_id}/{user_session}", tag = "lookups",
+    params(("user_id" = u64, Path, description = "The shopper", example = 518024427),
+        ("user_session" = String, Path, description = "The shop's session id", example = "5f1e2d3c-4b5a-4968-8776-655443322110")),
+    responses(
+    (status = 200, description = "The session", body = SessionBody),
+    (status = 400, description = "user_id is not an unsigned integer", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "Unknown session", body = ErrorBody),
+    (status = 503, description = "The store cannot load it; retry", body = ErrorBody)))]
 async fn session(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -609,41 +572,53 @@ async fn session(
         .products
         .iter()
         .filter(|product| product.in_cart > 0)
-        .map(|product| serde_json::json!({"product_id": product.product_id, "quantity": product.in_cart, "price": product.price}))
+        .map(|product| CartLine {
+            product_id: product.product_id,
+            quantity: product.in_cart,
+            price: product.price,
+        })
         .collect();
     // The features a score would use now: of this session while it is live, of a new one (no
     // session yet) once it has ended.
-    let features: serde_json::Map<String, serde_json::Value> =
-        propensity_actors::features::FEATURES
-            .iter()
-            .zip(state.engine.features(key, vec![0]).await?[0])
-            .filter(|(feature, _)| {
-                matches!(
-                    feature.entity,
-                    propensity_actors::features::Entity::Session
-                        | propensity_actors::features::Entity::User
-                )
-            })
-            .map(|(feature, value)| (feature.name.to_owned(), serde_json::json!(value)))
-            .collect();
+    let features: std::collections::BTreeMap<String, f64> = propensity_actors::features::FEATURES
+        .iter()
+        .zip(state.engine.features(key, vec![0]).await?[0])
+        .filter(|(feature, _)| {
+            matches!(
+                feature.entity,
+                propensity_actors::features::Entity::Session
+                    | propensity_actors::features::Entity::User
+            )
+        })
+        .map(|(feature, value)| (feature.name.to_owned(), value))
+        .collect();
     let outcome = session.outcome().as_str();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "user_id": session.user_id,
-        "user_session": session.session_id,
-        "live": live,
-        "started_at": format_time(session.started_at),
-        "last_event_at": format_time(session.last_event_at),
-        "outcome_so_far": live.then_some(outcome),
-        "outcome": (!live).then_some(outcome),
-        "cart": cart,
-        "cart_items": session.cart_items(),
-        "cart_value": session.cart_value(),
-        "views": session.view_sequence,
-        "counts": session.counts,
-        "features": features,
-    })))
+    Ok(HttpResponse::Ok().json(SessionBody {
+        user_id: session.user_id,
+        user_session: session.session_id.to_string(),
+        live,
+        started_at: format_time(session.started_at),
+        last_event_at: format_time(session.last_event_at),
+        outcome_so_far: live.then(|| outcome.to_owned()),
+        outcome: (!live).then(|| outcome.to_owned()),
+        cart,
+        cart_items: session.cart_items(),
+        cart_value: session.cart_value(),
+        views: session.view_sequence.clone(),
+        counts: (&session.counts).into(),
+        features,
+    }))
 }
 
+/// A shopper's history and revenue to date.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "lookups",
+    params(("user_id" = u64, Path, description = "The shopper", example = 518024427)),
+    responses(
+    (status = 200, description = "The user", body = UserBody),
+    (status = 400, description = "user_id is not an unsigned integer", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "Unknown user", body = ErrorBody),
+    (status = 503, description = "The store cannot load it; retry", body = ErrorBody)))]
 async fn user(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -652,19 +627,29 @@ async fn user(
     let Some(user) = state.engine.user(user_id).await? else {
         return Err(ApiError::NotFound(format!("no user {user_id}")));
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "user_id": user.user_id,
-        "counts": user.counts,
-        "sessions": user.sessions,
-        "purchase_sessions": user.purchase_sessions,
-        "lifetime_value": user.revenue,
-        "first_event_at": format_time(user.first_event_at),
-        "last_event_at": format_time(user.last_event_at),
-        "last_purchase_at": user.last_purchase_at.map(format_time),
-        "products": user.products.len(),
-    })))
+    Ok(HttpResponse::Ok().json(UserBody {
+        user_id: user.user_id,
+        counts: (&user.counts).into(),
+        sessions: user.sessions,
+        purchase_sessions: user.purchase_sessions,
+        lifetime_value: user.revenue,
+        first_event_at: format_time(user.first_event_at),
+        last_event_at: format_time(user.last_event_at),
+        last_purchase_at: user.last_purchase_at.map(format_time),
+        products: user.products.len(),
+    }))
 }
 
+/// A product's views, carts, purchases and revenue, in total and in the last hour and 24 hours
+/// of event time.
+#[utoipa::path(get, path = "/v1/products/{product_id}", tag = "lookups",
+    params(("product_id" = u64, Path, description = "The product", example = 1004856)),
+    responses(
+    (status = 200, description = "The product", body = ProductBody),
+    (status = 400, description = "product_id is not an unsigned integer", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "Unknown product", body = ErrorBody),
+    (status = 503, description = "The store cannot load it; retry", body = ErrorBody)))]
 async fn product(
     state: web::Data<AppState>,
     path: web::Path<String>,
@@ -677,19 +662,19 @@ async fn product(
     // empty last hour; the product's own latest event counts while the watermark lags behind it.
     let watermark = state.engine.stats().await?.watermark;
     let now = watermark.max(product.last_event_at);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "product_id": product.product_id,
-        "category_id": product.category_id,
-        "price": product.price,
-        "counts": product.counts,
-        "revenue": product.revenue,
-        "last_event_at": format_time(product.last_event_at),
-        "windows": {
-            "as_of": format_time(now),
-            "last_hour": product.window(now, 1),
-            "last_24_hours": product.window(now, 24),
+    Ok(HttpResponse::Ok().json(ProductBody {
+        product_id: product.product_id,
+        category_id: product.category_id,
+        price: product.price,
+        counts: (&product.counts).into(),
+        revenue: product.revenue,
+        last_event_at: format_time(product.last_event_at),
+        windows: WindowsBody {
+            as_of: format_time(now),
+            last_hour: product.window(now, 1).into(),
+            last_24_hours: product.window(now, 24).into(),
         },
-    })))
+    }))
 }
 
 /// The longest period `GET /v1/outcomes` answers for, in hours: a year and a day.
@@ -703,19 +688,17 @@ struct OutcomesQuery {
     to: String,
 }
 
-fn tally_json(tally: &propensity_actors::outcomes::OutcomeTally) -> serde_json::Value {
-    use propensity_actors::features::Outcome;
-    serde_json::json!({
-        "purchased": tally.sessions_with(Outcome::Purchased),
-        "abandoned": tally.sessions_with(Outcome::Abandoned),
-        "browsed": tally.sessions_with(Outcome::Browsed),
-        "purchased_cart_value": tally.cart_value_of(Outcome::Purchased),
-        "abandoned_cart_value": tally.cart_value_of(Outcome::Abandoned),
-        "browsed_cart_value": tally.cart_value_of(Outcome::Browsed),
-        "abandonment_rate": tally.abandonment_rate(),
-    })
-}
-
+/// Sessions ended and their cart value by outcome (purchased, abandoned, browsed), per hour of
+/// event time and in total, from the store's tallies: each session counted once.
+#[utoipa::path(get, path = "/v1/outcomes", tag = "outcomes",
+    params(
+        ("from" = String, Query, description = "RFC 3339 or `2019-10-01 00:00:00 UTC`", min_length = 1, example = "2019-10-01 00:00:00 UTC"),
+        ("to" = String, Query, description = "Inclusive; at most 366 days after from", min_length = 1, example = "2019-10-02 00:00:00 UTC")),
+    responses(
+    (status = 200, description = "The period's tallies", body = OutcomesBody),
+    (status = 400, description = "A missing or bad time, or a span over 366 days", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 503, description = "The store cannot load them; retry", body = ErrorBody)))]
 async fn outcomes(
     state: web::Data<AppState>,
     query: Result<web::Query<OutcomesQuery>, actix_web::Error>,
@@ -749,19 +732,20 @@ async fn outcomes(
     }
     let hours = state.engine.outcomes(from_hour, to_hour).await?;
     let mut total = OutcomeTally::default();
-    let hours: Vec<serde_json::Value> = hours
+    let hours: Vec<HourTally> = hours
         .iter()
         .map(|(hour, tally)| {
             total.add(tally);
-            let mut row = tally_json(tally);
-            row["hour"] = serde_json::json!(format_time(hour * HOUR));
-            row
+            HourTally {
+                hour: format_time(hour * HOUR),
+                tally: tally.into(),
+            }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "from": format_time(from_hour * HOUR),
-        "to": format_time((to_hour + 1) * HOUR),
-        "total": tally_json(&total),
-        "hours": hours,
-    })))
+    Ok(HttpResponse::Ok().json(OutcomesBody {
+        from: format_time(from_hour * HOUR),
+        to: format_time((to_hour + 1) * HOUR),
+        total: TallyBody::from(&total),
+        hours,
+    }))
 }
