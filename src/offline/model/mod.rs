@@ -14,7 +14,7 @@
 mod calibration;
 mod error;
 mod metrics;
-mod report;
+pub(crate) mod report;
 mod train;
 mod tree;
 

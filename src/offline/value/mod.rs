@@ -9,6 +9,9 @@
 //! - [`bgnbd`]: the BG/NBD model (Fader, Hardie and Lee 2005) of repeat purchases and dropout:
 //!   the fit, `P(alive)`, expected purchases of a customer in the next `t` weeks and of a new one.
 //! - [`gamma_gamma`]: the Gamma-Gamma model (Fader and Hardie 2013) of spend per purchase.
+//! - [`input`]: purchases from REES46 event files or CDNOW files, and calendar days.
+//! - [`fit`]: the `propensity value fit` command: read, summarise, fit, evaluate on the holdout,
+//!   save the [`ValueModel`] and write the report ([`report`]).
 //! - [`synthetic`]: customers drawn from the BG/NBD process, for the benchmark and tests.
 //!
 //! The likelihoods are maximised by argmin's L-BFGS over log-parameters (private `optimize`),
@@ -16,8 +19,11 @@
 
 pub mod bgnbd;
 mod error;
+pub mod fit;
 pub mod gamma_gamma;
+pub mod input;
 mod optimize;
+pub mod report;
 pub mod summary;
 pub mod synthetic;
 
