@@ -681,7 +681,7 @@ fn finite_or_zero(value: f64) -> f64 {
 }
 
 /// Escapes text for SVG element content and attribute values.
-pub(crate) fn xml_escape(text: &str) -> String {
+fn xml_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for character in text.chars() {
         match character {
