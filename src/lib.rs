@@ -18,6 +18,9 @@
 //!     report.
 //!   - [`offline::model`]: the decision tree, its calibration, scoring, explanation and metrics
 //!     (the online scoring actor serves it).
+//!   - [`offline::value`]: customer value from purchase histories: per-customer summaries, the
+//!     BG/NBD and Gamma-Gamma models (fit, `P(alive)`, expected purchases and spend), the holdout
+//!     check and the `value fit` command.
 //! - [`tools`]: commands around the two.
 //!   - [`tools::generate`]: the synthetic REES46 clickstream and its oracle probabilities.
 //!   - [`tools::describe`]: what each feature is and how the model saw it in training.

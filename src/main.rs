@@ -123,6 +123,11 @@ enum Command {
     },
     /// Print the HTTP API's OpenAPI document (what schema/openapi.json holds).
     Openapi,
+    /// Customer value from purchase histories: BG/NBD and Gamma-Gamma models.
+    Value {
+        #[command(subcommand)]
+        action: ValueAction,
+    },
     /// Run the service: HTTP API, actors, store.
     Serve,
     /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
@@ -153,6 +158,39 @@ enum Command {
         /// Where the demo keeps its data, model, report and state.
         #[arg(long, default_value = "var/demo")]
         work_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ValueAction {
+    /// Fit BG/NBD (repeat purchases) and Gamma-Gamma (spend per purchase) on a calibration
+    /// period and save them as one model file; with a holdout period, check the predictions.
+    Fit {
+        /// Purchase files: REES46 CSV events (only `purchase` rows are read) or CDNOW files.
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<PathBuf>,
+        /// Format of the --events files.
+        #[arg(long, value_enum, default_value = "rees46")]
+        format: propensity::offline::value::input::InputFormat,
+        /// Where to write the model (JSON).
+        #[arg(long)]
+        model_out: PathBuf,
+        /// Last day of the calibration period, inclusive (`YYYY-MM-DD`, or a time such as
+        /// `2019-10-15 00:00:00 UTC` or RFC 3339, taken as its UTC day); default: the last day
+        /// of the data. Required with --holdout-end.
+        #[arg(long)]
+        calibration_end: Option<String>,
+        /// Last day of the holdout period, inclusive (same forms); the holdout starts the day
+        /// after --calibration-end. Prints predicted against actual repeat purchases in it.
+        #[arg(long)]
+        holdout_end: Option<String>,
+        /// Write the chart of predicted and actual holdout purchases per calibration frequency
+        /// (SVG) into this directory; needs --holdout-end.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Print the report as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -335,6 +373,39 @@ fn run(cli: Cli) -> Result<()> {
             propensity::tools::backfill::print_report(&report, json)
         }
         Command::Openapi => write_stdout(propensity::online::http::openapi::document()),
+        Command::Value { action } => match action {
+            ValueAction::Fit {
+                events,
+                format,
+                model_out,
+                calibration_end,
+                holdout_end,
+                report_dir,
+                json,
+            } => {
+                let day = |flag: &str, text: Option<String>| {
+                    text.map(|text| {
+                        propensity::offline::value::input::parse_day(&text).with_context(|| {
+                            format!(
+                                "{flag} {text:?} is not `YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS UTC` or RFC 3339"
+                            )
+                        })
+                    })
+                    .transpose()
+                };
+                let request = propensity::offline::value::fit::FitRequest {
+                    inputs: events,
+                    format,
+                    model_out,
+                    calibration_end: day("--calibration-end", calibration_end)?,
+                    holdout_end: day("--holdout-end", holdout_end)?,
+                    report_dir,
+                };
+                let report = propensity::offline::value::fit::run(&request)?;
+                propensity::offline::value::fit::print_report(&report, json)?;
+                Ok(())
+            }
+        },
         Command::Serve => {
             actix_rt::System::new().block_on(propensity::online::serve::run(settings))
         }

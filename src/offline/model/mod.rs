@@ -15,7 +15,7 @@ mod calibration;
 mod error;
 mod metrics;
 mod profile;
-mod report;
+pub(crate) mod report;
 mod train;
 mod tree;
 
@@ -492,7 +492,7 @@ impl Model {
 
 /// 32-bit digest of `bytes` (64-bit FNV-1a folded), stable across Rust versions and platforms
 /// unlike `DefaultHasher`, so the same model content always gets the same version suffix.
-fn content_hash(bytes: &[u8]) -> u32 {
+pub(crate) fn content_hash(bytes: &[u8]) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in bytes {
         hash ^= u64::from(byte);

@@ -17,8 +17,8 @@ const RELIABILITY_BINS: usize = 10;
 /// Curves with more points than this are thinned before drawing to keep the SVG small.
 const MAX_CURVE_POINTS: usize = 2000;
 
-const CURVE_COLOR: &str = "#1f77b4";
-const REFERENCE_COLOR: &str = "#888888";
+pub(crate) const CURVE_COLOR: &str = "#1f77b4";
+pub(crate) const REFERENCE_COLOR: &str = "#888888";
 const GRID_COLOR: &str = "#e5e5e5";
 
 /// Writes the report for `model` on the validation rows into `dir` (created if missing):
@@ -444,7 +444,7 @@ fn importance_svg(model: &Model) -> String {
 }
 
 /// A plot area in pixels and the data range it shows (both axes start at 0).
-struct Frame {
+pub(crate) struct Frame {
     left: f64,
     top: f64,
     width: f64,
@@ -454,7 +454,7 @@ struct Frame {
 }
 
 /// Where to put a legend inside the plot area.
-enum Corner {
+pub(crate) enum Corner {
     TopLeft,
     TopRight,
     BottomRight,
@@ -462,7 +462,7 @@ enum Corner {
 
 impl Frame {
     /// The standard 400 x 400 pixel plot area used by the curve charts.
-    fn square(x_max: f64, y_max: f64) -> Frame {
+    pub(crate) fn square(x_max: f64, y_max: f64) -> Frame {
         Frame {
             left: 70.0,
             top: 50.0,
@@ -474,18 +474,25 @@ impl Frame {
     }
 
     /// Pixel x for a data x, clamped to the plot area.
-    fn x(&self, value: f64) -> f64 {
+    pub(crate) fn x(&self, value: f64) -> f64 {
         self.left + finite_or_zero(value).clamp(0.0, self.x_max) / self.x_max * self.width
     }
 
     /// Pixel y for a data y (SVG y grows downward), clamped to the plot area.
-    fn y(&self, value: f64) -> f64 {
+    pub(crate) fn y(&self, value: f64) -> f64 {
         self.top + self.height
             - finite_or_zero(value).clamp(0.0, self.y_max) / self.y_max * self.height
     }
 
     /// Grid, axis lines, ticks with labels, and axis titles.
-    fn axes(&self, svg: &mut String, x_label: &str, y_label: &str, x_ticks: usize, y_ticks: usize) {
+    pub(crate) fn axes(
+        &self,
+        svg: &mut String,
+        x_label: &str,
+        y_label: &str,
+        x_ticks: usize,
+        y_ticks: usize,
+    ) {
         let bottom = self.top + self.height;
         let right = self.left + self.width;
         for tick in ticks(self.x_max, x_ticks) {
@@ -540,7 +547,13 @@ impl Frame {
     }
 
     /// A polyline through data points; nothing for fewer than two points.
-    fn line(&self, svg: &mut String, points: &[(f64, f64)], color: &str, dash: Option<&str>) {
+    pub(crate) fn line(
+        &self,
+        svg: &mut String,
+        points: &[(f64, f64)],
+        color: &str,
+        dash: Option<&str>,
+    ) {
         if points.len() < 2 {
             return;
         }
@@ -556,7 +569,12 @@ impl Frame {
     }
 
     /// A boxed legend of line samples with labels.
-    fn legend(&self, svg: &mut String, entries: &[(&str, &str, Option<&str>)], corner: Corner) {
+    pub(crate) fn legend(
+        &self,
+        svg: &mut String,
+        entries: &[(&str, &str, Option<&str>)],
+        corner: Corner,
+    ) {
         let width = 12.0
             + 34.0
             + entries
@@ -597,7 +615,7 @@ impl Frame {
 }
 
 /// Opens an SVG sized to hold a standard [`Frame`] with axis titles.
-fn svg_open(frame: &Frame, title: &str) -> String {
+pub(crate) fn svg_open(frame: &Frame, title: &str) -> String {
     svg_open_sized(
         frame.left + frame.width + 30.0,
         frame.top + frame.height + 60.0,
@@ -633,7 +651,7 @@ fn nice_ceiling(value: f64) -> f64 {
 
 /// Shortest readable form: up to 4 decimals with trailing zeros removed, scientific notation
 /// for tiny non-zero magnitudes, "NaN" never reaching a coordinate (only labels use this).
-fn format_number(value: f64) -> String {
+pub(crate) fn format_number(value: f64) -> String {
     if !value.is_finite() {
         return "n/a".to_string();
     }
