@@ -453,3 +453,115 @@ async fn a_message_from_a_wrong_clock_is_dead_lettered_in_live_mode() {
     service.stop().await.unwrap();
     broker::delete_topology(&connection, &rabbitmq).await;
 }
+
+/// A message the broker dead-letters itself, after `delivery_limit` deliveries without an
+/// acknowledgement (a consumer crashing on it, played here by a test consumer that rejects it),
+/// carries `x-death` and no reason of ours: the service counts it as `delivery_limit`, once. A
+/// message the service dead-letters itself counts under its own reason only.
+#[actix_rt::test]
+async fn messages_the_broker_dead_letters_at_the_delivery_limit_are_counted() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let connection = broker::connect().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::small_model(dir.path(), LONG_TIMEOUT);
+    let mut settings = bus_settings(dir.path(), &model, "delivery-limit");
+    settings.bus.rabbitmq.delivery_limit = 1;
+    let rabbitmq = settings.bus.rabbitmq.clone();
+    let channel = connection.create_channel().await.unwrap();
+    propensity::online::ingest::topology::declare(&channel, &rabbitmq)
+        .await
+        .unwrap();
+    let crasher = Event::from_json(&event_with("user_id", Some("4242"))).unwrap();
+    broker::publish(&rabbitmq, std::slice::from_ref(&crasher)).await;
+    // Deliver it and give it back until the broker gives up on it.
+    let mut rejections = 0;
+    let started = Instant::now();
+    while broker::ready_messages(&connection, &rabbitmq).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the broker kept the message"
+        );
+        for partition in 0..rabbitmq.partitions {
+            if let Some(message) = channel
+                .basic_get(
+                    rabbitmq.queue(partition).as_str().into(),
+                    BasicGetOptions::default(),
+                )
+                .await
+                .unwrap()
+            {
+                message
+                    .delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+                    .unwrap();
+                rejections += 1;
+            }
+        }
+    }
+    assert!(rejections >= 2, "delivered {rejections} times");
+
+    let service = Service::start(&settings).await.expect("the service starts");
+    // And one the service dead-letters itself.
+    channel.confirm_select(Default::default()).await.unwrap();
+    let confirm = channel
+        .basic_publish(
+            rabbitmq.exchange.as_str().into(),
+            "4243".into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"not json",
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let counted = |reason: &str| {
+        service
+            .metrics
+            .events_rejected
+            .with_label_values(&[reason])
+            .get()
+    };
+    let started = Instant::now();
+    while (counted("delivery_limit") < 1 || counted("bad_json") < 1)
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        actix::clock::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a double count to show.
+    actix::clock::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        counted("delivery_limit"),
+        1,
+        "the broker's dead letter, once"
+    );
+    assert_eq!(counted("bad_json"), 1, "ours, under its own reason only");
+    let letters = broker::dead_letters(&connection, &rabbitmq).await;
+    assert_eq!(
+        letters.len(),
+        2,
+        "both stay in the dead-letter queue for people: {letters:?}"
+    );
+    assert_eq!(
+        Event::from_json(
+            &letters
+                .iter()
+                .find(|letter| letter.reason.is_empty())
+                .unwrap()
+                .body
+        )
+        .unwrap(),
+        crasher
+    );
+    assert!(
+        service.engine.user(4242).await.unwrap().is_none(),
+        "never applied"
+    );
+    service.stop().await.unwrap();
+    broker::delete_topology(&connection, &rabbitmq).await;
+}

@@ -142,6 +142,14 @@ pub async fn delete_topology(connection: &Connection, settings: &RabbitmqSetting
             QueueDeleteOptions::default(),
         )
         .await;
+    let _ = channel
+        .queue_delete(
+            propensity::online::ingest::topology::counting_queue(settings)
+                .as_str()
+                .into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
     for exchange in [&settings.exchange, &settings.dead_letter_exchange] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), Default::default())

@@ -40,6 +40,8 @@ const BATCH_LINGER: Duration = Duration::from_millis(5);
 /// The first and the longest wait before a batch the engine refused is retried.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Dead letters in flight to one instance for counting.
+const COUNTING_PREFETCH: u16 = 64;
 
 /// Why a consumer session ended.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,10 @@ async fn session(
                 connection.stand_by().await?;
             }
             _ = backlog_tick.tick() => connection.read_backlog().await?,
+            letter = connection.counting.next() => {
+                let letter = letter.ok_or(SessionError::Cancelled)??;
+                connection.count_dead_letter(letter).await?;
+            }
         }
         if let Some(wait) = connection.arm_retry() {
             retry_due.as_mut().reset(tokio::time::Instant::now() + wait);
@@ -219,6 +225,8 @@ struct Consuming<'a> {
     /// The channel the topology and backlog reads use.
     channel: Channel,
     dead_letters: Channel,
+    /// The dead letters to count, from the counting queue (any instance takes each once).
+    counting: Pin<Box<dyn futures_util::Stream<Item = lapin::Result<Delivery>> + Send>>,
     consumers: SelectAll<PartitionDeliveries>,
     /// One channel per partition consumed, so its deliveries arrive in tag order.
     channels: BTreeMap<u16, Channel>,
@@ -266,6 +274,23 @@ impl<'a> Consuming<'a> {
         dead_letters
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let counting_channel = connection.create_channel().await?;
+        counting_channel
+            .basic_qos(COUNTING_PREFETCH, BasicQosOptions { global: false })
+            .await?;
+        let counting = counting_channel
+            .basic_consume(
+                topology::counting_queue(settings).as_str().into(),
+                format!(
+                    "{}-{}-counting",
+                    settings.connection_name, settings.instance_index
+                )
+                .as_str()
+                .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         let (preferred, standby): (Vec<u16>, Vec<u16>) =
             (0..settings.partitions).partition(|partition| settings.prefers(*partition));
         let mut consuming = Consuming {
@@ -273,6 +298,7 @@ impl<'a> Consuming<'a> {
             connection,
             channel,
             dead_letters,
+            counting: Box::pin(counting),
             consumers: SelectAll::new(),
             channels: BTreeMap::new(),
             standby,
@@ -370,6 +396,31 @@ impl<'a> Consuming<'a> {
             }
         }
         Ok(false)
+    }
+
+    /// Counts a dead letter the broker made itself: one with `x-death` (the broker's record of
+    /// why) and no reason of ours, which the consumer counted when it dead-lettered the
+    /// message. Those are the messages delivered `delivery_limit` times without an
+    /// acknowledgement (an instance crashing on them, say).
+    async fn count_dead_letter(&mut self, letter: Delivery) -> Result<(), SessionError> {
+        let headers = letter.properties.headers().clone().unwrap_or_default();
+        let headers = headers.inner();
+        if headers.contains_key("x-death") && !headers.contains_key(topology::REASON_HEADER) {
+            self.context
+                .metrics
+                .events_rejected
+                .with_label_values(&[message::DELIVERY_LIMIT])
+                .inc();
+            tracing::warn!(
+                routing_key = %letter.routing_key,
+                "the broker dead-lettered a message at the delivery limit"
+            );
+        }
+        letter
+            .acker
+            .ack(BasicAckOptions { multiple: false })
+            .await?;
+        Ok(())
     }
 
     /// A partial batch waited long enough: apply it.

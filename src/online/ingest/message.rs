@@ -10,8 +10,13 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// The reason counted for a message the broker dead-lettered itself, after
+/// `bus.rabbitmq.delivery_limit` deliveries (it carries `x-death` and no reason of ours).
+pub const DELIVERY_LIMIT: &str = "delivery_limit";
+
 /// Reason codes of the bus besides the parser's ([`ParseError::CODES`]).
-pub const BUS_REASONS: [&str; 7] = [
+pub const BUS_REASONS: [&str; 8] = [
+    DELIVERY_LIMIT,
     "event_time_in_future",
     "too_large",
     "empty",

@@ -6,6 +6,9 @@
 //! - `<queue_prefix>.<p>` for p in 0..partitions: durable quorum queues with single active
 //!   consumer, an explicit delivery limit, and the dead-letter exchange; each bound with weight 1.
 //! - `dead_letter_exchange` (durable fanout) and `dead_letter_queue` (durable quorum queue).
+//! - `<dead_letter_queue>.counting` (durable classic queue, at most 100,000 messages), bound to the
+//!   same exchange: the consumers take each dead letter from it once, to count the ones the
+//!   broker itself dead-lettered at the delivery limit, and leave `dead_letter_queue` to people.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -30,6 +33,14 @@ fn durable_queue() -> QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     }
+}
+
+/// Dead letters kept for counting while no instance consumes them; the oldest go first.
+const COUNTING_MAX_LENGTH: i64 = 100_000;
+
+/// The queue the consumers count dead letters from.
+pub fn counting_queue(settings: &RabbitmqSettings) -> String {
+    format!("{}.counting", settings.dead_letter_queue)
 }
 
 fn text(value: &str) -> AMQPValue {
@@ -75,6 +86,28 @@ pub async fn declare(channel: &Channel, settings: &RabbitmqSettings) -> lapin::R
     channel
         .queue_bind(
             settings.dead_letter_queue.as_str().into(),
+            settings.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut counting_arguments = FieldTable::default();
+    counting_arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(COUNTING_MAX_LENGTH),
+    );
+    let counting = counting_queue(settings);
+    channel
+        .queue_declare(
+            counting.as_str().into(),
+            durable_queue(),
+            counting_arguments,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            counting.as_str().into(),
             settings.dead_letter_exchange.as_str().into(),
             "".into(),
             QueueBindOptions::default(),
