@@ -1,6 +1,6 @@
 //! Micro-benchmarks of scoring: walking the trained tree and calibrating its leaf (`Model::score`,
 //! what `/v1/score` runs per product), the checked variant the HTTP path uses for untrusted
-//! vectors, and the explanation.
+//! vectors, the drift watch's count of each scored vector, and the explanation.
 //!
 //! The model is trained here on a small synthetic stream (the `generate` model, 2,000 shoppers over
 //! 7 days, about 100k events), and the feature vectors are that stream's scoring points, read from the same
@@ -76,6 +76,21 @@ fn scoring(c: &mut Criterion) {
                 .iter()
                 .map(|vector| model.score_checked(black_box(vector)).unwrap())
                 .sum::<f64>()
+        })
+    });
+    // What the drift watch adds to every score: counting the vector and its propensity into
+    // the window's bins.
+    let drift = propensity::online::drift::DriftWatch::new(propensity::config::DriftSettings {
+        window_seconds: 3600,
+        slots: 12,
+        min_rows: 500,
+    });
+    drift.start_window(&model);
+    group.bench_function("drift_record_1000_vectors", |b| {
+        b.iter(|| {
+            for vector in &vectors {
+                drift.record(black_box(vector), 0.05);
+            }
         })
     });
     group.bench_function("explain_1000_vectors", |b| {

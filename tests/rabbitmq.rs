@@ -559,7 +559,11 @@ async fn messages_the_broker_dead_letters_at_the_delivery_limit_are_counted() {
         1,
         "the broker's dead letter, once"
     );
-    assert_eq!(ours(), [("not_an_object", 1)], "ours, under its own reason only");
+    assert_eq!(
+        ours(),
+        [("not_an_object", 1)],
+        "ours, under its own reason only"
+    );
     let letters = broker::dead_letters(&connection, &rabbitmq).await;
     assert_eq!(
         letters.len(),

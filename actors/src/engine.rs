@@ -602,6 +602,8 @@ mod tests {
         /// Loads of this user wait while `holding` is set.
         held_user: Mutex<Option<u64>>,
         holding: Arc<AtomicBool>,
+        /// Saves wait, unwritten, while this is set.
+        saves_held: Arc<AtomicBool>,
     }
 
     impl Default for TestStore {
@@ -618,12 +620,22 @@ mod tests {
                 catalog_down: AtomicBool::new(false),
                 held_user: Mutex::new(None),
                 holding: Arc::new(AtomicBool::new(false)),
+                saves_held: Arc::new(AtomicBool::new(false)),
             }
         }
     }
 
     impl StateStore for Arc<TestStore> {
         fn save(&self, batch: Arc<StateBatch>) -> StoreFuture<Vec<SessionEnd>> {
+            if self.saves_held.load(Ordering::SeqCst) {
+                let (store, held) = (self.clone(), self.saves_held.clone());
+                return Box::pin(async move {
+                    while held.load(Ordering::SeqCst) {
+                        actix::clock::sleep(Duration::from_millis(1)).await;
+                    }
+                    store.save(batch).await
+                });
+            }
             use Durable::*;
             let durable = *self.durable.lock().unwrap();
             if matches!(durable, Users | UsersAndSessions | Everything) {
@@ -895,6 +907,45 @@ mod tests {
         assert_eq!(engine.product(7).await.unwrap().unwrap().counts.views, 3);
         assert_eq!(engine.user(unknown).await.unwrap().unwrap().counts.views, 1);
         assert_eq!(engine.user(known).await.unwrap().unwrap().counts.views, 2);
+        engine.stop().await.ok();
+    }
+
+    /// An ended session leaves the shard's hands only once the store has it: while its write is
+    /// in flight, reads still find it (a flush used to hand it to the write and forget it, and
+    /// the session answered 404 until the write was durable).
+    #[actix::test]
+    async fn an_ended_session_is_readable_while_its_write_is_in_flight() {
+        use crate::session::SessionView;
+        let store = Arc::new(TestStore::default());
+        let engine = start(1, settings(false), &store);
+        let key = SessionKey::new(5, "s");
+        engine.ingest(vec![view(5, 7)]).await.unwrap();
+        // Much later, another shopper moves event time past the session's deadline.
+        let mut later = view(6, 8);
+        later.time += 2 * DEFAULT_SESSION_TIMEOUT;
+        engine.ingest(vec![later]).await.unwrap();
+
+        // The flush that ends it waits on the store.
+        store.saves_held.store(true, Ordering::SeqCst);
+        let flush = {
+            let engine = engine.clone();
+            actix::spawn(async move { engine.end_due_sessions().await })
+        };
+        actix::clock::sleep(Duration::from_millis(50)).await;
+        assert!(!flush.is_finished(), "the write is held");
+        assert!(store.sessions.lock().unwrap().get(&key).is_none());
+        match engine.session_view(key).await.unwrap() {
+            Some(SessionView::Ended(session)) => assert_eq!(session.counts.views, 1),
+            other => panic!("the ended session while its write is in flight: {other:?}"),
+        }
+
+        store.saves_held.store(false, Ordering::SeqCst);
+        flush.await.unwrap().unwrap();
+        assert!(store.sessions.lock().unwrap().get(&key).is_some());
+        assert!(matches!(
+            engine.session_view(key).await.unwrap(),
+            Some(SessionView::Ended(_))
+        ));
         engine.stop().await.ok();
     }
 

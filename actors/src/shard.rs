@@ -737,6 +737,7 @@ impl ShardActor {
             .collect();
         fut::wrap_future::<_, Self>(join_all(snapshots)).then(move |answers, actor, _| {
             let mut batch = StateBatch::default();
+            let mut written_ended = Vec::new();
             if generation == actor.generation {
                 for answer in answers {
                     let UserSnapshotTaken { user, sessions } = answer.unwrap_or_default();
@@ -744,9 +745,19 @@ impl ShardActor {
                     batch.sessions.extend(sessions);
                 }
                 // Ended sessions go after the live ones: a key ended and started again in
-                // this batch keeps the new session.
-                let mut ended: Vec<Stored<SessionState>> =
-                    std::mem::take(&mut actor.ended).into_values().collect();
+                // this batch keeps the new session. They stay in `ended`, where reads find
+                // them, until the write is durable: until then the store does not have them.
+                let mut ended: Vec<Stored<SessionState>> = actor.ended.values().cloned().collect();
+                written_ended = ended
+                    .iter()
+                    .map(|last| {
+                        (
+                            last.state.key(),
+                            last.state.last_event_at,
+                            last.state.counts.events,
+                        )
+                    })
+                    .collect();
                 ended.append(&mut batch.sessions);
                 batch.sessions = ended;
                 batch.transitions = std::mem::take(&mut actor.transitions);
@@ -765,7 +776,19 @@ impl ShardActor {
                         actor.flushing = false;
                         let result = actor.write_behind.finish(done);
                         match &result {
-                            Ok(_) => actor.passivate_idle_users(),
+                            Ok(_) => {
+                                // Durable now: the store answers for them. One that ended again
+                                // meanwhile waits for the next flush.
+                                for (key, last_event_at, events) in written_ended {
+                                    if actor.ended.get(&key).is_some_and(|last| {
+                                        (last.state.last_event_at, last.state.counts.events)
+                                            == (last_event_at, events)
+                                    }) {
+                                        actor.ended.remove(&key);
+                                    }
+                                }
+                                actor.passivate_idle_users()
+                            }
                             Err(StoreError::Fenced(source)) => {
                                 actor.drop_state();
                                 actor.fenced = Some(*source);
