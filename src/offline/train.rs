@@ -303,7 +303,21 @@ pub struct TrainReport {
 /// Progress counted in events.
 pub(crate) const EVENTS: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} events ({per_sec}, eta {eta})";
 /// Progress counted in bytes read.
-pub(crate) const BYTES: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+const BYTES: &str = "{msg:>10} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta})";
+
+/// Scans the history files with a bar of bytes read (when `show`), for commands that replay them.
+pub(crate) fn scan_history(paths: &[PathBuf], show: bool) -> Result<HistoryFiles> {
+    let mut bytes = 0;
+    for path in paths {
+        bytes += std::fs::metadata(path)
+            .with_context(|| format!("failed to read {}", path.display()))?
+            .len();
+    }
+    let scanning = progress_bar(show, bytes, "scanning", BYTES);
+    let history = HistoryFiles::scan_showing(paths, &scanning)?;
+    scanning.finish_and_clear();
+    Ok(history)
+}
 
 pub(crate) fn progress_bar(
     show: bool,
@@ -571,15 +585,7 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
     if request.events.is_empty() {
         bail!("no event files given: pass --events FILE...");
     }
-    let mut bytes = 0;
-    for path in &request.events {
-        bytes += std::fs::metadata(path)
-            .with_context(|| format!("failed to read {}", path.display()))?
-            .len();
-    }
-    let scanning = progress_bar(request.show_progress, bytes, "scanning", BYTES);
-    let history = HistoryFiles::scan_showing(&request.events, &scanning)?;
-    scanning.finish_and_clear();
+    let history = scan_history(&request.events, request.show_progress)?;
     let Some((first, last)) = history.span() else {
         bail!("the event files hold no valid rows");
     };

@@ -19,8 +19,8 @@ use propensity_actors::store::StateStore;
 use serde::Serialize;
 
 use crate::config::{Settings, StoreKind};
-use crate::offline::history::{HistoryFiles, ordered_events};
-use crate::offline::train::{BYTES, EVENTS, progress_bar};
+use crate::offline::history::ordered_events;
+use crate::offline::train::{EVENTS, progress_bar, scan_history};
 use crate::online::store::{EmbeddedStore, ScyllaStore};
 
 /// Events handed to the engine at a time.
@@ -71,15 +71,7 @@ pub async fn run(request: &BackfillRequest, settings: &Settings) -> Result<Backf
             format_time(to)
         );
     }
-    let mut bytes = 0;
-    for path in &request.events {
-        bytes += std::fs::metadata(path)
-            .with_context(|| format!("failed to read {}", path.display()))?
-            .len();
-    }
-    let scanning = progress_bar(request.show_progress, bytes, "scanning", BYTES);
-    let history = HistoryFiles::scan_showing(&request.events, &scanning)?;
-    scanning.finish_and_clear();
+    let history = scan_history(&request.events, request.show_progress)?;
     // History replays in event time: the wall clock must end no session here.
     let mut settings = settings.clone();
     settings.engine.live_watermark = false;

@@ -129,24 +129,10 @@ pub fn describe(feature: Option<&str>, model_path: &Path) -> Result<Description>
 fn closest(name: &str) -> Option<&'static str> {
     FEATURES
         .iter()
-        .map(|definition| (edit_distance(name, definition.name), definition.name))
+        .map(|definition| (strsim::levenshtein(name, definition.name), definition.name))
         .filter(|(distance, _)| *distance <= 3)
         .min()
         .map(|(_, name)| name)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, a_char) in a.chars().enumerate() {
-        let mut current = vec![i + 1; b.len() + 1];
-        for (j, b_char) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(a_char != *b_char);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 fn number(value: f64) -> String {
@@ -292,7 +278,6 @@ mod tests {
         assert_eq!(closest("prise"), Some("price"));
         assert_eq!(closest("cart_valeu"), Some("cart_value"));
         assert_eq!(closest("something_else_entirely"), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -244,20 +244,7 @@ mod tests {
             (cost * -5.0 - per_customer).abs() < 1e-10,
             "{cost} vs {per_customer}"
         );
-        for index in 0..3 {
-            let step = 1e-6;
-            let (mut up, mut down) = (point, point);
-            up[index] += step;
-            down[index] -= step;
-            let mut ignored = [0.0; 3];
-            let slope = (data.evaluate(&up, &mut ignored) - data.evaluate(&down, &mut ignored))
-                / (2.0 * step);
-            assert!(
-                (slope - gradient[index]).abs() < 1e-7,
-                "parameter {index}: analytic {} vs numeric {slope}",
-                gradient[index]
-            );
-        }
+        crate::offline::value::optimize::assert_gradient_matches(&data, point);
     }
 
     #[test]

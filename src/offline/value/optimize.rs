@@ -212,6 +212,32 @@ impl<const N: usize, O: Objective<N>> Gradient for Problem<'_, N, O> {
     }
 }
 
+/// Checks `objective`'s analytic gradient at `point` (log-parameters) against central
+/// differences; for the models' tests.
+#[cfg(test)]
+pub(crate) fn assert_gradient_matches<const N: usize, O: Objective<N>>(
+    objective: &O,
+    point: [f64; N],
+) {
+    let mut gradient = [0.0; N];
+    objective.evaluate(&point, &mut gradient);
+    for index in 0..N {
+        let step = 1e-6;
+        let (mut up, mut down) = (point, point);
+        up[index] += step;
+        down[index] -= step;
+        let mut ignored = [0.0; N];
+        let slope = (objective.evaluate(&up, &mut ignored)
+            - objective.evaluate(&down, &mut ignored))
+            / (2.0 * step);
+        assert!(
+            (slope - gradient[index]).abs() < 1e-7,
+            "parameter {index}: analytic {} vs numeric {slope}",
+            gradient[index]
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
