@@ -601,6 +601,8 @@ mod tests {
         catalog_down: AtomicBool,
         /// Loads of this user wait while `holding` is set.
         held_user: Mutex<Option<u64>>,
+        /// Loads of this session wait while `holding` is set.
+        held_session: Mutex<Option<SessionKey>>,
         holding: Arc<AtomicBool>,
         /// Saves wait, unwritten, while this is set.
         saves_held: Arc<AtomicBool>,
@@ -619,6 +621,7 @@ mod tests {
                 user_side_down: AtomicBool::new(false),
                 catalog_down: AtomicBool::new(false),
                 held_user: Mutex::new(None),
+                held_session: Mutex::new(None),
                 holding: Arc::new(AtomicBool::new(false)),
                 saves_held: Arc::new(AtomicBool::new(false)),
             }
@@ -727,9 +730,10 @@ mod tests {
         ) -> StoreFuture<LoadedUserSide> {
             let down = self.user_side_down.load(Ordering::SeqCst);
             let held = *self.held_user.lock().unwrap();
-            let hold = held
-                .is_some_and(|held| users.contains(&held))
-                .then(|| self.holding.clone());
+            let held_session = *self.held_session.lock().unwrap();
+            let hold = (held.is_some_and(|held| users.contains(&held))
+                || held_session.is_some_and(|held| sessions.contains(&held)))
+            .then(|| self.holding.clone());
             let stored = self.users.lock().unwrap();
             let users: Vec<_> = users
                 .iter()
@@ -946,6 +950,48 @@ mod tests {
             engine.session_view(key).await.unwrap(),
             Some(SessionView::Ended(_))
         ));
+        engine.stop().await.ok();
+    }
+
+    /// Between the shard handing a session's end to its user and hearing back, neither the shard
+    /// nor the store has its last state: a read then waits for the end instead of answering
+    /// "no such session" (it did, and a shopper's ended session flickered to 404).
+    #[actix::test]
+    async fn a_session_read_while_it_ends_waits_for_its_end() {
+        use crate::session::SessionView;
+        let store = Arc::new(TestStore::default());
+        let engine = start(1, settings(false), &store);
+        let key = SessionKey::new(5, "s");
+        engine.ingest(vec![view(5, 7)]).await.unwrap();
+
+        // The user is busy: a score of its other session waits on that session's load, so the
+        // end of "s" will wait in the user's mailbox.
+        let other = SessionKey::new(5, "t");
+        *store.held_session.lock().unwrap() = Some(other);
+        store.holding.store(true, Ordering::SeqCst);
+        let score = {
+            let engine = engine.clone();
+            actix::spawn(async move { engine.features(other, vec![7]).await })
+        };
+        actix::clock::sleep(Duration::from_millis(20)).await;
+        // Another shopper moves event time past the deadline of "s": the shard ends it.
+        let mut later = view(6, 8);
+        later.time += 2 * DEFAULT_SESSION_TIMEOUT;
+        engine.ingest(vec![later]).await.unwrap();
+        let read = {
+            let engine = engine.clone();
+            actix::spawn(async move { engine.session_view(key).await })
+        };
+        actix::clock::sleep(Duration::from_millis(50)).await;
+        assert!(!score.is_finished(), "the score waits on the held load");
+        assert!(!read.is_finished(), "the read waits for the end");
+
+        store.holding.store(false, Ordering::SeqCst);
+        score.await.unwrap().unwrap();
+        match read.await.unwrap().unwrap() {
+            Some(SessionView::Ended(session)) => assert_eq!(session.counts.views, 1),
+            other => panic!("the session read while it ended: {other:?}"),
+        }
         engine.stop().await.ok();
     }
 

@@ -195,9 +195,11 @@ pub struct ShardActor {
     /// Sessions that ended, to be written with the next flush; reads and activations see them
     /// here until then.
     ended: HashMap<SessionKey, Stored<SessionState>>,
-    /// Sessions whose end is on its way through their user. An event for one of them meanwhile
-    /// starts a new session: its actor takes whatever the store holds as ended.
-    closing: HashSet<SessionKey>,
+    /// Sessions whose end is on its way through their user, with the reads waiting for it: until
+    /// the end is answered, neither the shard nor the store has the session's last state. An
+    /// event for one of them meanwhile starts a new session: its actor takes whatever the store
+    /// holds as ended.
+    closing: HashMap<SessionKey, Vec<tokio::sync::oneshot::Sender<()>>>,
     /// A flush is taking snapshots or writing.
     flushing: bool,
     /// Bumped by [`DropAll`]: answers from actors of an earlier generation are ignored.
@@ -244,7 +246,7 @@ impl ShardActor {
             dirty: HashSet::new(),
             guarded: HashMap::new(),
             ended: HashMap::new(),
-            closing: HashSet::new(),
+            closing: HashMap::new(),
             flushing: false,
             generation: 0,
             fenced: None,
@@ -259,7 +261,7 @@ impl ShardActor {
             && !self.users.contains_key(&key.user_id)
             && !self.sessions.contains_key(&key)
             && !self.ended.contains_key(&key)
-            && !self.closing.contains(&key)
+            && !self.closing.contains_key(&key)
     }
 
     /// The user's entry, activating its actor if it has none.
@@ -297,7 +299,7 @@ impl ShardActor {
         let watermark = self.clock(source).watermark();
         let known = Known {
             open: self.sessions.get(&key).and_then(|entry| entry.indexed),
-            ended: if self.closing.contains(&key) {
+            ended: if self.closing.contains_key(&key) {
                 // Whatever it was, it is ending now.
                 Some(Millis::MAX)
             } else {
@@ -579,7 +581,7 @@ impl ShardActor {
             // A session known only from the index activates to end.
             let (_, addr) = self.session(key, source);
             let entry = self.sessions.remove(&key).expect("checked above");
-            self.closing.insert(key);
+            self.closing.insert(key, Vec::new());
             by_user
                 .entry(key.user_id)
                 .or_insert_with(|| (watermark, Vec::new()))
@@ -615,7 +617,11 @@ impl ShardActor {
             let mut ended = 0;
             for (user_id, ending, answer) in answers {
                 for ending in &ending {
-                    actor.closing.remove(&ending.key);
+                    // Waiting reads ask again after this answer is taken in: by then the
+                    // session is in `ended`, or the shard's again.
+                    for waiting in actor.closing.remove(&ending.key).unwrap_or_default() {
+                        let _ = waiting.send(());
+                    }
                 }
                 for (key, closing) in answer.unwrap_or_default() {
                     let Ending {
@@ -1159,6 +1165,15 @@ impl Handler<GetSession> for ShardActor {
         if self.is_foreign(message.key) {
             return Box::pin(self.foreign_session(message.key));
         }
+        if let Some(waiting) = self.closing.get_mut(&message.key) {
+            // Ending: its last state is with its actor, on its way here.
+            let (ended, told) = tokio::sync::oneshot::channel();
+            waiting.push(ended);
+            return Box::pin(
+                fut::wrap_future::<_, Self>(told)
+                    .then(move |_, actor, ctx| actor.handle(message, ctx)),
+            );
+        }
         let entry = self.sessions.get(&message.key);
         // The start of the live session the shard knows under this key, if any.
         let open = entry.and_then(|entry| entry.indexed);
@@ -1311,7 +1326,7 @@ impl ShardActor {
         self.dirty = HashSet::new();
         self.guarded = HashMap::new();
         self.ended = HashMap::new();
-        self.closing = HashSet::new();
+        self.closing = HashMap::new();
         if let Some(copies) = self.foreign.as_mut() {
             copies.clear();
         }
