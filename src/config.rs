@@ -200,6 +200,9 @@ pub struct ScyllaSettings {
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
     pub max_concurrency: usize,
+    /// The most statements in one batch: a user's product rows beyond it go in batches of their
+    /// own, written before the batch of the user's fields.
+    pub max_batch_rows: usize,
     pub session_ttl_seconds: u32,
     pub purchased_session_ttl_seconds: u32,
     pub user_ttl_seconds: u32,
@@ -274,6 +277,7 @@ impl ScyllaSettings {
             ("read_timeout_ms", self.read_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("max_concurrency", self.max_concurrency as u64),
+            ("max_batch_rows", self.max_batch_rows as u64),
         ] {
             if value == 0 {
                 bail!("invalid settings: store.scylla.{key} must be positive");
@@ -635,6 +639,7 @@ mod tests {
             ("NODES", "localhost", "store.scylla.nodes"),
             ("READ_TIMEOUT_MS", "0", "store.scylla.read_timeout_ms"),
             ("MAX_CONCURRENCY", "0", "store.scylla.max_concurrency"),
+            ("MAX_BATCH_ROWS", "0", "store.scylla.max_batch_rows"),
             ("REPLICATION_FACTOR", "0", "store.scylla.replication_factor"),
             (
                 "USER_TTL_SECONDS",

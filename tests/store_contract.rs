@@ -1025,3 +1025,122 @@ async fn cassandra_fences_a_former_owner_out() {
     };
     assert_eq!(save(&former, &elsewhere).await.unwrap().len(), 1);
 }
+
+/// Each product row of a user, with the write time of its counts, as Cassandra holds them.
+async fn user_product_writetimes(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+    user_id: u64,
+) -> HashMap<i64, i64> {
+    session
+        .query_unpaged(
+            format!(
+                "SELECT product_id, WRITETIME(product_events) FROM {keyspace}.users WHERE user_id = ?"
+            ),
+            (user_id as i64,),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(i64, i64)>()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A shopper with 20,000 products, through the engine onto Cassandra: no batch holds more than
+/// `max_batch_rows` statements, and once saved, one more event rewrites the row of its product
+/// (and the user's fields), not the other 19,999.
+#[actix_rt::test]
+async fn a_heavy_users_saves_write_only_changed_rows_in_bounded_batches() {
+    let keyspace = common::TestKeyspace::new();
+    let settings = keyspace.settings.clone();
+    assert_eq!(settings.max_batch_rows, 1000, "the default");
+    let store = ScyllaStore::open(&settings).await.expect("the store opens");
+    let app = propensity::config::Settings::load_with(
+        &common::root().join("config"),
+        Some("test"),
+        Vec::new(),
+    )
+    .unwrap();
+    let engine = propensity_actors::Engine::start(
+        1,
+        app.engine.shard_settings(None),
+        Arc::new(store.clone()),
+        Arc::new(propensity_actors::store::NoObserver),
+    );
+    let user_id = 9_500_000;
+    let first_product = 1_000_000;
+    let products = 20_000;
+    // One view a second of a new product; a new session every 100 views.
+    let events: Vec<Event> = (0..products)
+        .map(|index| {
+            event(
+                1_000 * index as Millis,
+                EventType::View,
+                user_id,
+                &format!("s{}", index / 100),
+                first_product + index,
+            )
+        })
+        .collect();
+    for chunk in events.chunks(1000) {
+        engine.ingest(chunk.to_vec()).await.unwrap();
+    }
+    engine.flush(false).await.unwrap();
+    let largest = store.largest_batch_statements();
+    assert!(
+        (2..=settings.max_batch_rows).contains(&largest),
+        "the largest batch held {largest} statements"
+    );
+    let session = propensity::online::store::cluster::connect(&settings)
+        .await
+        .unwrap();
+    let before = user_product_writetimes(&session, keyspace.name(), user_id).await;
+    assert_eq!(before.len(), products as usize);
+
+    let touched = first_product + 4_321;
+    engine
+        .ingest(vec![event(
+            1_000 * products as Millis,
+            EventType::Cart,
+            user_id,
+            &format!("s{}", products / 100 - 1),
+            touched,
+        )])
+        .await
+        .unwrap();
+    engine.flush(false).await.unwrap();
+    let after = user_product_writetimes(&session, keyspace.name(), user_id).await;
+    let mut rewritten: Vec<i64> = after
+        .iter()
+        .filter(|(product_id, written)| before.get(product_id) != Some(written))
+        .map(|(product_id, _)| *product_id)
+        .collect();
+    rewritten.sort_unstable();
+    assert_eq!(
+        rewritten.len(),
+        1,
+        "{} rows rewritten for one event, the first {:?}",
+        rewritten.len(),
+        &rewritten[..rewritten.len().min(5)]
+    );
+    assert_eq!(
+        rewritten,
+        vec![touched as i64],
+        "only the touched product's row"
+    );
+
+    // What Cassandra holds is the whole history, the new cart included.
+    let (users, _) = store
+        .load_user_side(vec![user_id], Vec::new())
+        .await
+        .unwrap();
+    let user = &users[0].state;
+    assert_eq!(user.products.len(), products as usize);
+    assert_eq!(user.counts.carts, 1);
+    assert_eq!(user.product(touched).unwrap().counts.carts, 1);
+    assert_eq!(user.product(touched).unwrap().counts.views, 1);
+    engine.stop().await.ok();
+}

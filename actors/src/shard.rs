@@ -746,7 +746,16 @@ impl ShardActor {
             let mut written_ended = Vec::new();
             if generation == actor.generation {
                 for answer in answers {
-                    let UserSnapshotTaken { user, sessions } = answer.unwrap_or_default();
+                    let UserSnapshotTaken {
+                        user,
+                        changed_products,
+                        sessions,
+                    } = answer.unwrap_or_default();
+                    if let Some(user) = &user {
+                        batch
+                            .changed_products
+                            .insert(user.state.user_id, changed_products);
+                    }
                     batch.users.extend(user);
                     batch.sessions.extend(sessions);
                 }

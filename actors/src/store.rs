@@ -52,6 +52,10 @@ pub struct StateBatch {
     /// The bus partitions of the users and sessions written (products, categories and
     /// transitions carry theirs): the store checks that this instance still owns each.
     pub sources: std::collections::BTreeSet<u16>,
+    /// For users of `users`: the products whose history with the user changed since the user
+    /// was last written. A store that keeps a row per product writes only those; a user not
+    /// listed here has every row written.
+    pub changed_products: std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>,
 }
 
 impl StateBatch {
@@ -92,6 +96,26 @@ impl StateBatch {
         older.transitions.append(&mut self.transitions);
         self.transitions = older.transitions;
         self.sources.append(&mut older.sources);
+        // The rows the older batch would have written are still unwritten: a user in both
+        // writes the union, or every row when either batch said every row.
+        let newer_users: std::collections::HashSet<u64> =
+            self.users.iter().map(|user| user.state.user_id).collect();
+        for user in &older.users {
+            let user_id = user.state.user_id;
+            match older.changed_products.remove(&user_id) {
+                Some(older_changed) if newer_users.contains(&user_id) => {
+                    if let Some(changed) = self.changed_products.get_mut(&user_id) {
+                        changed.extend(older_changed);
+                    }
+                }
+                Some(older_changed) => {
+                    self.changed_products.insert(user_id, older_changed);
+                }
+                None => {
+                    self.changed_products.remove(&user_id);
+                }
+            }
+        }
         fn keep_missing<T, K: std::hash::Hash + Eq>(
             newer: &mut Vec<T>,
             older: Vec<T>,
@@ -288,5 +312,40 @@ mod tests {
                 .iter()
                 .any(|session| &*session.state.session_id == "b")
         );
+    }
+
+    /// The rows a failed write would have written are written with the next one: the union of
+    /// both batches' changed products, or every row when either said every row.
+    #[test]
+    fn an_older_batch_leaves_its_changed_rows_to_the_newer() {
+        let users = |ids: &[u64]| -> Vec<Stored<UserState>> {
+            ids.iter()
+                .map(|id| Stored::new(UserState::new(*id, 0)))
+                .collect()
+        };
+        let changed = |entries: &[(u64, &[u64])]| {
+            entries
+                .iter()
+                .map(|(user, products)| (*user, products.iter().copied().collect()))
+                .collect::<std::collections::BTreeMap<u64, std::collections::BTreeSet<u64>>>()
+        };
+        let mut newer = StateBatch {
+            users: users(&[1, 2, 3]),
+            changed_products: changed(&[(1, &[10]), (2, &[20]), (3, &[30])]),
+            ..StateBatch::default()
+        };
+        let older = StateBatch {
+            // 1: both list rows; 2: the older wrote every row; 4: only in the older; 5: only in
+            // the older, every row.
+            users: users(&[1, 2, 4, 5]),
+            changed_products: changed(&[(1, &[11]), (4, &[40])]),
+            ..StateBatch::default()
+        };
+        newer.absorb_older(older);
+        assert_eq!(
+            newer.changed_products,
+            changed(&[(1, &[10, 11]), (3, &[30]), (4, &[40])])
+        );
+        assert_eq!(newer.users.len(), 5);
     }
 }

@@ -5,6 +5,7 @@
 //! original order. Score requests and reads of its sessions go through it too, so they see every
 //! event routed before them. Its lifecycle is that of [`crate::lifecycle`].
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -35,6 +36,9 @@ pub struct UserActor {
     phase: Phase,
     /// Whether the user changed since its last snapshot.
     dirty: bool,
+    /// The products whose history with the user changed since its last snapshot: a store
+    /// writes only their rows (a shopper may have touched thousands).
+    changed_products: BTreeSet<u64>,
     /// Sessions that applied events since the user's last snapshot.
     dirty_sessions: Vec<SessionHandle>,
     /// Sessions whose guards may remember deliveries, with the acknowledgements left before
@@ -52,6 +56,7 @@ impl UserActor {
             guard: DeliveryGuard::default(),
             phase: Phase::Active,
             dirty: false,
+            changed_products: BTreeSet::new(),
             dirty_sessions: Vec::new(),
             guarded_sessions: Vec::new(),
             context,
@@ -117,6 +122,7 @@ impl UserActor {
                     self.context.guard_deliveries,
                 );
                 self.dirty = true;
+                self.changed_products.insert(event.product_id);
             }
             // The shard learns of a session that replaced another from the new one's
             // `previous`, whether or not this step is the one that replaced it.
@@ -306,6 +312,8 @@ pub struct UserSnapshot;
 #[derive(Default, MessageResponse)]
 pub struct UserSnapshotTaken {
     pub user: Option<Stored<UserState>>,
+    /// With `user`: the products whose rows changed since the user's last snapshot.
+    pub changed_products: BTreeSet<u64>,
     pub sessions: Vec<Stored<SessionState>>,
 }
 
@@ -329,6 +337,7 @@ impl Handler<UserSnapshot> for UserActor {
                 actor.dirty = false;
                 UserSnapshotTaken {
                     user: user.flatten(),
+                    changed_products: std::mem::take(&mut actor.changed_products),
                     // A session that stopped since handed its last state over when it closed.
                     sessions: answers
                         .into_iter()

@@ -8,9 +8,10 @@
 //! users and categories first, sessions and products only once every write of the first stage
 //! succeeded. The user side relies on that order to apply a redelivered event only where it is
 //! missing ([`propensity_actors::features::DeliveryGuard`]). Every statement is idempotent: it
-//! writes values, not increments, under an explicit write timestamp, and a partition that holds several
-//! rows of one entity is replaced as a whole (a partition delete one microsecond older than the
-//! rows written with it), so a session that restarts under the same key leaves no old rows.
+//! writes values, not increments, under an explicit write timestamp. A session's partition is
+//! replaced as a whole (a partition delete one microsecond older than the rows written with it),
+//! so a session that restarts under the same key leaves no old rows; a user's history only grows,
+//! and a save writes only the rows of the products that changed (`max_batch_rows` to a batch).
 //!
 //! The driver runs on a small runtime of its own, so its connections never wait behind the
 //! actor threads or a test's body, and the store works from any runtime or none.
@@ -84,6 +85,8 @@ struct Core {
     settings: ScyllaSettings,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// The most statements written in one batch.
+    largest_batch: AtomicUsize,
     /// Reads in flight over the whole store: entities activate one by one, and a burst of
     /// activations must queue here rather than in the cluster.
     reads: tokio::sync::Semaphore,
@@ -128,6 +131,12 @@ impl ScyllaStore {
     /// diagnostics.
     pub fn peak_requests_in_flight(&self) -> usize {
         self.core.peak_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most statements this store wrote in one batch. A user's batches hold at most
+    /// `max_batch_rows`; a session's hold all its products. For tests and diagnostics.
+    pub fn largest_batch_statements(&self) -> usize {
+        self.core.largest_batch.load(Ordering::Relaxed)
     }
 
     /// Runs `work` on the driver's runtime.
@@ -238,6 +247,7 @@ impl Core {
             settings,
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
+            largest_batch: AtomicUsize::new(0),
             reads: tokio::sync::Semaphore::new(reads),
             owned: Default::default(),
             claiming: tokio::sync::Mutex::new(()),

@@ -20,7 +20,6 @@ pub(super) struct Statements {
     pub(super) insert_session: PreparedStatement,
     pub(super) insert_session_product: PreparedStatement,
     pub(super) select_session: PreparedStatement,
-    pub(super) delete_user: PreparedStatement,
     pub(super) insert_user: PreparedStatement,
     pub(super) insert_user_product: PreparedStatement,
     pub(super) select_user: PreparedStatement,
@@ -125,7 +124,6 @@ impl Statements {
             insert_session: prepare("insert_session").await?,
             insert_session_product: prepare("insert_session_product").await?,
             select_session: prepare("select_session").await?,
-            delete_user: prepare("delete_user").await?,
             insert_user: prepare("insert_user").await?,
             insert_user_product: prepare("insert_user_product").await?,
             select_user: prepare("select_user").await?,
@@ -158,7 +156,7 @@ mod tests {
     #[test]
     fn every_statement_is_named_and_in_the_keyspace() {
         let queries = queries("ks");
-        assert_eq!(queries.len(), 26, "{:?}", queries.keys());
+        assert_eq!(queries.len(), 25, "{:?}", queries.keys());
         for (name, statement) in &queries {
             assert!(statement.contains(" ks."), "{name}: {statement}");
             assert!(!statement.contains("--"), "{name}: {statement}");

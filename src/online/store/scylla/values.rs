@@ -120,12 +120,6 @@ pub(super) struct InsertUser {
 }
 
 #[derive(SerializeRow)]
-pub(super) struct DeleteUser {
-    pub(super) deleted_at: i64,
-    pub(super) user_id: i64,
-}
-
-#[derive(SerializeRow)]
 pub(super) struct InsertUserProduct {
     pub(super) user_id: i64,
     pub(super) product_id: i64,

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use propensity_actors::delivery::Stored;
 use propensity_actors::event::Millis;
@@ -185,65 +185,82 @@ impl Core {
         self.partition_batch("sessions", rows)
     }
 
-    pub(super) fn user_write(&self, stored: &Stored<UserState>, written_at: i64) -> Write {
+    /// A user's save: their fields (and delivery guard) as static columns, with a row for each
+    /// product in `changed` (every product when `None`). Rows past `max_batch_rows` go in
+    /// batches of their own, returned first: the caller writes them before the last batch,
+    /// which carries the guard, so the guard never claims rows that are not written yet.
+    pub(super) fn user_writes(
+        &self,
+        stored: &Stored<UserState>,
+        changed: Option<&BTreeSet<u64>>,
+        written_at: i64,
+    ) -> Vec<Write> {
         let (user, statements) = (&stored.state, &self.statements);
         let user_id = to_bigint(user.user_id);
         let ttl = ttl(self.settings.user_ttl_seconds);
         let [events, views, carts, removes, purchases] = counts_values(&user.counts);
-        let mut rows: Vec<(&PreparedStatement, Values)> = vec![
-            (
-                &statements.delete_user,
-                Box::new(DeleteUser {
-                    deleted_at: written_at - 1,
-                    user_id,
-                }),
-            ),
-            (
-                &statements.insert_user,
-                Box::new(InsertUser {
-                    user_id,
-                    events,
-                    views,
-                    carts,
-                    removes,
-                    purchases,
-                    sessions: i64::from(user.sessions),
-                    purchase_sessions: i64::from(user.purchase_sessions),
-                    revenue: user.revenue,
-                    first_event_at: user.first_event_at,
-                    last_event_at: user.last_event_at,
-                    last_purchase_at: user.last_purchase_at,
-                    recent_identities: user
-                        .recent_identities
-                        .iter()
-                        .copied()
-                        .map(to_bigint)
-                        .collect(),
-                    guard: encode_guard(&stored.guard),
-                    ttl,
-                    written_at,
-                }),
-            ),
-        ];
-        for (product_id, product) in &user.products {
-            let [events, views, carts, removes, purchases] = counts_values(&product.counts);
-            rows.push((
-                &statements.insert_user_product,
-                Box::new(InsertUserProduct {
-                    user_id,
-                    product_id: to_bigint(*product_id),
-                    product_events: events,
-                    product_views: views,
-                    product_carts: carts,
-                    product_removes: removes,
-                    product_purchases: purchases,
-                    product_last_event_at: product.last_event_at,
-                    ttl,
-                    written_at,
-                }),
-            ));
+        let fields: (&PreparedStatement, Values) = (
+            &statements.insert_user,
+            Box::new(InsertUser {
+                user_id,
+                events,
+                views,
+                carts,
+                removes,
+                purchases,
+                sessions: i64::from(user.sessions),
+                purchase_sessions: i64::from(user.purchase_sessions),
+                revenue: user.revenue,
+                first_event_at: user.first_event_at,
+                last_event_at: user.last_event_at,
+                last_purchase_at: user.last_purchase_at,
+                recent_identities: user
+                    .recent_identities
+                    .iter()
+                    .copied()
+                    .map(to_bigint)
+                    .collect(),
+                guard: encode_guard(&stored.guard),
+                ttl,
+                written_at,
+            }),
+        );
+        let mut rows: Vec<(&PreparedStatement, Values)> = user
+            .products
+            .iter()
+            .filter(|(product_id, _)| changed.is_none_or(|changed| changed.contains(product_id)))
+            .map(|(product_id, product)| {
+                let [events, views, carts, removes, purchases] = counts_values(&product.counts);
+                let row: (&PreparedStatement, Values) = (
+                    &statements.insert_user_product,
+                    Box::new(InsertUserProduct {
+                        user_id,
+                        product_id: to_bigint(*product_id),
+                        product_events: events,
+                        product_views: views,
+                        product_carts: carts,
+                        product_removes: removes,
+                        product_purchases: purchases,
+                        product_last_event_at: product.last_event_at,
+                        ttl,
+                        written_at,
+                    }),
+                );
+                row
+            })
+            .collect();
+        let per_batch = self.settings.max_batch_rows.max(1);
+        let mut writes = Vec::new();
+        // The last batch: the fields and as many rows as fit beside them.
+        let last = rows.split_off(rows.len().saturating_sub(per_batch - 1));
+        while !rows.is_empty() {
+            let chunk = rows.split_off(rows.len().saturating_sub(per_batch));
+            writes.push(self.partition_batch("users", chunk));
         }
-        self.partition_batch("users", rows)
+        let mut final_rows = vec![fields];
+        final_rows.extend(last);
+        writes.push(self.partition_batch("users", final_rows));
+        writes
     }
 
     pub(super) fn product_write(&self, stored: &Stored<ProductState>, written_at: i64) -> Write {
@@ -317,7 +334,11 @@ impl Core {
                 table,
                 batch,
                 values,
-            } => (*table, self.session.batch(batch, values).await),
+            } => {
+                self.largest_batch
+                    .fetch_max(values.len(), Ordering::Relaxed);
+                (*table, self.session.batch(batch, values).await)
+            }
         };
         result.map(drop).map_err(|error| {
             store_error(
@@ -344,10 +365,16 @@ impl Core {
         // Stage 1: users and categories. Stage 2, only once stage 1 is durable: sessions and
         // products. Stage 3, once the sessions are durable: the index of live sessions and the
         // tallies (see the module documentation).
+        // Before stage 1: the product rows of users with more than fit in one batch.
         let mut first = Vec::new();
+        let mut heavy = Vec::new();
         for user in &batch.users {
-            first.push(self.user_write(user, written_at));
+            let changed = batch.changed_products.get(&user.state.user_id);
+            let mut writes = self.user_writes(user, changed, written_at);
+            first.extend(writes.pop());
+            heavy.append(&mut writes);
         }
+        self.write_all(heavy).await?;
         for category in &batch.categories {
             first.push(self.category_write(category, written_at));
         }
