@@ -982,9 +982,15 @@ mod tests {
             let engine = engine.clone();
             actix::spawn(async move { engine.session_view(key).await })
         };
+        // A flush meanwhile makes that end durable too: it waits for it.
+        let flush = {
+            let engine = engine.clone();
+            actix::spawn(async move { engine.end_due_sessions().await })
+        };
         actix::clock::sleep(Duration::from_millis(50)).await;
         assert!(!score.is_finished(), "the score waits on the held load");
         assert!(!read.is_finished(), "the read waits for the end");
+        assert!(!flush.is_finished(), "the flush waits for the end");
 
         store.holding.store(false, Ordering::SeqCst);
         score.await.unwrap().unwrap();
@@ -992,6 +998,11 @@ mod tests {
             Some(SessionView::Ended(session)) => assert_eq!(session.counts.views, 1),
             other => panic!("the session read while it ended: {other:?}"),
         }
+        flush.await.unwrap().unwrap();
+        assert!(
+            store.sessions.lock().unwrap().contains_key(&key),
+            "the end is durable once the flush returns"
+        );
         engine.stop().await.ok();
     }
 

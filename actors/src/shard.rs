@@ -1276,17 +1276,45 @@ impl Handler<FlushNow> for ShardActor {
         }
         self.flushing = true;
         self.advance_clocks(&message.watermarks);
+        // Ends already on their way (started by an earlier batch) are part of what this flush
+        // makes durable: it waits for them before and after ending what is due now.
+        let earlier = self.ends_under_way();
         let closing = self.close_sessions(message.due);
-        Box::pin(async {}.into_actor(self).then(move |_, _, _| closing).then(
-            |sessions_closed, actor, _| {
-                actor.flush().map(move |result, _, _| {
-                    result.map(|rows| FlushDone {
-                        rows,
-                        sessions_closed,
-                    })
+        Box::pin(
+            fut::wrap_future::<_, Self>(earlier)
+                .then(move |_, _, _| closing)
+                .then(|sessions_closed, actor, _| {
+                    fut::wrap_future::<_, Self>(actor.ends_under_way())
+                        .map(move |_, _, _| sessions_closed)
                 })
-            },
-        ))
+                .then(|sessions_closed, actor, _| {
+                    actor.flush().map(move |result, _, _| {
+                        result.map(|rows| FlushDone {
+                            rows,
+                            sessions_closed,
+                        })
+                    })
+                }),
+        )
+    }
+}
+
+impl ShardActor {
+    /// Resolves once every session end now under way has been answered (or its shard dropped
+    /// its state).
+    fn ends_under_way(&mut self) -> impl std::future::Future<Output = ()> + use<> {
+        let answered: Vec<_> = self
+            .closing
+            .values_mut()
+            .map(|waiting| {
+                let (tell, told) = tokio::sync::oneshot::channel();
+                waiting.push(tell);
+                told
+            })
+            .collect();
+        async move {
+            join_all(answered).await;
+        }
     }
 }
 
