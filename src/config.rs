@@ -24,6 +24,7 @@ pub struct Settings {
     pub scoring: ScoringSettings,
     pub alerting: AlertingSettings,
     pub drift: DriftSettings,
+    pub value: ValueSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub logging: LoggingSettings,
@@ -126,6 +127,15 @@ pub struct ScoringSettings {
 #[serde(deny_unknown_fields)]
 pub struct AlertingSettings {
     pub abandonment_ratio_threshold: f64,
+}
+
+/// The customer-value model in service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueSettings {
+    /// The model file written by `propensity value fit`; empty: no predicted value.
+    pub model_path: PathBuf,
+    pub reload_interval_seconds: u64,
 }
 
 /// The drift watch: live feature distributions against the model's training distributions.

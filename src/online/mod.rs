@@ -7,3 +7,4 @@ pub mod ingest;
 pub mod scoring;
 pub mod serve;
 pub mod store;
+pub mod value;

@@ -111,6 +111,7 @@ impl Service {
             )
         });
         let state = AppState {
+            values: crate::online::value::ValueSlot::watch(&settings.value),
             engine: engine.clone(),
             scoring: scoring.clone(),
             models,

@@ -13,7 +13,7 @@ pub use product::{CategoryState, ProductState, WindowTotals};
 pub use session::{
     Outcome, PreviousSession, SessionKey, SessionProduct, SessionState, SessionStep,
 };
-pub use user::{RECENT_IDENTITIES, UserProduct, UserState};
+pub use user::{DAY_MILLIS, PurchaseDays, RECENT_IDENTITIES, UserProduct, UserState};
 
 /// Which entity a feature describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

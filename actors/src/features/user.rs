@@ -16,6 +16,51 @@ pub struct UserProduct {
     pub last_event_at: Millis,
 }
 
+/// Milliseconds in a calendar day (UTC).
+pub const DAY_MILLIS: Millis = 86_400_000;
+
+/// A shopper's purchases counted in purchase days, as the customer-value models see them: several
+/// purchases on one calendar day (UTC) are one purchase day whose spend is their total, and the
+/// first day's spend is not a repeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PurchaseDays {
+    /// The day of the first purchase (days since 1970-01-01), `None` before any.
+    pub first_day: Option<i64>,
+    /// The latest purchase day.
+    pub last_day: i64,
+    /// Purchase days after the first: the models' frequency `x`.
+    pub repeat_days: u32,
+    /// Total spend of those days.
+    pub repeat_spend: f64,
+}
+
+impl PurchaseDays {
+    /// Counts a purchase of `price` at `time`. A purchase on a day before the latest one (events
+    /// of a shopper out of order) adds its spend to the latest day's unless it is before the
+    /// first, where it is left out.
+    pub fn record(&mut self, time: Millis, price: f64) {
+        let day = time.div_euclid(DAY_MILLIS);
+        let Some(first_day) = self.first_day else {
+            self.first_day = Some(day);
+            self.last_day = day;
+            return;
+        };
+        if day <= first_day {
+            return;
+        }
+        if day > self.last_day {
+            self.repeat_days += 1;
+            self.last_day = day;
+        }
+        self.repeat_spend += price;
+    }
+
+    /// The mean spend of a repeat purchase day, `None` without one.
+    pub fn mean_repeat_spend(&self) -> Option<f64> {
+        (self.repeat_days > 0).then(|| self.repeat_spend / f64::from(self.repeat_days))
+    }
+}
+
 /// One shopper's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
@@ -35,6 +80,8 @@ pub struct UserState {
     /// the memory of a B-tree map at the few dozen products a shopper touches (and stores the
     /// same bytes).
     pub products: Vec<(u64, UserProduct)>,
+    /// Purchases by day, for the customer-value models.
+    pub purchase_days: PurchaseDays,
 }
 
 impl UserState {
@@ -51,6 +98,7 @@ impl UserState {
             last_purchase_at: None,
             recent_identities: Vec::with_capacity(RECENT_IDENTITIES),
             products: Vec::new(),
+            purchase_days: PurchaseDays::default(),
         }
     }
 
@@ -84,6 +132,7 @@ impl UserState {
         product.last_event_at = product.last_event_at.max(event.time);
         if event.event_type == EventType::Purchase {
             self.revenue += event.price;
+            self.purchase_days.record(event.time, event.price);
             self.last_purchase_at = Some(
                 self.last_purchase_at
                     .map_or(event.time, |last| last.max(event.time)),
@@ -125,6 +174,21 @@ mod tests {
             user_session: "s".into(),
             event_id: None,
         }
+    }
+
+    /// The days of the customer-value models: the first day's spend is no repeat, and a day's
+    /// purchases are one purchase day (as `propensity value fit` summarises them).
+    #[test]
+    fn counts_purchase_days() {
+        let mut days = PurchaseDays::default();
+        for (day, price) in [(10, 1.0), (10, 1.5), (17, 5.0), (17, 3.0), (24, 2.0)] {
+            days.record(day * DAY_MILLIS + 3_600_000, price);
+        }
+        assert_eq!(days.first_day, Some(10));
+        assert_eq!(days.last_day, 24);
+        assert_eq!(days.repeat_days, 2);
+        assert_eq!(days.mean_repeat_spend(), Some(5.0));
+        assert_eq!(PurchaseDays::default().mean_repeat_spend(), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::online::scoring::{Score, ScoringActor};
 use types::{
     CartLine, ErrorBody, EventsAccepted, HealthBody, HourTally, ID_EXPECTED, OutcomesBody,
     ProductBody, RankedScores, ReadyBody, ScoreItem, ScoreRequest, SessionBody, SingleScore,
-    TallyBody, UserBody, WindowsBody,
+    TallyBody, UserBody, ValueBody, WindowsBody,
 };
 
 /// What every handler shares.
@@ -37,6 +37,8 @@ pub struct AppState {
     pub scoring: Addr<ScoringActor>,
     /// The model in service, for its card.
     pub models: crate::online::scoring::ModelSlot,
+    /// The customer-value model in service, if any.
+    pub values: crate::online::value::ValueSlot,
     /// Live feature distributions against the model's, exported with the metrics.
     pub drift: Arc<crate::online::drift::DriftWatch>,
     pub metrics: Arc<Metrics>,
@@ -610,7 +612,7 @@ async fn session(
     }))
 }
 
-/// A shopper's history and revenue to date.
+/// A shopper's history, revenue to date and predicted value.
 #[utoipa::path(get, path = "/v1/users/{user_id}", tag = "lookups",
     params(("user_id" = u64, Path, description = "The shopper", example = 518024427)),
     responses(
@@ -627,6 +629,19 @@ async fn user(
     let Some(user) = state.engine.user(user_id).await? else {
         return Err(ApiError::NotFound(format!("no user {user_id}")));
     };
+    let value = match state.values.current() {
+        Some(model) => {
+            // Up to date with the stream: a shopper's age grows with event time.
+            let now = state
+                .engine
+                .stats()
+                .await?
+                .watermark
+                .max(user.last_event_at);
+            crate::online::value::predict(&model, &user.purchase_days, now).map(ValueBody::from)
+        }
+        None => None,
+    };
     Ok(HttpResponse::Ok().json(UserBody {
         user_id: user.user_id,
         counts: (&user.counts).into(),
@@ -637,6 +652,7 @@ async fn user(
         last_event_at: format_time(user.last_event_at),
         last_purchase_at: user.last_purchase_at.map(format_time),
         products: user.products.len(),
+        value,
     }))
 }
 

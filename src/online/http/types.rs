@@ -331,6 +331,47 @@ pub struct UserBody {
     pub last_purchase_at: Option<String>,
     /// Distinct products the user touched.
     pub products: usize,
+    /// The shopper's predicted value, by the customer-value model in service (`value.model_path`);
+    /// null before their first purchase or without a model.
+    pub value: Option<ValueBody>,
+}
+
+/// A shopper's predicted value: BG/NBD for how many more purchase days and whether they are still
+/// a customer, Gamma-Gamma for what a purchase day will bring; several purchases on one calendar
+/// day (UTC) count as one purchase day. Up to date with the shopper's latest event.
+#[derive(Serialize, ToSchema)]
+pub struct ValueBody {
+    /// Probability that the shopper is still a customer.
+    pub p_alive: f64,
+    /// Purchase days expected in the next 90 days.
+    pub expected_purchases_90d: f64,
+    /// Expected spend of one purchase day; null when the model has no spend fit.
+    pub expected_spend_per_purchase: Option<f64>,
+    /// `expected_purchases_90d` times `expected_spend_per_purchase`.
+    pub predicted_value_90d: Option<f64>,
+    /// What the models saw: purchase days after the first.
+    pub frequency: u32,
+    /// Weeks from the first purchase day to the latest.
+    pub recency_weeks: f64,
+    /// Weeks from the first purchase day to the stream's event time now.
+    pub age_weeks: f64,
+    /// The value model's version.
+    pub model_version: String,
+}
+
+impl From<crate::online::value::PredictedValue> for ValueBody {
+    fn from(value: crate::online::value::PredictedValue) -> Self {
+        ValueBody {
+            p_alive: value.p_alive,
+            expected_purchases_90d: value.expected_purchases_90d,
+            expected_spend_per_purchase: value.expected_spend_per_purchase,
+            predicted_value_90d: value.predicted_value_90d,
+            frequency: value.frequency,
+            recency_weeks: value.recency_weeks,
+            age_weeks: value.age_weeks,
+            model_version: value.model_version,
+        }
+    }
 }
 
 /// Activity in a window.

@@ -35,8 +35,9 @@ const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 /// was recorded have layout 1; layout 2 dropped the category of each product of a session (no
 /// feature reads it, and a million live sessions saved its bytes) and keeps a user's product
 /// history as a sorted list (the same bytes as the map before); layout 3 added the session a
-/// session replaced, the index of live sessions and the outcome tallies.
-pub const LAYOUT: u32 = 3;
+/// session replaced, the index of live sessions and the outcome tallies; layout 4 added a user's
+/// purchase days (for the customer-value models).
+pub const LAYOUT: u32 = 4;
 
 /// A redb-backed store; cheap to clone.
 #[derive(Clone)]

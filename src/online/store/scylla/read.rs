@@ -6,7 +6,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use propensity_actors::delivery::{DeliveryGuard, Stored};
 use propensity_actors::features::product::HourBucket;
 use propensity_actors::features::{
-    CategoryState, ProductState, SessionKey, SessionProduct, SessionState, UserProduct, UserState,
+    CategoryState, ProductState, PurchaseDays, SessionKey, SessionProduct, SessionState,
+    UserProduct, UserState,
 };
 use propensity_actors::outcomes::{IndexEntry, OpenSession, OutcomeTally, TallyKey};
 use propensity_actors::store::{LoadedCatalog, LoadedUserSide, StoreError};
@@ -390,6 +391,17 @@ pub(super) fn user_from_rows(
                                 .map(from_bigint)
                                 .collect(),
                             products: Vec::new(),
+                            // A row written before these columns existed reads as no purchase
+                            // day yet.
+                            purchase_days: PurchaseDays {
+                                first_day: row.first_purchase_day,
+                                last_day: row.last_purchase_day.unwrap_or_default(),
+                                repeat_days: from_count(
+                                    row.repeat_purchase_days.unwrap_or_default(),
+                                    "users.repeat_purchase_days",
+                                )?,
+                                repeat_spend: row.repeat_spend.unwrap_or_default(),
+                            },
                         },
                     })
                     .state

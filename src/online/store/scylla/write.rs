@@ -221,6 +221,10 @@ impl Core {
                     .map(to_bigint)
                     .collect(),
                 guard: encode_guard(&stored.guard),
+                first_purchase_day: user.purchase_days.first_day,
+                last_purchase_day: user.purchase_days.last_day,
+                repeat_purchase_days: i64::from(user.purchase_days.repeat_days),
+                repeat_spend: user.purchase_days.repeat_spend,
                 ttl,
                 written_at,
             }),

@@ -1,0 +1,258 @@
+//! The customer-value model in service (`[value]`, issue 18): each shopper's predicted value,
+//! computed when it is read from the purchase days their user actor keeps
+//! ([`propensity_actors::features::PurchaseDays`]), with the BG/NBD and Gamma-Gamma fits of
+//! `propensity value fit`. Nothing is computed on the actor path: the actor counts purchase days
+//! as it applies purchases, and a read evaluates the model, so a new purchase shows in the next
+//! read and a reloaded model in the next read too.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use propensity_actors::event::Millis;
+use propensity_actors::features::{DAY_MILLIS, PurchaseDays};
+
+use crate::config::ValueSettings;
+use crate::offline::value::summary::DAYS_PER_WEEK;
+use crate::offline::value::{RepeatHistory, ValueModel};
+
+/// The horizon of the predictions, in days.
+pub const HORIZON_DAYS: f64 = 90.0;
+
+/// A shopper's predicted value, as `GET /v1/users/{id}` reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictedValue {
+    /// Probability that the shopper is still a customer (BG/NBD).
+    pub p_alive: f64,
+    /// Purchase days expected in the next 90 days (BG/NBD, eq. 10).
+    pub expected_purchases_90d: f64,
+    /// Expected spend of one purchase day (Gamma-Gamma); `None` when the model has no spend fit.
+    pub expected_spend_per_purchase: Option<f64>,
+    /// The two multiplied; `None` without a spend fit.
+    pub predicted_value_90d: Option<f64>,
+    /// The history the models saw: repeat purchase days, and weeks from the first purchase day to
+    /// the latest one and to now.
+    pub frequency: u32,
+    pub recency_weeks: f64,
+    pub age_weeks: f64,
+    pub model_version: String,
+}
+
+/// The shopper's predicted value at event time `now`; `None` before their first purchase (the
+/// models describe customers from their first purchase on).
+pub fn predict(model: &ValueModel, days: &PurchaseDays, now: Millis) -> Option<PredictedValue> {
+    let first_day = days.first_day?;
+    let today = now.div_euclid(DAY_MILLIS).max(days.last_day);
+    let history = RepeatHistory {
+        frequency: days.repeat_days,
+        recency: (days.last_day - first_day) as f64 / DAYS_PER_WEEK,
+        age: (today - first_day) as f64 / DAYS_PER_WEEK,
+    };
+    let bgnbd = &model.bgnbd.params;
+    let expected_purchases_90d =
+        bgnbd.conditional_expected_purchases(HORIZON_DAYS / DAYS_PER_WEEK, history);
+    let expected_spend_per_purchase = model.gamma_gamma.as_ref().map(|fit| {
+        fit.params
+            .conditional_expected_spend(days.repeat_days, days.mean_repeat_spend().unwrap_or(0.0))
+    });
+    Some(PredictedValue {
+        p_alive: bgnbd.probability_alive(history),
+        expected_purchases_90d,
+        expected_spend_per_purchase,
+        predicted_value_90d: expected_spend_per_purchase
+            .map(|spend| spend * expected_purchases_90d),
+        frequency: history.frequency,
+        recency_weeks: history.recency,
+        age_weeks: history.age,
+        model_version: model.version.clone(),
+    })
+}
+
+/// The value model in service, if any, swapped whole when its file changes.
+#[derive(Clone, Default)]
+pub struct ValueSlot(Arc<ArcSwapOption<ValueModel>>);
+
+impl ValueSlot {
+    /// The model now.
+    pub fn current(&self) -> Option<Arc<ValueModel>> {
+        self.0.load_full()
+    }
+
+    /// Loads the configured model, and with a reload interval keeps checking the file on the
+    /// current actix system: a newer version replaces the one in service, a missing or bad file
+    /// keeps it (and is reported). Without a configured path the slot stays empty.
+    pub fn watch(settings: &ValueSettings) -> ValueSlot {
+        let slot = ValueSlot::default();
+        if settings.model_path.as_os_str().is_empty() {
+            return slot;
+        }
+        let mut watch = Watch {
+            path: settings.model_path.clone(),
+            modified: None,
+            slot: slot.clone(),
+        };
+        watch.reload_if_changed();
+        if slot.current().is_none() {
+            tracing::warn!(
+                path = %settings.model_path.display(),
+                "no customer-value model yet (value.model_path): fit one with `propensity value fit`; users have no predicted value until then"
+            );
+        }
+        if settings.reload_interval_seconds > 0 {
+            let interval = Duration::from_secs(settings.reload_interval_seconds);
+            actix_rt::spawn(async move {
+                loop {
+                    actix_rt::time::sleep(interval).await;
+                    watch.reload_if_changed();
+                }
+            });
+        }
+        slot
+    }
+}
+
+/// How the slot follows its file.
+struct Watch {
+    path: PathBuf,
+    modified: Option<SystemTime>,
+    slot: ValueSlot,
+}
+
+impl Watch {
+    fn reload_if_changed(&mut self) {
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        if modified.is_none() || modified == self.modified {
+            return;
+        }
+        match ValueModel::load(&self.path) {
+            Ok(model) => {
+                self.modified = modified;
+                let current = self.slot.current();
+                if current.as_ref().map(|model| &model.version) != Some(&model.version) {
+                    tracing::info!(version = %model.version, "customer-value model in service");
+                    self.slot.0.store(Some(Arc::new(model)));
+                }
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                path = %self.path.display(),
+                "customer-value model not loaded; keeping the current one"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offline::value::summary::{Periods, Purchase, summarize};
+    use crate::offline::value::{BgNbdFit, BgNbdParams, GammaGammaFit, GammaGammaParams};
+
+    /// A model with CDNOW's published parameters.
+    fn model() -> ValueModel {
+        let bgnbd = BgNbdFit {
+            params: BgNbdParams {
+                r: 0.243,
+                alpha: 4.414,
+                a: 0.793,
+                b: 2.426,
+            },
+            log_likelihood: 0.0,
+            customers: 0,
+            distinct_histories: 0,
+            iterations: 0,
+            evaluations: 0,
+        };
+        let gamma_gamma = GammaGammaFit {
+            params: GammaGammaParams {
+                p: 6.25,
+                q: 3.74,
+                gamma: 15.44,
+            },
+            log_likelihood: 0.0,
+            customers: 0,
+            iterations: 0,
+            evaluations: 0,
+        };
+        ValueModel::assemble(
+            "1997-01-01".into(),
+            "1997-09-30".into(),
+            0,
+            0,
+            bgnbd,
+            Some(gamma_gamma),
+            0.0,
+        )
+        .unwrap()
+    }
+
+    /// The live value equals what the offline summary gives for the same purchases, with the
+    /// calibration period ending today.
+    #[test]
+    fn the_live_value_is_the_offline_summarys() {
+        let model = model();
+        let purchases = [(10, 1.0), (10, 1.5), (17, 5.0), (17, 3.0), (24, 2.0)];
+        let mut days = PurchaseDays::default();
+        for (day, amount) in purchases {
+            days.record(day * DAY_MILLIS + 1_000, amount);
+        }
+        let now = 40 * DAY_MILLIS + 5_000;
+        let live = predict(&model, &days, now).unwrap();
+        let mut offline: Vec<Purchase> = purchases
+            .iter()
+            .map(|(day, amount)| Purchase {
+                customer_id: 1,
+                day: *day,
+                amount: *amount,
+            })
+            .collect();
+        let summary = &summarize(
+            &mut offline,
+            Periods {
+                calibration_end: 40,
+                holdout_end: None,
+            },
+        )[0];
+        let params = model.bgnbd.params;
+        assert_eq!(live.frequency, summary.frequency);
+        assert_eq!(live.recency_weeks, summary.recency);
+        assert_eq!(live.age_weeks, summary.age);
+        assert_eq!(live.p_alive, params.probability_alive(summary.history()));
+        assert_eq!(
+            live.expected_purchases_90d,
+            params.conditional_expected_purchases(90.0 / 7.0, summary.history())
+        );
+        let spend = model
+            .gamma_gamma
+            .as_ref()
+            .unwrap()
+            .params
+            .conditional_expected_spend(summary.frequency, summary.mean_repeat_spend.unwrap());
+        assert_eq!(live.expected_spend_per_purchase, Some(spend));
+        assert_eq!(
+            live.predicted_value_90d,
+            Some(spend * live.expected_purchases_90d)
+        );
+        assert!(live.p_alive > 0.0 && live.p_alive < 1.0);
+    }
+
+    #[test]
+    fn no_value_before_the_first_purchase_and_a_new_customers_after_it() {
+        let model = model();
+        let mut days = PurchaseDays::default();
+        assert_eq!(predict(&model, &days, 0), None);
+        days.record(3 * DAY_MILLIS, 20.0);
+        let value = predict(&model, &days, 3 * DAY_MILLIS).unwrap();
+        assert_eq!(value.p_alive, 1.0);
+        assert_eq!(
+            value.expected_purchases_90d,
+            model.bgnbd.params.expected_purchases(90.0 / 7.0)
+        );
+        // Without a repeat purchase, the spend expected is the population's mean.
+        let mean = model.gamma_gamma.as_ref().unwrap().params.mean_spend();
+        assert!((value.expected_spend_per_purchase.unwrap() - mean).abs() < 1e-9);
+    }
+}
