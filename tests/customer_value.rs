@@ -65,6 +65,30 @@ async fn value_of(client: &reqwest::Client, url: &str, user_id: u64) -> serde_js
     body["value"].clone()
 }
 
+/// The `customer_value` of a score of the shopper's product (of two, ranked, with `ranked`).
+async fn score_value(
+    client: &reqwest::Client,
+    url: &str,
+    user_id: u64,
+    ranked: bool,
+) -> serde_json::Value {
+    let mut request = serde_json::json!({"user_id": user_id, "user_session": "s-score"});
+    if ranked {
+        request["product_ids"] = serde_json::json!([5_000_001, 5_000_002]);
+    } else {
+        request["product_id"] = serde_json::json!(5_000_001);
+    }
+    let response = client
+        .post(format!("{url}/v1/score"))
+        .json(&request)
+        .send()
+        .await
+        .expect("the service answers");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["customer_value"].clone()
+}
+
 /// What the offline summary says of `purchases` (day, amount) with the calibration period
 /// ending on `today`: frequency, recency, age, P(alive), expected purchases in 90 days, expected
 /// spend per purchase day.
@@ -190,6 +214,9 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         repeat["predicted_value_90d"], first["predicted_value_90d"],
         "a purchase changes the predicted value"
     );
+    // A score carries the same value, for one product and for a ranking.
+    assert_eq!(score_value(&client, &url, shopper, false).await, repeat);
+    assert_eq!(score_value(&client, &url, shopper, true).await, repeat);
 
     // Event time goes on without them (another shopper, 20 weeks later): they age, and the
     // probability that they are still a customer falls.
@@ -208,6 +235,9 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         later["p_alive"].as_f64() < repeat["p_alive"].as_f64(),
         "{later} {repeat}"
     );
+    // A score values the shopper as of their own latest event: they are on the site, so that is
+    // now for them.
+    assert_eq!(score_value(&client, &url, shopper, false).await, repeat);
 
     // A refitted model replaces the one in service without a restart.
     let refit_path = dir.path().join("refit.json");

@@ -157,7 +157,7 @@ impl Board {
     /// The user-side features of a session for each product, one after another, as
     /// [`crate::user::user_side_vectors`] computes them; `None` when the session or its user
     /// is not on the board, or a batch of the user is being applied.
-    pub fn user_side(&self, key: SessionKey, product_ids: &[u64]) -> Option<Vec<f64>> {
+    pub fn user_side(&self, key: SessionKey, product_ids: &[u64]) -> Option<crate::user::UserSide> {
         let stripe = stripe(key.user_id);
         let session = self.sessions[stripe].read().get(&key).cloned()?;
         let user = self.users[stripe].read().get(&key.user_id).cloned()?;
@@ -168,7 +168,7 @@ impl Board {
         let vectors = {
             let session = session.state.read();
             let user_state = user.state.read();
-            crate::user::user_side_vectors(session.as_ref(), user_state.as_ref(), product_ids)
+            crate::user::user_side(session.as_ref(), user_state.as_ref(), product_ids)
         };
         (user.batches.load(Ordering::SeqCst) == before).then_some(vectors)
     }
@@ -260,7 +260,10 @@ mod tests {
             user.state.read().as_ref(),
             &[1, 2],
         );
-        assert_eq!(board.user_side(key, &[1, 2]), Some(expected));
+        assert_eq!(
+            board.user_side(key, &[1, 2]).map(|side| side.vectors),
+            Some(expected)
+        );
         // A session that is not on the board (loading, or never seen) is asked of its actors.
         assert_eq!(board.user_side(SessionKey::new(7, "other"), &[1]), None);
     }

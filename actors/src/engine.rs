@@ -64,6 +64,8 @@ pub struct EngineStats {
 pub struct FeatureRead {
     pub vectors: Vec<FeatureVector>,
     pub on_board: bool,
+    /// The shopper's purchase days, for the customer-value model; `None` for one not seen yet.
+    pub purchases: Option<crate::user::ShopperPurchases>,
 }
 
 /// A cheap, cloneable handle to the running engine.
@@ -328,8 +330,9 @@ impl Engine {
         let catalog_side = self.board.catalog_side(&product_ids);
         if let (Some(user_side), Some(catalog_side)) = (&user_side, &catalog_side) {
             return Ok(FeatureRead {
-                vectors: assemble(product_ids.len(), user_side, catalog_side),
+                vectors: assemble(product_ids.len(), &user_side.vectors, catalog_side),
                 on_board: true,
+                purchases: user_side.purchases,
             });
         }
         let user_side = async {
@@ -352,9 +355,11 @@ impl Engine {
             }
         };
         let (user_side, catalog_side) = futures_util::future::join(user_side, catalog_side).await;
+        let user_side = user_side?;
         Ok(FeatureRead {
-            vectors: assemble(product_ids.len(), &user_side?, &catalog_side?),
+            vectors: assemble(product_ids.len(), &user_side.vectors, &catalog_side?),
             on_board: false,
+            purchases: user_side.purchases,
         })
     }
 

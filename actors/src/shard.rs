@@ -26,7 +26,7 @@ use crate::session::{CloseSession, Closing, Known, SessionActor, SessionView};
 use crate::store::{Observer, StateBatch, StoreError, Transition};
 use crate::user::{
     CloseSessions, Passivate, ReadUser, ReadUserSession, SessionHandle, UserActor, UserApplied,
-    UserEvents, UserSideFeatures, UserSnapshot, UserSnapshotTaken,
+    UserEvents, UserSide, UserSideFeatures, UserSnapshot, UserSnapshotTaken,
 };
 use crate::write_behind::{SaveDone, WriteBehind};
 
@@ -1043,14 +1043,14 @@ impl ShardActor {
 
 /// The user-side features of a session for each of some products.
 #[derive(Message)]
-#[rtype(result = "Vec<f64>")]
+#[rtype(result = "UserSide")]
 pub struct ScoreFeatures {
     pub key: SessionKey,
     pub product_ids: Vec<u64>,
 }
 
 impl Handler<ScoreFeatures> for ShardActor {
-    type Result = ResponseActFuture<Self, Vec<f64>>;
+    type Result = ResponseActFuture<Self, UserSide>;
 
     fn handle(&mut self, message: ScoreFeatures, _: &mut Self::Context) -> Self::Result {
         if self.is_foreign(message.key) {
@@ -1072,7 +1072,10 @@ impl Handler<ScoreFeatures> for ShardActor {
             product_ids: message.product_ids,
         });
         Box::pin(fut::wrap_future(async move {
-            sent.await.unwrap_or_else(|_| vec![0.0; width])
+            sent.await.unwrap_or_else(|_| UserSide {
+                vectors: vec![0.0; width],
+                purchases: None,
+            })
         }))
     }
 }
@@ -1080,7 +1083,7 @@ impl Handler<ScoreFeatures> for ShardActor {
 impl ShardActor {
     /// Scores from copies of a user and session another instance owns; what cannot be read
     /// counts as unknown, as a session that cannot be loaded does.
-    fn score_foreign(&mut self, message: ScoreFeatures) -> ResponseActFuture<Self, Vec<f64>> {
+    fn score_foreign(&mut self, message: ScoreFeatures) -> ResponseActFuture<Self, UserSide> {
         let key = message.key;
         let user = self.foreign_user(key.user_id);
         let session = self.foreign_session(key);
@@ -1091,7 +1094,7 @@ impl ShardActor {
                         Ok(Some(SessionView::Live(state))) => Some(state),
                         _ => None,
                     };
-                    crate::user::user_side_vectors(
+                    crate::user::user_side(
                         session.as_ref(),
                         user.ok().flatten().as_ref(),
                         &message.product_ids,

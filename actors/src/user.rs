@@ -390,14 +390,14 @@ impl Handler<CloseSessions> for UserActor {
 /// The user-side features of a session for each of some products, after every event routed
 /// before this request.
 #[derive(Message)]
-#[rtype(result = "Vec<f64>")]
+#[rtype(result = "UserSide")]
 pub struct UserSideFeatures {
     pub session: SessionHandle,
     pub product_ids: Vec<u64>,
 }
 
 impl Handler<UserSideFeatures> for UserActor {
-    type Result = AtomicResponse<Self, Vec<f64>>;
+    type Result = AtomicResponse<Self, UserSide>;
 
     fn handle(&mut self, message: UserSideFeatures, _: &mut Self::Context) -> Self::Result {
         let read = message.session.1.send(ReadSession);
@@ -405,13 +405,45 @@ impl Handler<UserSideFeatures> for UserActor {
             move |session, actor, _| {
                 // Scoring answers from what is known when the session could not be loaded.
                 let session = session.ok().and_then(Result::ok).flatten();
-                user_side_vectors(
+                user_side(
                     session.as_ref(),
                     actor.user.state.read().as_ref(),
                     &message.product_ids,
                 )
             },
         )))
+    }
+}
+
+/// What a score reads of a shopper: the user-side features of each product, and what the
+/// customer-value model needs.
+#[derive(Clone, Debug, Default, PartialEq, MessageResponse)]
+pub struct UserSide {
+    /// The user-side features of each product, one after another.
+    pub vectors: Vec<f64>,
+    /// The shopper's purchase days and latest event, `None` for a shopper not seen yet.
+    pub purchases: Option<ShopperPurchases>,
+}
+
+/// A shopper's purchase days as of their latest event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShopperPurchases {
+    pub days: features::PurchaseDays,
+    pub last_event_at: Millis,
+}
+
+/// [`user_side_vectors`], with the shopper's purchase days.
+pub fn user_side(
+    session: Option<&SessionState>,
+    user: Option<&UserState>,
+    product_ids: &[u64],
+) -> UserSide {
+    UserSide {
+        vectors: user_side_vectors(session, user, product_ids),
+        purchases: user.map(|user| ShopperPurchases {
+            days: user.purchase_days,
+            last_event_at: user.last_event_at,
+        }),
     }
 }
 

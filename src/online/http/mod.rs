@@ -415,6 +415,11 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
         .with_label_values(&[if read.on_board { "board" } else { "actors" }])
         .inc();
     let vectors = read.vectors;
+    let customer_value = read.purchases.and_then(|purchases| {
+        let model = state.values.current()?;
+        crate::online::value::predict(&model, &purchases.days, purchases.last_event_at)
+            .map(ValueBody::from)
+    });
     let result = state
         .scoring
         .send(Score {
@@ -445,6 +450,7 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
             action: item.action,
             model_version: result.model_version,
             explanation: item.explanation,
+            customer_value,
         }));
     }
     // Best first, for ranking.
@@ -452,6 +458,7 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(RankedScores {
         model_version: result.model_version,
         scores: items,
+        customer_value,
     }))
 }
 

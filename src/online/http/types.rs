@@ -182,6 +182,9 @@ pub struct SingleScore {
     /// The decision path; null unless asked for.
     #[schema(value_type = Option<Object>)]
     pub explanation: serde_json::Value,
+    /// The shopper's predicted value as of their latest event, so the shop can weigh what an
+    /// incentive may cost; null before their first purchase or without a value model.
+    pub customer_value: Option<ValueBody>,
 }
 
 /// The answer for several products, best first.
@@ -189,6 +192,9 @@ pub struct SingleScore {
 pub struct RankedScores {
     pub model_version: String,
     pub scores: Vec<ScoreItem>,
+    /// The shopper's predicted value as of their latest event; null before their first purchase
+    /// or without a value model.
+    pub customer_value: Option<ValueBody>,
 }
 
 /// The answer of `POST /v1/score`.
