@@ -25,6 +25,7 @@ pub struct Settings {
     pub alerting: AlertingSettings,
     pub drift: DriftSettings,
     pub value: ValueSettings,
+    pub segments: SegmentsSettings,
     pub store: StoreSettings,
     pub bus: BusSettings,
     pub logging: LoggingSettings,
@@ -134,6 +135,15 @@ pub struct AlertingSettings {
 #[serde(deny_unknown_fields)]
 pub struct ValueSettings {
     /// The model file written by `propensity value fit`; empty: no predicted value.
+    pub model_path: PathBuf,
+    pub reload_interval_seconds: u64,
+}
+
+/// The customer segments in service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsSettings {
+    /// The segments file written by `propensity segments fit`; empty: no segment.
     pub model_path: PathBuf,
     pub reload_interval_seconds: u64,
 }

@@ -128,6 +128,11 @@ enum Command {
         #[command(subcommand)]
         action: ValueAction,
     },
+    /// Customer segments: k-means on what the value model says of each customer.
+    Segments {
+        #[command(subcommand)]
+        action: SegmentsAction,
+    },
     /// Run the service: HTTP API, actors, store.
     Serve,
     /// Manage the ScyllaDB/Cassandra schema of the online store ([store.scylla]).
@@ -186,6 +191,42 @@ enum ValueAction {
         holdout_end: Option<String>,
         /// Write the chart of predicted and actual holdout purchases per calibration frequency
         /// (SVG) into this directory; needs --holdout-end.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Print the report as one JSON object on the last line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SegmentsAction {
+    /// Cluster customers (k-means, k chosen by silhouette) on weeks since their last purchase,
+    /// repeat purchase days, expected spend and predicted value, name the segments and save them
+    /// as one model file for the service (`segments.model_path`).
+    Fit {
+        /// Purchase files: REES46 CSV events (only `purchase` rows are read) or CDNOW files.
+        #[arg(long, num_args = 1.., required = true)]
+        events: Vec<PathBuf>,
+        /// Format of the --events files.
+        #[arg(long, value_enum, default_value = "rees46")]
+        format: propensity::offline::value::input::InputFormat,
+        /// The customer-value model (`propensity value fit`) whose predictions are clustered.
+        #[arg(long)]
+        value_model: PathBuf,
+        /// Where to write the segments (JSON).
+        #[arg(long)]
+        model_out: PathBuf,
+        /// Fewest segments tried.
+        #[arg(long, default_value_t = 2)]
+        k_min: usize,
+        /// Most segments tried.
+        #[arg(long, default_value_t = 6)]
+        k_max: usize,
+        /// Random seed of k-means' initialisation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Write a scatter plot of the segments (SVG) into this directory.
         #[arg(long)]
         report_dir: Option<PathBuf>,
         /// Print the report as one JSON object on the last line.
@@ -406,6 +447,34 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Segments {
+            action:
+                SegmentsAction::Fit {
+                    events,
+                    format,
+                    value_model,
+                    model_out,
+                    k_min,
+                    k_max,
+                    seed,
+                    report_dir,
+                    json,
+                },
+        } => {
+            let request = propensity::offline::value::segments::SegmentRequest {
+                inputs: events,
+                format,
+                value_model,
+                model_out,
+                k_min,
+                k_max,
+                report_dir,
+                seed,
+            };
+            let report = propensity::offline::value::segments::run(&request)?;
+            propensity::offline::value::segments::print_report(&report, json)?;
+            Ok(())
+        }
         Command::Serve => {
             actix_rt::System::new().block_on(propensity::online::serve::run(settings))
         }

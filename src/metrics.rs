@@ -26,6 +26,7 @@ pub struct Metrics {
     pub score_feature_reads: IntCounterVec,
     pub propensity: Histogram,
     pub model_info: IntGaugeVec,
+    pub segment_customers: IntGaugeVec,
     pub feature_drift: GaugeVec,
     pub drift_window_scores: IntGauge,
     pub flush_latency: Histogram,
@@ -177,6 +178,17 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("propensity_model_info", "The model being served (value 1)"),
                     &["version"],
+                )
+                .unwrap(),
+            ),
+            segment_customers: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "propensity_segment_customers",
+                        "Customers in each segment of the segments in service, as fitted (segments.model_path)",
+                    ),
+                    &["segment"],
                 )
                 .unwrap(),
             ),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use propensity::offline::value::ValueModel;
 use propensity::offline::value::fit::{FitRequest, run};
 use propensity::offline::value::input::{InputFormat, parse_day};
+use propensity::offline::value::segments::{self, SegmentModel};
 use propensity::offline::value::summary::{Periods, Purchase, summarize};
 use propensity::online::serve::Service;
 use propensity_actors::event::{Event, EventType, Millis};
@@ -37,6 +38,65 @@ fn fit_value_model(path: &Path, calibration_end: &str) -> ValueModel {
     })
     .expect("the CDNOW sample fits");
     ValueModel::load(path).unwrap()
+}
+
+/// Segments of the CDNOW sample's customers by the value model at `value_path`.
+fn fit_segments(value_path: &Path, out: &Path) -> SegmentModel {
+    let report = segments::run(&segments::SegmentRequest {
+        inputs: vec![PathBuf::from(SAMPLE)],
+        format: InputFormat::Cdnow,
+        value_model: value_path.to_owned(),
+        model_out: out.to_owned(),
+        k_min: 2,
+        k_max: 3,
+        report_dir: None,
+        seed: 7,
+    })
+    .expect("the CDNOW sample segments");
+    let model = SegmentModel::load(out).unwrap();
+    assert_eq!(
+        model
+            .segments
+            .iter()
+            .map(|segment| segment.customers)
+            .sum::<u64>(),
+        report.customers
+    );
+    let mut names: Vec<&str> = model.segments.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), model.segments.len(), "names are unique");
+    model
+}
+
+/// The served segment is the one the segments assign to the offline prediction.
+fn assert_segment(
+    served: &serde_json::Value,
+    segments: &SegmentModel,
+    model: &ValueModel,
+    purchases: &[(i64, f64)],
+    today: i64,
+) {
+    let mut history: Vec<Purchase> = purchases
+        .iter()
+        .map(|(day, amount)| Purchase {
+            customer_id: 1,
+            day: *day,
+            amount: *amount,
+        })
+        .collect();
+    let summary = &summarize(
+        &mut history,
+        Periods {
+            calibration_end: today,
+            holdout_end: None,
+        },
+    )[0];
+    let offline = model.predict(summary.history(), summary.mean_repeat_spend);
+    assert_eq!(
+        served["segment"],
+        segments.assign(&offline).name.as_str(),
+        "{served}"
+    );
 }
 
 fn event(user_id: u64, event_type: EventType, time: Millis, price: f64) -> Event {
@@ -159,9 +219,12 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
     let first_model = fit_value_model(&value_path, "1997-09-30");
     let (events_path, _) = common::synthetic_events(dir.path(), 100, 2, 5);
     let (model_path, _) = common::train_model(dir.path(), &events_path, 30 * 60 * 1000);
+    let segments_path = dir.path().join("segments.json");
+    let segments = fit_segments(&value_path, &segments_path);
     let mut settings = common::settings(dir.path(), &model_path);
     settings.value.model_path = value_path.clone();
     settings.value.reload_interval_seconds = 1;
+    settings.segments.model_path = segments_path;
     let service = Service::start(&settings).await.unwrap();
     let (url, client) = (service.url(), reqwest::Client::new());
 
@@ -192,6 +255,13 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
     .await;
     let first = value_of(&client, &url, shopper).await;
     assert_eq!(first["model_version"], first_model.version.as_str());
+    assert_segment(
+        &first,
+        &segments,
+        &first_model,
+        &[(day0, 20.0), (day0, 5.0)],
+        day0,
+    );
     assert_eq!(first["p_alive"], 1.0);
     let mut purchases = vec![(day0, 20.0), (day0, 5.0)];
     assert_close(served(&first), offline(&first_model, &purchases, day0));
@@ -210,6 +280,7 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         offline(&first_model, &purchases, day0 + 14),
     );
     assert_eq!(repeat["frequency"], 1);
+    assert_segment(&repeat, &segments, &first_model, &purchases, day0 + 14);
     assert_ne!(
         repeat["predicted_value_90d"], first["predicted_value_90d"],
         "a purchase changes the predicted value"
@@ -235,6 +306,23 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         later["p_alive"].as_f64() < repeat["p_alive"].as_f64(),
         "{later} {repeat}"
     );
+    assert_segment(&later, &segments, &first_model, &purchases, day0 + 154);
+    // The segments' sizes, as fitted, are exported.
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for segment in &segments.segments {
+        let line = format!(
+            "propensity_segment_customers{{segment=\"{}\"}} {}",
+            segment.name, segment.customers
+        );
+        assert!(metrics.contains(&line), "{line} not in /metrics");
+    }
     // A score values the shopper as of their own latest event: they are on the site, so that is
     // now for them.
     assert_eq!(score_value(&client, &url, shopper, false).await, repeat);

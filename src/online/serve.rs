@@ -111,7 +111,27 @@ impl Service {
             )
         });
         let state = AppState {
-            values: crate::online::value::ValueSlot::watch(&settings.value),
+            values: crate::online::value::ValueSlot::watch(
+                &settings.value.model_path,
+                settings.value.reload_interval_seconds,
+                |_| {},
+            ),
+            segments: {
+                let metrics = metrics.clone();
+                crate::online::value::SegmentSlot::watch(
+                    &settings.segments.model_path,
+                    settings.segments.reload_interval_seconds,
+                    move |model| {
+                        metrics.segment_customers.reset();
+                        for segment in &model.segments {
+                            metrics
+                                .segment_customers
+                                .with_label_values(&[&segment.name])
+                                .set(segment.customers as i64);
+                        }
+                    },
+                )
+            },
             engine: engine.clone(),
             scoring: scoring.clone(),
             models,

@@ -5,7 +5,7 @@
 //! as it applies purchases, and a read evaluates the model, so a new purchase shows in the next
 //! read and a reloaded model in the next read too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,31 +13,9 @@ use arc_swap::ArcSwapOption;
 use propensity_actors::event::Millis;
 use propensity_actors::features::{DAY_MILLIS, PurchaseDays};
 
-use crate::config::ValueSettings;
+use crate::offline::value::segments::SegmentModel;
 use crate::offline::value::summary::DAYS_PER_WEEK;
-use crate::offline::value::{RepeatHistory, ValueModel};
-
-/// The horizon of the predictions, in days.
-pub const HORIZON_DAYS: f64 = 90.0;
-
-/// A shopper's predicted value, as `GET /v1/users/{id}` reports it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PredictedValue {
-    /// Probability that the shopper is still a customer (BG/NBD).
-    pub p_alive: f64,
-    /// Purchase days expected in the next 90 days (BG/NBD, eq. 10).
-    pub expected_purchases_90d: f64,
-    /// Expected spend of one purchase day (Gamma-Gamma); `None` when the model has no spend fit.
-    pub expected_spend_per_purchase: Option<f64>,
-    /// The two multiplied; `None` without a spend fit.
-    pub predicted_value_90d: Option<f64>,
-    /// The history the models saw: repeat purchase days, and weeks from the first purchase day to
-    /// the latest one and to now.
-    pub frequency: u32,
-    pub recency_weeks: f64,
-    pub age_weeks: f64,
-    pub model_version: String,
-}
+use crate::offline::value::{PredictedValue, RepeatHistory, ValueError, ValueModel};
 
 /// The shopper's predicted value at event time `now`; `None` before their first purchase (the
 /// models describe customers from their first purchase on).
@@ -49,58 +27,90 @@ pub fn predict(model: &ValueModel, days: &PurchaseDays, now: Millis) -> Option<P
         recency: (days.last_day - first_day) as f64 / DAYS_PER_WEEK,
         age: (today - first_day) as f64 / DAYS_PER_WEEK,
     };
-    let bgnbd = &model.bgnbd.params;
-    let expected_purchases_90d =
-        bgnbd.conditional_expected_purchases(HORIZON_DAYS / DAYS_PER_WEEK, history);
-    let expected_spend_per_purchase = model.gamma_gamma.as_ref().map(|fit| {
-        fit.params
-            .conditional_expected_spend(days.repeat_days, days.mean_repeat_spend().unwrap_or(0.0))
-    });
-    Some(PredictedValue {
-        p_alive: bgnbd.probability_alive(history),
-        expected_purchases_90d,
-        expected_spend_per_purchase,
-        predicted_value_90d: expected_spend_per_purchase
-            .map(|spend| spend * expected_purchases_90d),
-        frequency: history.frequency,
-        recency_weeks: history.recency,
-        age_weeks: history.age,
-        model_version: model.version.clone(),
-    })
+    Some(model.predict(history, days.mean_repeat_spend()))
 }
 
-/// The value model in service, if any, swapped whole when its file changes.
-#[derive(Clone, Default)]
-pub struct ValueSlot(Arc<ArcSwapOption<ValueModel>>);
+/// A model file the service follows: the customer-value model or the segments.
+pub trait ModelFile: Send + Sync + Sized + 'static {
+    /// What it is called in logs.
+    const WHAT: &'static str;
+    fn load(path: &Path) -> Result<Self, ValueError>;
+    fn version(&self) -> &str;
+}
 
-impl ValueSlot {
+impl ModelFile for ValueModel {
+    const WHAT: &'static str =
+        "customer-value model (value.model_path; fit one with `propensity value fit`)";
+    fn load(path: &Path) -> Result<Self, ValueError> {
+        ValueModel::load(path)
+    }
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl ModelFile for SegmentModel {
+    const WHAT: &'static str =
+        "customer segments (segments.model_path; fit them with `propensity segments fit`)";
+    fn load(path: &Path) -> Result<Self, ValueError> {
+        SegmentModel::load(path)
+    }
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// The model of a file in service, if any, swapped whole when the file changes.
+pub struct ModelSlot<T>(Arc<ArcSwapOption<T>>);
+
+impl<T> Clone for ModelSlot<T> {
+    fn clone(&self) -> Self {
+        ModelSlot(self.0.clone())
+    }
+}
+
+impl<T> Default for ModelSlot<T> {
+    fn default() -> Self {
+        ModelSlot(Arc::new(ArcSwapOption::empty()))
+    }
+}
+
+/// The customer-value model in service.
+pub type ValueSlot = ModelSlot<ValueModel>;
+/// The segments in service.
+pub type SegmentSlot = ModelSlot<SegmentModel>;
+
+impl<T: ModelFile> ModelSlot<T> {
     /// The model now.
-    pub fn current(&self) -> Option<Arc<ValueModel>> {
+    pub fn current(&self) -> Option<Arc<T>> {
         self.0.load_full()
     }
 
-    /// Loads the configured model, and with a reload interval keeps checking the file on the
-    /// current actix system: a newer version replaces the one in service, a missing or bad file
-    /// keeps it (and is reported). Without a configured path the slot stays empty.
-    pub fn watch(settings: &ValueSettings) -> ValueSlot {
-        let slot = ValueSlot::default();
-        if settings.model_path.as_os_str().is_empty() {
+    /// Loads the model at `path`, and with a reload interval keeps checking the file on the
+    /// current actix system: a newer version replaces the one in service (and `on_load` hears
+    /// of it), a missing or bad file keeps it and is reported. An empty path leaves the slot
+    /// empty.
+    pub fn watch(
+        path: &Path,
+        reload_interval_seconds: u64,
+        on_load: impl Fn(&T) + Send + 'static,
+    ) -> ModelSlot<T> {
+        let slot = ModelSlot::default();
+        if path.as_os_str().is_empty() {
             return slot;
         }
         let mut watch = Watch {
-            path: settings.model_path.clone(),
+            path: path.to_owned(),
             modified: None,
             slot: slot.clone(),
+            on_load: Box::new(on_load),
         };
         watch.reload_if_changed();
         if slot.current().is_none() {
-            tracing::warn!(
-                path = %settings.model_path.display(),
-                "no customer-value model yet (value.model_path): fit one with `propensity value fit`; users have no predicted value until then"
-            );
+            tracing::warn!(path = %path.display(), "no {} yet: the field stays null until there is one", T::WHAT);
         }
-        if settings.reload_interval_seconds > 0 {
-            let interval = Duration::from_secs(settings.reload_interval_seconds);
+        if reload_interval_seconds > 0 {
+            let interval = Duration::from_secs(reload_interval_seconds);
             actix_rt::spawn(async move {
                 loop {
                     actix_rt::time::sleep(interval).await;
@@ -112,14 +122,15 @@ impl ValueSlot {
     }
 }
 
-/// How the slot follows its file.
-struct Watch {
+/// How a slot follows its file.
+struct Watch<T> {
     path: PathBuf,
     modified: Option<SystemTime>,
-    slot: ValueSlot,
+    slot: ModelSlot<T>,
+    on_load: Box<dyn Fn(&T) + Send>,
 }
 
-impl Watch {
+impl<T: ModelFile> Watch<T> {
     fn reload_if_changed(&mut self) {
         let modified = std::fs::metadata(&self.path)
             .and_then(|meta| meta.modified())
@@ -127,19 +138,21 @@ impl Watch {
         if modified.is_none() || modified == self.modified {
             return;
         }
-        match ValueModel::load(&self.path) {
+        match T::load(&self.path) {
             Ok(model) => {
                 self.modified = modified;
                 let current = self.slot.current();
-                if current.as_ref().map(|model| &model.version) != Some(&model.version) {
-                    tracing::info!(version = %model.version, "customer-value model in service");
+                if current.as_ref().map(|model| model.version()) != Some(model.version()) {
+                    tracing::info!(version = %model.version(), "{} in service", T::WHAT);
+                    (self.on_load)(&model);
                     self.slot.0.store(Some(Arc::new(model)));
                 }
             }
             Err(error) => tracing::warn!(
                 %error,
                 path = %self.path.display(),
-                "customer-value model not loaded; keeping the current one"
+                "{} not loaded; keeping the current one",
+                T::WHAT
             ),
         }
     }

@@ -24,6 +24,7 @@ pub mod gamma_gamma;
 pub mod input;
 mod optimize;
 pub mod report;
+pub mod segments;
 pub mod summary;
 pub mod synthetic;
 
@@ -39,6 +40,28 @@ pub use summary::{CustomerSummary, Purchase, RepeatHistory};
 
 /// The unit of every time in a value model.
 pub const TIME_UNIT: &str = "weeks";
+
+/// The horizon of the predictions, in days.
+pub const HORIZON_DAYS: f64 = 90.0;
+
+/// A customer's predicted value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictedValue {
+    /// Probability that the customer is still a customer (BG/NBD).
+    pub p_alive: f64,
+    /// Purchase days expected in the next 90 days (BG/NBD, eq. 10).
+    pub expected_purchases_90d: f64,
+    /// Expected spend of one purchase day (Gamma-Gamma); `None` when the model has no spend fit.
+    pub expected_spend_per_purchase: Option<f64>,
+    /// The two multiplied; `None` without a spend fit.
+    pub predicted_value_90d: Option<f64>,
+    /// The history the models saw: repeat purchase days, and weeks from the first purchase day to
+    /// the latest one and to now.
+    pub frequency: u32,
+    pub recency_weeks: f64,
+    pub age_weeks: f64,
+    pub model_version: String,
+}
 
 /// The fitted customer-value models, stored as JSON.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -105,6 +128,33 @@ impl ValueModel {
             gamma_gamma,
             fit_seconds,
         })
+    }
+
+    /// What the models predict for a customer with this history (in weeks) and mean repeat
+    /// spend, over the next [`HORIZON_DAYS`].
+    pub fn predict(
+        &self,
+        history: RepeatHistory,
+        mean_repeat_spend: Option<f64>,
+    ) -> PredictedValue {
+        let bgnbd = &self.bgnbd.params;
+        let expected_purchases_90d =
+            bgnbd.conditional_expected_purchases(HORIZON_DAYS / summary::DAYS_PER_WEEK, history);
+        let expected_spend_per_purchase = self.gamma_gamma.as_ref().map(|fit| {
+            fit.params
+                .conditional_expected_spend(history.frequency, mean_repeat_spend.unwrap_or(0.0))
+        });
+        PredictedValue {
+            p_alive: bgnbd.probability_alive(history),
+            expected_purchases_90d,
+            expected_spend_per_purchase,
+            predicted_value_90d: expected_spend_per_purchase
+                .map(|spend| spend * expected_purchases_90d),
+            frequency: history.frequency,
+            recency_weeks: history.recency,
+            age_weeks: history.age,
+            model_version: self.version.clone(),
+        }
     }
 
     /// Reads a model saved by [`ValueModel::save`].

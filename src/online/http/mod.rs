@@ -39,6 +39,8 @@ pub struct AppState {
     pub models: crate::online::scoring::ModelSlot,
     /// The customer-value model in service, if any.
     pub values: crate::online::value::ValueSlot,
+    /// The customer segments in service, if any.
+    pub segments: crate::online::value::SegmentSlot,
     /// Live feature distributions against the model's, exported with the metrics.
     pub drift: Arc<crate::online::drift::DriftWatch>,
     pub metrics: Arc<Metrics>,
@@ -418,7 +420,7 @@ async fn score_inner(state: &AppState, request: ScoreRequest) -> Result<HttpResp
     let customer_value = read.purchases.and_then(|purchases| {
         let model = state.values.current()?;
         crate::online::value::predict(&model, &purchases.days, purchases.last_event_at)
-            .map(ValueBody::from)
+            .map(|value| value_body(state, value))
     });
     let result = state
         .scoring
@@ -547,6 +549,16 @@ async fn events(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResp
     }))
 }
 
+/// A predicted value as the API shows it, with the shopper's segment when segments are in
+/// service.
+fn value_body(state: &AppState, value: crate::offline::value::PredictedValue) -> ValueBody {
+    let segment = state
+        .segments
+        .current()
+        .map(|segments| segments.assign(&value).name.clone());
+    ValueBody::new(value, segment)
+}
+
 fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse()
         .map_err(|_| ApiError::BadRequest(format!("{what} {ID_EXPECTED}, not {text:?}")))
@@ -645,7 +657,8 @@ async fn user(
                 .await?
                 .watermark
                 .max(user.last_event_at);
-            crate::online::value::predict(&model, &user.purchase_days, now).map(ValueBody::from)
+            crate::online::value::predict(&model, &user.purchase_days, now)
+                .map(|value| value_body(&state, value))
         }
         None => None,
     };

@@ -363,11 +363,15 @@ pub struct ValueBody {
     pub age_weeks: f64,
     /// The value model's version.
     pub model_version: String,
+    /// The shopper's segment ("new", "loyal high value", "at risk", ...): that of the nearest
+    /// centroid of the segments in service (`segments.model_path`); null without them.
+    pub segment: Option<String>,
 }
 
-impl From<crate::online::value::PredictedValue> for ValueBody {
-    fn from(value: crate::online::value::PredictedValue) -> Self {
+impl ValueBody {
+    pub fn new(value: crate::offline::value::PredictedValue, segment: Option<String>) -> Self {
         ValueBody {
+            segment,
             p_alive: value.p_alive,
             expected_purchases_90d: value.expected_purchases_90d,
             expected_spend_per_purchase: value.expected_spend_per_purchase,
