@@ -987,7 +987,8 @@ mod tests {
             let engine = engine.clone();
             actix::spawn(async move { engine.session_view(key).await })
         };
-        // A flush meanwhile makes that end durable too: it waits for it.
+        // A flush meanwhile makes that end durable too: the user, busy, answers its snapshot
+        // after the end, with the last state of "s" in it.
         let flush = {
             let engine = engine.clone();
             actix::spawn(async move { engine.end_due_sessions().await })

@@ -594,6 +594,9 @@ impl ShardActor {
                 });
         }
         let generation = self.generation;
+        // Their users' next snapshots carry the last states of the sessions ending now: a flush
+        // writes them whether or not the shard has heard back by then.
+        self.dirty.extend(by_user.keys().copied());
         let closes: Vec<_> = by_user
             .into_iter()
             .filter_map(|(user_id, (watermark, ending))| {
@@ -1279,45 +1282,17 @@ impl Handler<FlushNow> for ShardActor {
         }
         self.flushing = true;
         self.advance_clocks(&message.watermarks);
-        // Ends already on their way (started by an earlier batch) are part of what this flush
-        // makes durable: it waits for them before and after ending what is due now.
-        let earlier = self.ends_under_way();
         let closing = self.close_sessions(message.due);
-        Box::pin(
-            fut::wrap_future::<_, Self>(earlier)
-                .then(move |_, _, _| closing)
-                .then(|sessions_closed, actor, _| {
-                    fut::wrap_future::<_, Self>(actor.ends_under_way())
-                        .map(move |_, _, _| sessions_closed)
-                })
-                .then(|sessions_closed, actor, _| {
-                    actor.flush().map(move |result, _, _| {
-                        result.map(|rows| FlushDone {
-                            rows,
-                            sessions_closed,
-                        })
+        Box::pin(async {}.into_actor(self).then(move |_, _, _| closing).then(
+            |sessions_closed, actor, _| {
+                actor.flush().map(move |result, _, _| {
+                    result.map(|rows| FlushDone {
+                        rows,
+                        sessions_closed,
                     })
-                }),
-        )
-    }
-}
-
-impl ShardActor {
-    /// Resolves once every session end now under way has been answered (or its shard dropped
-    /// its state).
-    fn ends_under_way(&mut self) -> impl std::future::Future<Output = ()> + use<> {
-        let answered: Vec<_> = self
-            .closing
-            .values_mut()
-            .map(|waiting| {
-                let (tell, told) = tokio::sync::oneshot::channel();
-                waiting.push(tell);
-                told
-            })
-            .collect();
-        async move {
-            join_all(answered).await;
-        }
+                })
+            },
+        ))
     }
 }
 

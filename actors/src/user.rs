@@ -41,6 +41,9 @@ pub struct UserActor {
     changed_products: BTreeSet<u64>,
     /// Sessions that applied events since the user's last snapshot.
     dirty_sessions: Vec<SessionHandle>,
+    /// The last states of sessions that ended since the user's last snapshot: the next snapshot
+    /// has them, so a flush after their end writes them even before their shard hears of it.
+    closed_sessions: Vec<Stored<SessionState>>,
     /// Sessions whose guards may remember deliveries, with the acknowledgements left before
     /// they remember none (a guard keeps one acknowledgement in reserve).
     guarded_sessions: Vec<(SessionHandle, u8)>,
@@ -58,6 +61,7 @@ impl UserActor {
             dirty: false,
             changed_products: BTreeSet::new(),
             dirty_sessions: Vec::new(),
+            closed_sessions: Vec::new(),
             guarded_sessions: Vec::new(),
             context,
         }
@@ -338,10 +342,14 @@ impl Handler<UserSnapshot> for UserActor {
                 UserSnapshotTaken {
                     user: user.flatten(),
                     changed_products: std::mem::take(&mut actor.changed_products),
-                    // A session that stopped since handed its last state over when it closed.
-                    sessions: answers
+                    // Sessions that ended since, then the live ones.
+                    sessions: std::mem::take(&mut actor.closed_sessions)
                         .into_iter()
-                        .filter_map(|answer| answer.ok().flatten())
+                        .chain(
+                            answers
+                                .into_iter()
+                                .filter_map(|answer| answer.ok().flatten()),
+                        )
                         .collect(),
                 }
             }),
@@ -374,6 +382,9 @@ impl Handler<CloseSessions> for UserActor {
         AtomicResponse::new(Box::pin(fut::wrap_future::<_, Self>(join_all(closes)).map(
             |closings, actor, _| {
                 for (key, closing) in &closings {
+                    if let Closing::Closed(Some(last)) = closing {
+                        actor.closed_sessions.push(last.clone());
+                    }
                     if matches!(closing, Closing::Closed(_)) {
                         actor.dirty_sessions.retain(|(dirty, _)| dirty != key);
                         actor
