@@ -12,7 +12,7 @@ use propensity::offline::value::ValueModel;
 use propensity::offline::value::fit::{FitRequest, run};
 use propensity::offline::value::input::{InputFormat, parse_day};
 use propensity::offline::value::segments::{self, SegmentModel};
-use propensity::offline::value::summary::{Periods, Purchase, summarize};
+use propensity::offline::value::summary::{CustomerSummary, Periods, Purchase, summarize};
 use propensity::online::serve::Service;
 use propensity_actors::event::{Event, EventType, Millis};
 use propensity_actors::features::DAY_MILLIS;
@@ -68,6 +68,27 @@ fn fit_segments(value_path: &Path, out: &Path) -> SegmentModel {
     model
 }
 
+/// The offline summary of one customer's `purchases` (day, amount), the calibration period
+/// ending on `today`.
+fn summary(purchases: &[(i64, f64)], today: i64) -> CustomerSummary {
+    let mut purchases: Vec<Purchase> = purchases
+        .iter()
+        .map(|(day, amount)| Purchase {
+            customer_id: 1,
+            day: *day,
+            amount: *amount,
+        })
+        .collect();
+    summarize(
+        &mut purchases,
+        Periods {
+            calibration_end: today,
+            holdout_end: None,
+        },
+    )
+    .remove(0)
+}
+
 /// The served segment is the one the segments assign to the offline prediction.
 fn assert_segment(
     served: &serde_json::Value,
@@ -76,21 +97,7 @@ fn assert_segment(
     purchases: &[(i64, f64)],
     today: i64,
 ) {
-    let mut history: Vec<Purchase> = purchases
-        .iter()
-        .map(|(day, amount)| Purchase {
-            customer_id: 1,
-            day: *day,
-            amount: *amount,
-        })
-        .collect();
-    let summary = &summarize(
-        &mut history,
-        Periods {
-            calibration_end: today,
-            holdout_end: None,
-        },
-    )[0];
+    let summary = summary(purchases, today);
     let offline = model.predict(summary.history(), summary.mean_repeat_spend);
     assert_eq!(
         served["segment"],
@@ -153,21 +160,7 @@ async fn score_value(
 /// ending on `today`: frequency, recency, age, P(alive), expected purchases in 90 days, expected
 /// spend per purchase day.
 fn offline(model: &ValueModel, purchases: &[(i64, f64)], today: i64) -> [f64; 6] {
-    let mut purchases: Vec<Purchase> = purchases
-        .iter()
-        .map(|(day, amount)| Purchase {
-            customer_id: 1,
-            day: *day,
-            amount: *amount,
-        })
-        .collect();
-    let summary = &summarize(
-        &mut purchases,
-        Periods {
-            calibration_end: today,
-            holdout_end: None,
-        },
-    )[0];
+    let summary = summary(purchases, today);
     let params = model.bgnbd.params;
     [
         f64::from(summary.frequency),

@@ -159,37 +159,45 @@ impl ValueModel {
 
     /// Reads a model saved by [`ValueModel::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<ValueModel, ValueError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ValueError::Io {
-            operation: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| ValueError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        read_json(path.as_ref())
     }
 
-    /// Writes the model as pretty JSON, through a sibling `<path>.tmp` renamed over `path` so
-    /// that a reader never sees half a file.
+    /// Writes the model as pretty JSON (see [`write_json`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ValueError> {
-        let path = path.as_ref();
-        let json = serde_json::to_vec_pretty(self).map_err(ValueError::Serialize)?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(|source| ValueError::Io {
-            operation: "write",
-            path: temporary.clone(),
-            source,
-        })?;
-        std::fs::rename(&temporary, path).map_err(|source| ValueError::Io {
-            operation: "replace",
-            path: path.to_path_buf(),
-            source,
-        })
+        write_json(self, path.as_ref())
     }
+}
+
+/// Reads a model file written by [`write_json`].
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ValueError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ValueError::Io {
+        operation: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ValueError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `value` as pretty JSON, through a sibling `<path>.tmp` renamed over `path` so that a
+/// reader (the service's hot reload) never sees half a file.
+pub(crate) fn write_json<T: Serialize>(value: &T, path: &Path) -> Result<(), ValueError> {
+    let json = serde_json::to_vec_pretty(value).map_err(ValueError::Serialize)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, json).map_err(|source| ValueError::Io {
+        operation: "write",
+        path: temporary.clone(),
+        source,
+    })?;
+    std::fs::rename(&temporary, path).map_err(|source| ValueError::Io {
+        operation: "replace",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -110,35 +110,12 @@ impl SegmentModel {
 
     /// Reads a model saved by [`SegmentModel::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<SegmentModel, ValueError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ValueError::Io {
-            operation: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| ValueError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        super::read_json(path.as_ref())
     }
 
-    /// Writes the model as pretty JSON through a temporary file renamed over `path`.
+    /// Writes the model as pretty JSON (see [`super::write_json`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ValueError> {
-        let path = path.as_ref();
-        let json = serde_json::to_vec_pretty(self).map_err(ValueError::Serialize)?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(|source| ValueError::Io {
-            operation: "write",
-            path: temporary.clone(),
-            source,
-        })?;
-        std::fs::rename(&temporary, path).map_err(|source| ValueError::Io {
-            operation: "replace",
-            path: path.to_path_buf(),
-            source,
-        })
+        super::write_json(self, path.as_ref())
     }
 }
 
