@@ -391,6 +391,44 @@ async fn a_newer_save_overwrites(store: &dyn StateStore) {
     assert_eq!(products[0].state.counts.purchases, 1);
 }
 
+/// A save that lists a session twice (it ended and started again under its key between two
+/// flushes, or its end rides along twice) stores the later state whole, delivery guard included,
+/// and not a mix of the two.
+async fn the_later_of_two_states_in_one_save_wins(store: &dyn StateStore) {
+    let user_id = 9_150_000;
+    let mut guarded = Guarded::default();
+    for (time, kind, product) in [
+        (1_000, EventType::View, 21),
+        (2_000, EventType::Cart, 22),
+        (3_000, EventType::View, 23),
+        (4_000, EventType::Cart, 21),
+    ] {
+        guarded.apply(&event(time, kind, user_id, "twice", product), 0);
+    }
+    let key = SessionKey::new(user_id, "twice");
+    let ended = guarded.session(key);
+    guarded.forget_acknowledged();
+    guarded.forget_acknowledged();
+    guarded.apply(
+        &event(TIMEOUT * 3, EventType::View, user_id, "twice", 24),
+        0,
+    );
+    let restarted = guarded.session(key);
+    assert!(restarted.state.counts.events < ended.state.counts.events);
+    let batch = StateBatch {
+        sessions: vec![ended, restarted.clone()],
+        users: vec![guarded.user(user_id)],
+        ..StateBatch::default()
+    };
+    save(store, &batch).await.unwrap();
+    let (_, sessions) = store.load_user_side(Vec::new(), vec![key]).await.unwrap();
+    assert_same(
+        &sessions,
+        &[restarted],
+        "the later of two states of a session",
+    );
+}
+
 /// Loading products brings their categories, and asked-for categories come on their own.
 async fn loaded_products_bring_their_categories(store: &dyn StateStore) {
     let mut guarded = Guarded::default();
@@ -608,6 +646,8 @@ async fn honours_the_contract(store: &dyn StateStore) -> f64 {
     missing_entities_load_as_nothing(store).await;
     eprintln!("contract: a newer save overwrites");
     a_newer_save_overwrites(store).await;
+    eprintln!("contract: the later of two states in one save wins");
+    the_later_of_two_states_in_one_save_wins(store).await;
     eprintln!("contract: loaded products bring their categories");
     loaded_products_bring_their_categories(store).await;
     eprintln!("contract: a large batch round-trips");

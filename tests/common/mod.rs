@@ -436,6 +436,14 @@ impl TestKeyspace {
 
 impl Drop for TestKeyspace {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("PROPENSITY_KEEP_FAILED_KEYSPACE").is_some()
+        {
+            eprintln!(
+                "kept keyspace {} of the failed test (PROPENSITY_KEEP_FAILED_KEYSPACE)",
+                self.settings.keyspace
+            );
+            return;
+        }
         if let Err(error) = propensity::online::store::schema::drop_keyspace(&self.settings) {
             eprintln!(
                 "could not drop keyspace {}: {error:#}",

@@ -7,7 +7,7 @@
 //! messages are republished to the dead-letter exchange with their reason, confirmed, and then
 //! acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use crate::config::RabbitmqSettings;
 use crate::metrics::Metrics;
 use crate::online::ingest::message::{self, Rejection};
+use crate::online::ingest::settling::Settling;
 use crate::online::ingest::topology;
 
 /// How often queue depths are read for the backlog gauge.
@@ -142,6 +143,8 @@ async fn run(context: Context, mut stopped: watch::Receiver<bool>) {
 struct Pending {
     deliveries: Vec<EventDelivery>,
     newest: BTreeMap<u16, Acker>,
+    /// Per partition, whether its newest delivery here is a fresh one (see [`Settling`]).
+    newest_fresh: BTreeMap<u16, bool>,
     count: u64,
 }
 
@@ -151,10 +154,9 @@ struct Pending {
 /// then covers exactly what was applied, and never names a dead letter's tag, which was
 /// acknowledged on its own.
 ///
-/// `settled` tells whether every partition had delivered all it redelivered when the flush
-/// began: only then may delivery guards forget. Redelivered messages come first in each queue,
-/// but partitions start at different times, so one partition's acknowledgement must not let a
-/// guard forget an identity another partition is about to redeliver.
+/// `settled` tells whether delivery guards may forget once it is acknowledged: when the flush
+/// began, every partition had applied all it redelivered, and no batch refused in part waited
+/// for its retry (see [`Settling`]).
 #[derive(Default)]
 struct Applied {
     newest: BTreeMap<u16, Acker>,
@@ -235,10 +237,8 @@ struct Consuming<'a> {
     pending: Pending,
     lingering: bool,
     applied: Applied,
-    /// Partitions that may still redeliver: settled by a fresh delivery, or by two backlog reads
-    /// in a row that find nothing ready.
-    unsettled: BTreeSet<u16>,
-    found_empty: BTreeSet<u16>,
+    /// Whether delivery guards may forget (see [`Settling`]).
+    settling: Settling,
     /// A flush under way, and the deliveries it covers.
     barrier: Option<Barrier>,
     /// Events the engine refused because the store could not load their state. Deliveries wait
@@ -305,8 +305,7 @@ impl<'a> Consuming<'a> {
             pending: Pending::default(),
             lingering: false,
             applied: Applied::default(),
-            unsettled: preferred.iter().copied().collect(),
-            found_empty: BTreeSet::new(),
+            settling: Settling::new(preferred.iter().copied()),
             barrier: None,
             refused: None,
             retry_wait: RETRY_FIRST,
@@ -343,15 +342,11 @@ impl<'a> Consuming<'a> {
         context.metrics.bus_deliveries.inc();
         context.metrics.bus_unacked.inc();
         if delivery.redelivered {
-            // Redeliveries come first in a queue: until a fresh delivery follows, more may come.
-            // A standby subscription taking over a dead instance's partition starts this way,
-            // whatever its backlog reads said before.
             context.metrics.bus_redeliveries.inc();
-            self.unsettled.insert(partition);
-            self.found_empty.remove(&partition);
-        } else {
-            self.unsettled.remove(&partition);
         }
+        // A standby subscription taking over a dead instance's partition starts with
+        // redeliveries, whatever its backlog reads said before.
+        self.settling.received(partition, delivery.redelivered);
         let content_type = delivery
             .properties
             .content_type()
@@ -372,9 +367,18 @@ impl<'a> Consuming<'a> {
                     source: partition,
                 });
                 self.pending.newest.insert(partition, delivery.acker);
+                self.pending
+                    .newest_fresh
+                    .insert(partition, !delivery.redelivered);
                 self.pending.count += 1;
                 if self.pending.deliveries.len() >= settings.batch_size {
-                    self.refused = apply(context, &mut self.pending, &mut self.applied).await?;
+                    self.refused = apply(
+                        context,
+                        &mut self.pending,
+                        &mut self.applied,
+                        &mut self.settling,
+                    )
+                    .await?;
                 } else if !self.lingering {
                     self.lingering = true;
                     return Ok(true);
@@ -426,7 +430,13 @@ impl<'a> Consuming<'a> {
     /// A partial batch waited long enough: apply it.
     async fn linger_over(&mut self) -> Result<(), SessionError> {
         self.lingering = false;
-        self.refused = apply(self.context, &mut self.pending, &mut self.applied).await?;
+        self.refused = apply(
+            self.context,
+            &mut self.pending,
+            &mut self.applied,
+            &mut self.settling,
+        )
+        .await?;
         Ok(())
     }
 
@@ -434,7 +444,13 @@ impl<'a> Consuming<'a> {
     async fn retry_refused(&mut self) -> Result<(), SessionError> {
         let mut batch = self.refused.take().expect("guarded");
         self.retry_armed = false;
-        self.refused = apply(self.context, &mut batch, &mut self.applied).await?;
+        self.refused = apply(
+            self.context,
+            &mut batch,
+            &mut self.applied,
+            &mut self.settling,
+        )
+        .await?;
         if self.refused.is_none() {
             tracing::info!("the store answers again; taking deliveries");
             self.retry_wait = RETRY_FIRST;
@@ -469,7 +485,7 @@ impl<'a> Consuming<'a> {
             std::mem::take(&mut self.applied),
             self.context.engine.clone(),
         );
-        covered.settled = self.unsettled.is_empty();
+        covered.settled = self.settling.may_forget(self.refused.is_some());
         self.barrier = Some(Box::pin(async move {
             let result = engine.flush(false).await;
             (covered, result)
@@ -505,7 +521,7 @@ impl<'a> Consuming<'a> {
     async fn stand_by(&mut self) -> Result<(), SessionError> {
         for partition in self.standby.clone() {
             self.consume(partition).await?;
-            self.unsettled.insert(partition);
+            self.settling.subscribed(partition);
         }
         tracing::info!(partitions = ?self.standby, "standing by for other instances' partitions");
         Ok(())
@@ -532,11 +548,13 @@ impl<'a> Consuming<'a> {
                 .bus_backlog
                 .with_label_values(&[&partition.to_string()])
                 .set(i64::from(declared.message_count()));
-            if declared.message_count() > 0 {
-                self.found_empty.remove(&partition);
-            } else if !self.found_empty.insert(partition) {
-                self.unsettled.remove(&partition);
-            }
+            let holding = self.pending.newest.contains_key(&partition)
+                || self
+                    .refused
+                    .as_ref()
+                    .is_some_and(|refused| refused.newest.contains_key(&partition));
+            self.settling
+                .backlog(partition, declared.message_count(), holding);
         }
         Ok(())
     }
@@ -546,7 +564,13 @@ impl<'a> Consuming<'a> {
     /// consumer.
     async fn stop(mut self) -> Result<(), SessionError> {
         let context = self.context;
-        apply(context, &mut self.pending, &mut self.applied).await?;
+        apply(
+            context,
+            &mut self.pending,
+            &mut self.applied,
+            &mut self.settling,
+        )
+        .await?;
         if let Some(running) = self.barrier.take() {
             let (covered, result) = running.await;
             if result.is_ok() {
@@ -605,6 +629,7 @@ async fn apply(
     context: &Context,
     pending: &mut Pending,
     applied: &mut Applied,
+    settling: &mut Settling,
 ) -> Result<Option<Pending>, SessionError> {
     if pending.deliveries.is_empty() {
         return Ok(None);
@@ -612,12 +637,14 @@ async fn apply(
     let Pending {
         deliveries,
         newest,
+        newest_fresh,
         count,
     } = std::mem::take(pending);
     match context.engine.ingest_deliveries(deliveries).await {
         Ok(_) => {
             applied.count += count;
             applied.newest.extend(newest);
+            settling.applied(&newest_fresh);
             Ok(None)
         }
         Err(refused) if !refused.deliveries.is_empty() => Ok(Some(Pending {
@@ -630,6 +657,7 @@ async fn apply(
                 })
                 .collect(),
             newest,
+            newest_fresh,
             count,
         })),
         Err(refused) => Err(refused.error.into()),

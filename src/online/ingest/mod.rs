@@ -5,6 +5,7 @@
 pub mod consumer;
 pub mod message;
 pub mod publisher;
+mod settling;
 pub mod topology;
 
 pub use consumer::ConsumerHandle;

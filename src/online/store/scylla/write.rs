@@ -81,6 +81,23 @@ pub(super) enum Write {
     },
 }
 
+/// The last of each session key's states in a batch, in no particular order. Every write of a
+/// save carries the same timestamp, and the cluster settles two writes of one cell under one
+/// timestamp by comparing their values: a session listed twice (one that ended and started again
+/// under its key, or an end its user's snapshot carries too) would load as a mix of both states,
+/// one state's counts beside the other's delivery guard. The later one is what a save means, as
+/// the embedded store, which writes in order, keeps it.
+pub(super) fn latest_of_each_session(
+    sessions: &[Stored<SessionState>],
+) -> Vec<&Stored<SessionState>> {
+    let mut seen = HashSet::with_capacity(sessions.len());
+    sessions
+        .iter()
+        .rev()
+        .filter(|session| seen.insert(session.state.key()))
+        .collect()
+}
+
 impl Core {
     /// Every statement of one entity's partition in one batch. A single-partition batch is
     /// applied atomically, so a crash never leaves part of an entity written: its delivery
@@ -384,7 +401,7 @@ impl Core {
         }
         self.write_all(first).await?;
         let mut second = Vec::new();
-        for session in &batch.sessions {
+        for session in latest_of_each_session(&batch.sessions) {
             second.push(self.session_write(session, written_at));
         }
         for product in &batch.products {
