@@ -27,6 +27,7 @@ pub struct Metrics {
     pub propensity: Histogram,
     pub model_info: IntGaugeVec,
     pub segment_customers: IntGaugeVec,
+    pub segments_value_model_match: IntGauge,
     pub feature_drift: GaugeVec,
     pub drift_window_scores: IntGauge,
     pub flush_latency: Histogram,
@@ -189,6 +190,14 @@ impl Metrics {
                         "Customers in each segment of the segments in service, as fitted (segments.model_path)",
                     ),
                     &["segment"],
+                )
+                .unwrap(),
+            ),
+            segments_value_model_match: register(
+                &registry,
+                IntGauge::new(
+                    "propensity_segments_value_model_match",
+                    "1 when the segments in service were fitted on the customer-value model in service; 0 when they were fitted on another one (run `propensity segments fit` again) or either is missing",
                 )
                 .unwrap(),
             ),

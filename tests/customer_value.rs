@@ -316,6 +316,10 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         );
         assert!(metrics.contains(&line), "{line} not in /metrics");
     }
+    assert!(
+        metrics.contains("propensity_segments_value_model_match 1"),
+        "the segments were fitted on the value model in service"
+    );
     // A score values the shopper as of their own latest event: they are on the site, so that is
     // now for them.
     assert_eq!(score_value(&client, &url, shopper, false).await, repeat);
@@ -335,5 +339,18 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
         actix_rt::time::sleep(Duration::from_millis(200)).await;
     };
     assert_close(served(&reloaded), offline(&refit, &purchases, day0 + 154));
+    // The segments were fitted on the first model: the service says so.
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("propensity_segments_value_model_match 0"),
+        "segments fitted on a replaced value model"
+    );
     service.stop().await.unwrap();
 }

@@ -384,6 +384,10 @@ impl Handler<CloseSessions> for UserActor {
                 for (key, closing) in &closings {
                     if let Closing::Closed(Some(last)) = closing {
                         actor.closed_sessions.push(last.clone());
+                        // The user is written with it: the stored user's guard is never older
+                        // than the stored guard of one of its sessions, so a redelivery the
+                        // session forgot is one the user forgot too (and knows as a duplicate).
+                        actor.dirty = true;
                     }
                     if matches!(closing, Closing::Closed(_)) {
                         actor.dirty_sessions.retain(|(dirty, _)| dirty != key);

@@ -110,18 +110,24 @@ impl Service {
                 ready.clone(),
             )
         });
+        let pairing =
+            crate::online::value::Pairing::new(metrics.segments_value_model_match.clone());
         let state = AppState {
-            values: crate::online::value::ValueSlot::watch(
-                &settings.value.model_path,
-                settings.value.reload_interval_seconds,
-                |_| {},
-            ),
+            values: {
+                let pairing = pairing.clone();
+                crate::online::value::ValueSlot::watch(
+                    &settings.value.model_path,
+                    settings.value.reload_interval_seconds,
+                    move |model| pairing.value_loaded(&model.version),
+                )
+            },
             segments: {
                 let metrics = metrics.clone();
                 crate::online::value::SegmentSlot::watch(
                     &settings.segments.model_path,
                     settings.segments.reload_interval_seconds,
                     move |model| {
+                        pairing.segments_loaded(&model.value_model_version);
                         metrics.segment_customers.reset();
                         for segment in &model.segments {
                             metrics

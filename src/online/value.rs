@@ -75,6 +75,62 @@ impl<T> Default for ModelSlot<T> {
     }
 }
 
+/// Whether the segments in service were fitted on the customer-value model in service. Segments
+/// cluster one value model's predictions; after the value model is refitted, shoppers are still
+/// assigned by the old centroids until the segments are fitted again. Each slot reports its loads
+/// here; a mismatch is logged and `propensity_segments_value_model_match` drops to 0.
+#[derive(Clone)]
+pub struct Pairing {
+    versions: Arc<std::sync::Mutex<(Option<String>, Option<String>)>>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Pairing {
+    /// Nothing loaded yet; `gauge` is set on every load.
+    pub fn new(gauge: prometheus::IntGauge) -> Pairing {
+        gauge.set(0);
+        Pairing {
+            versions: Arc::default(),
+            gauge,
+        }
+    }
+
+    /// A customer-value model of `version` went into service.
+    pub fn value_loaded(&self, version: &str) {
+        self.versions.lock().expect("pairing lock").0 = Some(version.to_owned());
+        self.check();
+    }
+
+    /// Segments fitted on the value model `fitted_on` went into service.
+    pub fn segments_loaded(&self, fitted_on: &str) {
+        self.versions.lock().expect("pairing lock").1 = Some(fitted_on.to_owned());
+        self.check();
+    }
+
+    /// Whether both are in service and match.
+    pub fn matches(&self) -> bool {
+        self.gauge.get() == 1
+    }
+
+    fn check(&self) {
+        let versions = self.versions.lock().expect("pairing lock");
+        let (Some(value), Some(fitted_on)) = &*versions else {
+            self.gauge.set(0);
+            return;
+        };
+        if value == fitted_on {
+            self.gauge.set(1);
+        } else {
+            self.gauge.set(0);
+            tracing::warn!(
+                value_model = %value,
+                segments_fitted_on = %fitted_on,
+                "the segments in service were fitted on another customer-value model: shoppers are assigned by its centroids until `propensity segments fit` runs on the model in service"
+            );
+        }
+    }
+}
+
 /// The customer-value model in service.
 pub type ValueSlot = ModelSlot<ValueModel>;
 /// The segments in service.
@@ -161,6 +217,20 @@ impl<T: ModelFile> Watch<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_match_the_value_model_they_were_fitted_on_only() {
+        let pairing = Pairing::new(prometheus::IntGauge::new("pairing", "test").unwrap());
+        assert!(!pairing.matches(), "nothing in service");
+        pairing.value_loaded("value-a");
+        assert!(!pairing.matches(), "no segments yet");
+        pairing.segments_loaded("value-a");
+        assert!(pairing.matches());
+        pairing.value_loaded("value-b");
+        assert!(!pairing.matches(), "the value model was refitted");
+        pairing.segments_loaded("value-b");
+        assert!(pairing.matches(), "and the segments after it");
+    }
     use crate::offline::value::summary::{Periods, Purchase, summarize};
     use crate::offline::value::{BgNbdFit, BgNbdParams, GammaGammaFit, GammaGammaParams};
 
