@@ -96,6 +96,30 @@ fn tag(rabbitmq: &RabbitmqSettings, index: u16, partition: u16) -> String {
     format!("{}-{index}-p{partition}", rabbitmq.connection_name)
 }
 
+/// Prints the instances' warnings and errors if the test fails: a failure around a takeover is
+/// rare, and the log says what the store and the bus did at the time.
+struct LogOnFailure(std::path::PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            .collect();
+        eprintln!(
+            "the instances' warnings and errors ({} lines, the last 200):",
+            lines.len()
+        );
+        for line in &lines[lines.len().saturating_sub(200)..] {
+            eprintln!("{line}");
+        }
+    }
+}
+
 async fn is_ready(client: &reqwest::Client, port: u16) -> bool {
     client
         .get(format!("http://127.0.0.1:{port}/ready"))
@@ -123,6 +147,7 @@ async fn two_instances_split_the_partitions_and_one_takes_over_when_the_other_di
     );
     let config_dir = write_overlay(dir.path(), &settings);
     let log = dir.path().join("serve.log");
+    let _log_on_failure = LogOnFailure(log.clone());
     let client = reqwest::Client::new();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 
