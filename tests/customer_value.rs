@@ -301,14 +301,7 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
     );
     assert_segment(&later, &segments, &first_model, &purchases, day0 + 154);
     // The segments' sizes, as fitted, are exported.
-    let metrics = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client, &url).await;
     for segment in &segments.segments {
         let line = format!(
             "propensity_segment_customers{{segment=\"{}\"}} {}",
@@ -340,14 +333,7 @@ async fn a_purchase_changes_the_shoppers_predicted_value_as_the_offline_summary_
     };
     assert_close(served(&reloaded), offline(&refit, &purchases, day0 + 154));
     // The segments were fitted on the first model: the service says so.
-    let metrics = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client, &url).await;
     assert!(
         metrics.contains("propensity_segments_value_model_match 0"),
         "segments fitted on a replaced value model"

@@ -54,14 +54,7 @@ async fn replay_and_read_drift(
             assert_eq!(response.status(), 200);
         }
     }
-    let metrics = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client, &url).await;
     service.stop().await.unwrap();
     let window: f64 =
         common_metric(&metrics, "propensity_drift_window_scores").expect("window gauge");

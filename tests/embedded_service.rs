@@ -164,14 +164,7 @@ async fn online_state_scores_and_abandonment_equal_the_offline_replay() {
         .with_label_values(&["abandoned"])
         .get();
     assert_eq!(counted, abandoned);
-    let metrics_text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_text = common::metrics_text(&client, &url).await;
     assert!(metrics_text.contains("propensity_abandonment_ratio_alert_threshold 0.8"));
     assert!(metrics_text.contains(&format!(
         "propensity_sessions_closed_total{{outcome=\"abandoned\"}} {abandoned}"

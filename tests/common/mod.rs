@@ -480,6 +480,18 @@ pub fn spawn_serve(
         .expect("propensity serve starts")
 }
 
+/// The text of a service's /metrics at `url` (`http://host:port`).
+pub async fn metrics_text(client: &reqwest::Client, url: &str) -> String {
+    client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics has a body")
+}
+
 /// A metric's value from a service's /metrics on `port`, if it answers.
 pub async fn metric(client: &reqwest::Client, port: u16, name: &str) -> Option<f64> {
     let text = client
