@@ -113,6 +113,22 @@ impl EngineSettings {
 pub struct ModelSettings {
     pub path: PathBuf,
     pub reload_interval_seconds: u64,
+    /// Where `train --report-dir` wrote the model's report; empty: `report/` beside the model.
+    #[serde(default)]
+    pub report_dir: PathBuf,
+}
+
+impl ModelSettings {
+    /// The folder the console's model charts are read from.
+    pub fn report_dir(&self) -> PathBuf {
+        if !self.report_dir.as_os_str().is_empty() {
+            return self.report_dir.clone();
+        }
+        self.path
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("."))
+            .join("report")
+    }
 }
 
 /// Propensity bands.

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub bus_unacked: IntGauge,
     pub bus_backlog: IntGaugeVec,
     pub bus_published: IntCounter,
+    /// Not a metric: the recent carts and purchases the console shows, fed by the same
+    /// observer calls.
+    pub live: crate::online::live::LiveFeed,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -319,6 +322,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            live: Default::default(),
             registry,
         }
     }
@@ -384,6 +388,7 @@ impl Observer for Metrics {
             self.event_lag.set(lag);
         }
         self.duplicates.inc_by(duplicates);
+        self.live.record(accepted);
     }
 
     fn flushed(&self, rows: usize, seconds: f64, error: Option<&StoreError>) {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install and run, without Docker, the external services that propensity's
-# integration tests need: RabbitMQ, a single-node Cassandra 5.0, and the
-# prometheus/promtool binaries. See docker/native/README.md.
+# integration tests need: RabbitMQ, a single-node Cassandra 5.0, the
+# prometheus/promtool binaries and a headless Chromium for the console's browser
+# tests. See docker/native/README.md.
 set -euo pipefail
 
 PROG=services.sh
-ALL_SERVICES=(rabbitmq cassandra prometheus)
+ALL_SERVICES=(rabbitmq cassandra prometheus chromium)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VAR=$(realpath -m "${PROPENSITY_VAR:-$REPO/var}")
@@ -26,10 +27,10 @@ CAS_DIR=$VAR/cassandra
 
 usage() {
     cat <<EOF
-Usage: $PROG up|down|status [rabbitmq|cassandra|prometheus ...]
+Usage: $PROG up|down|status [rabbitmq|cassandra|prometheus|chromium ...]
 
 Installs (if needed) and manages the services the integration tests use.
-With no service names, acts on all three.
+With no service names, acts on all four.
 
   up      install what is missing, start the service, wait until it is ready
           (already running: just checks it is ready)
@@ -45,6 +46,7 @@ Services:
   cassandra   Apache Cassandra $CASSANDRA_VERSION (Maven Central), one node,
               CQL on 127.0.0.1:$CQL_PORT
   prometheus  Debian prometheus + promtool binaries only; tests run their own
+  chromium    Debian chromium only; the console tests start it headless themselves
 
 Environment:
   PROPENSITY_VAR            state, data and logs (default: <repo>/var; now $VAR)
@@ -585,6 +587,25 @@ prometheus_status() {
     fi
 }
 
+### chromium #################################################################
+
+chromium_install() { apt_install chromium fonts-dejavu-core; }
+chromium_start() { :; }
+chromium_wait() {
+    command -v chromium >/dev/null || die "chromium: not on PATH after install"
+    log "chromium: installed ($(chromium_version)); the console tests start it headless"
+}
+chromium_down() { log "chromium: nothing to stop (tests start and stop their own browsers)"; }
+chromium_version() { chromium --version 2>/dev/null | head -1 || echo "?"; }
+chromium_status() {
+    if command -v chromium >/dev/null; then
+        printf '%-11s installed, not a managed service, version %s\n' chromium: "$(chromium_version)"
+    else
+        printf '%-11s not installed, not running, version n/a\n' chromium:
+        return 1
+    fi
+}
+
 ### main #####################################################################
 
 since_start() {
@@ -606,7 +627,7 @@ main() {
     ((${#services[@]})) || services=("${ALL_SERVICES[@]}")
     for s in "${services[@]}"; do
         case $s in
-        rabbitmq | cassandra | prometheus) ;;
+        rabbitmq | cassandra | prometheus | chromium) ;;
         *) die "unknown service '$s' (expected: ${ALL_SERVICES[*]})" ;;
         esac
     done

@@ -11,15 +11,15 @@ if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   cat <<'HELP'
 usage: docker/native/test.sh [cargo test args...]
 Starts the services the integration tests use, then runs `cargo test --workspace`.
-PROPENSITY_TEST_SERVICES lists them (default: rabbitmq prometheus cassandra); PROPENSITY_VAR holds their state (default var/).
+PROPENSITY_TEST_SERVICES lists them (default: rabbitmq prometheus cassandra chromium); PROPENSITY_VAR holds their state (default var/).
 HELP
   exit 0
 fi
 
 # The services the test suite talks to: RabbitMQ for the bus tests, Prometheus and promtool for
 # the alerting tests, Cassandra for the ScyllaDB store (tests/store_contract.rs,
-# tests/cassandra_service.rs).
-services=${PROPENSITY_TEST_SERVICES-rabbitmq prometheus cassandra}
+# tests/cassandra_service.rs), Chromium for the console's browser tests (tests/console.rs).
+services=${PROPENSITY_TEST_SERVICES-rabbitmq prometheus cassandra chromium}
 if [[ -n "$services" ]]; then
   # shellcheck disable=SC2086
   "$here/services.sh" up $services

@@ -4,6 +4,7 @@
 pub mod drift;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod scoring;
 pub mod serve;
 pub mod store;

@@ -141,6 +141,7 @@ impl Service {
             engine: engine.clone(),
             scoring: scoring.clone(),
             models,
+            model_report_dir: settings.model.report_dir(),
             drift,
             metrics: metrics.clone(),
             settings: settings.http.clone(),

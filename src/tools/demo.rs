@@ -117,6 +117,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
     println!("3/4 starting the service");
     let service = Service::start(&settings).await?;
     let url = service.url();
+    println!("    the console: {url}/ (open it in a browser; it fills as the replay runs)");
     let history = HistoryFiles::scan(std::slice::from_ref(&events_path))?;
     let spill = tempfile::tempdir()?;
     let mut events = ordered_events(&history, spill.path())?.peekable();
@@ -249,7 +250,7 @@ pub async fn run(options: DemoOptions, mut settings: Settings) -> Result<DemoSum
         return Ok(summary);
     }
     service.ready.store(true, Ordering::Relaxed);
-    println!("the service keeps running on {url}; Ctrl-C stops it");
+    println!("the service keeps running on {url}, its console at {url}/; Ctrl-C stops it");
     tokio::signal::ctrl_c().await.ok();
     service.stop().await?;
     Ok(summary)

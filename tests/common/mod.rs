@@ -53,13 +53,32 @@ pub fn train_model(
     events_path: &Path,
     session_timeout: i64,
 ) -> (PathBuf, propensity::offline::model::Model) {
+    train(dir, events_path, session_timeout, None)
+}
+
+/// Trains a model on `events_path` into `dir`, with its report in `dir/report`, where the service
+/// looks for it by default (`model.report_dir`).
+pub fn train_model_with_report(
+    dir: &Path,
+    events_path: &Path,
+    session_timeout: i64,
+) -> (PathBuf, propensity::offline::model::Model) {
+    train(dir, events_path, session_timeout, Some(dir.join("report")))
+}
+
+fn train(
+    dir: &Path,
+    events_path: &Path,
+    session_timeout: i64,
+    report_dir: Option<PathBuf>,
+) -> (PathBuf, propensity::offline::model::Model) {
     let model_out = dir.join("model.json");
     let request = propensity::offline::train::TrainRequest {
         events: vec![events_path.to_owned()],
         model_out: model_out.clone(),
         split_at: None,
         export_features: None,
-        report_dir: None,
+        report_dir,
         truth: None,
         session_timeout,
         options: propensity::offline::model::TrainOptions::default(),
@@ -86,6 +105,48 @@ pub fn small_model(dir: &Path, session_timeout: i64) -> PathBuf {
     std::fs::create_dir_all(&model_dir).unwrap();
     let (path, _) = synthetic_events(&model_dir, 300, 3, 99);
     train_model(&model_dir, &path, session_timeout).0
+}
+
+/// The CDNOW sample beside the repository.
+pub const CDNOW_SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/cdnow/CDNOW_sample.txt"
+);
+
+/// A customer-value model and segments fitted on the CDNOW sample into `dir`: their paths and
+/// the segments' names.
+pub fn fit_customer_value(dir: &Path) -> (PathBuf, PathBuf, Vec<String>) {
+    use propensity::offline::value::input::{InputFormat, parse_day};
+    assert!(
+        Path::new(CDNOW_SAMPLE).exists(),
+        "the CDNOW sample is missing: {CDNOW_SAMPLE} (it lives beside the repository in shared/data/cdnow)"
+    );
+    let value = dir.join("value.json");
+    propensity::offline::value::fit::run(&propensity::offline::value::fit::FitRequest {
+        inputs: vec![PathBuf::from(CDNOW_SAMPLE)],
+        format: InputFormat::Cdnow,
+        model_out: value.clone(),
+        calibration_end: parse_day("1997-09-30"),
+        holdout_end: None,
+        report_dir: None,
+    })
+    .expect("the CDNOW sample fits");
+    let segments = dir.join("segments.json");
+    let report = propensity::offline::value::segments::run(
+        &propensity::offline::value::segments::SegmentRequest {
+            inputs: vec![PathBuf::from(CDNOW_SAMPLE)],
+            format: InputFormat::Cdnow,
+            value_model: value.clone(),
+            model_out: segments.clone(),
+            k_min: 2,
+            k_max: 4,
+            report_dir: None,
+            seed: 7,
+        },
+    )
+    .expect("the CDNOW sample segments");
+    let names = report.segments.iter().map(|s| s.name.clone()).collect();
+    (value, segments, names)
 }
 
 /// Posts events as one batch to the HTTP collector and checks they were accepted.

@@ -1,7 +1,9 @@
-//! The HTTP API: scoring, the event collector, entity lookups, health, readiness, metrics and the
-//! OpenAPI document. `configure` is shared by `serve` and the tests; [`types`] holds the bodies
+//! The HTTP API: scoring, the event collector, entity lookups, the live overview, health,
+//! readiness, metrics and the OpenAPI document; and the web console at `/` that reads it. `configure` is shared by `serve` and the tests; [`types`] holds the bodies
 //! and [`openapi`] the document generated from them and from the handlers' annotations.
 
+mod console;
+mod live;
 pub mod openapi;
 pub mod types;
 
@@ -26,8 +28,9 @@ use crate::metrics::Metrics;
 use crate::online::scoring::{Score, ScoringActor};
 use types::{
     CartLine, ErrorBody, EventsAccepted, HealthBody, HourTally, ID_EXPECTED, OutcomesBody,
-    ProductBody, RankedScores, ReadyBody, ScoreItem, ScoreRequest, SessionBody, SingleScore,
-    TallyBody, UserBody, ValueBody, WindowsBody,
+    ProductBody, RankedScores, ReadyBody, ReportChart, ScoreItem, ScoreRequest, SegmentBody,
+    SegmentsBody, SessionBody, SessionProductBody, SingleScore, TallyBody, UserBody, ValueBody,
+    WindowsBody,
 };
 
 /// What every handler shares.
@@ -37,6 +40,8 @@ pub struct AppState {
     pub scoring: Addr<ScoringActor>,
     /// The model in service, for its card.
     pub models: crate::online::scoring::ModelSlot,
+    /// Where the report of the model in service is (`model.report_dir`).
+    pub model_report_dir: std::path::PathBuf,
     /// The customer-value model in service, if any.
     pub values: crate::online::value::ValueSlot,
     /// The customer segments in service, if any.
@@ -163,6 +168,24 @@ pub fn configure(config: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 ))
                 .service(route("/v1/outcomes", Method::GET, web::get().to(outcomes)))
                 .service(route("/v1/model", Method::GET, web::get().to(model_card)))
+                .service(route(
+                    "/v1/model/report/{chart}",
+                    Method::GET,
+                    web::get().to(model_report),
+                ))
+                .service(route("/v1/segments", Method::GET, web::get().to(segments)))
+                .service(route("/v1/live", Method::GET, web::get().to(live::live)))
+                .service(route("/", Method::GET, web::get().to(console::index)))
+                .service(route(
+                    "/console/app.js",
+                    Method::GET,
+                    web::get().to(console::script),
+                ))
+                .service(route(
+                    "/console/style.css",
+                    Method::GET,
+                    web::get().to(console::style),
+                ))
                 .default_service(web::to(not_found)),
         );
 }
@@ -221,8 +244,8 @@ fn json_error<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHandler
     ))
 }
 
-/// Whether a request may pass: with `http.auth_token` set, every route but /health (and
-/// /metrics unless `http.protect_metrics`) needs it as a bearer token.
+/// Whether a request may pass: with `http.auth_token` set, every route but /health, the
+/// console's assets (and /metrics unless `http.protect_metrics`) needs it as a bearer token.
 async fn authorize(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -234,7 +257,7 @@ async fn authorize(
     let open = match request.path() {
         "/health" => true,
         "/metrics" => !state.settings.protect_metrics,
-        _ => false,
+        path => console::ASSET_PATHS.contains(&path),
     };
     if !token.is_empty() && !open {
         let given = request
@@ -323,6 +346,76 @@ const CARD_TOP_FEATURES: usize = 10;
     (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn model_card(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.models.current().card(CARD_TOP_FEATURES))
+}
+
+/// One chart of the report of the model in service: ROC, precision-recall, calibration or
+/// feature importance, from `model.report_dir`; only when that report is of the model in service.
+#[utoipa::path(get, path = "/v1/model/report/{chart}", tag = "model",
+    params(("chart" = ReportChart, Path, description = "Which chart")),
+    responses(
+    (status = 200, description = "The chart", body = String, content_type = "image/svg+xml"),
+    (status = 400, description = "Not one of the report's charts", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No report, or a report of another model", body = ErrorBody)))]
+async fn model_report(
+    state: web::Data<AppState>,
+    path: web::Path<ReportChart>,
+) -> Result<HttpResponse, ApiError> {
+    let chart = path.into_inner().file_name();
+    let dir = &state.model_report_dir;
+    let no_report = || {
+        ApiError::NotFound(format!(
+            "no report in {} (model.report_dir): train with --report-dir {}",
+            dir.display(),
+            dir.display()
+        ))
+    };
+    // The report names its model: charts of another model would describe the wrong one.
+    let summary = std::fs::read(dir.join("metrics.json")).map_err(|_| no_report())?;
+    let version = serde_json::from_slice::<serde_json::Value>(&summary)
+        .ok()
+        .and_then(|summary| summary["model_version"].as_str().map(str::to_owned))
+        .ok_or_else(no_report)?;
+    let current = state.models.current().version.clone();
+    if version != current {
+        return Err(ApiError::NotFound(format!(
+            "the report in {} is of model {version}, not of {current} in service",
+            dir.display()
+        )));
+    }
+    let svg = std::fs::read(dir.join(chart)).map_err(|_| no_report())?;
+    Ok(HttpResponse::Ok().content_type("image/svg+xml").body(svg))
+}
+
+/// The customer segments in service (`segments.model_path`): their names, sizes and mean
+/// features.
+#[utoipa::path(get, path = "/v1/segments", tag = "model", responses(
+    (status = 200, description = "The segments", body = SegmentsBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No segments in service", body = ErrorBody)))]
+async fn segments(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let Some(model) = state.segments.current() else {
+        return Err(ApiError::NotFound(
+            "no customer segments in service: fit them with `propensity segments fit` and set segments.model_path".into(),
+        ));
+    };
+    Ok(HttpResponse::Ok().json(SegmentsBody {
+        version: model.version.clone(),
+        fitted_at: model.fitted_at.clone(),
+        value_model_version: model.value_model_version.clone(),
+        customers: model.customers,
+        features: model.features.clone(),
+        segments: model
+            .segments
+            .iter()
+            .map(|segment| SegmentBody {
+                name: segment.name.clone(),
+                customers: segment.customers,
+                mean_p_alive: segment.mean_p_alive,
+                means: segment.means.clone(),
+            })
+            .collect(),
+    }))
 }
 
 /// Reads a JSON body into `T`; an error names the field it is about (`product_ids[2] must
@@ -613,6 +706,20 @@ async fn session(
         })
         .map(|(feature, value)| (feature.name.to_owned(), value))
         .collect();
+    let products = session
+        .products
+        .iter()
+        .map(|product| SessionProductBody {
+            product_id: product.product_id,
+            price: product.price,
+            views: product.counts.views,
+            carts: product.counts.carts,
+            removes: product.counts.removes,
+            purchases: product.counts.purchases,
+            in_cart: product.in_cart,
+            last_view_at: product.last_view_at.map(format_time),
+        })
+        .collect();
     let outcome = session.outcome().as_str();
     Ok(HttpResponse::Ok().json(SessionBody {
         user_id: session.user_id,
@@ -626,6 +733,7 @@ async fn session(
         cart_items: session.cart_items(),
         cart_value: session.cart_value(),
         views: session.view_sequence.clone(),
+        products,
         counts: (&session.counts).into(),
         features,
     }))

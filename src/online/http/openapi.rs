@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 #[openapi(
     info(
         title = "propensity",
-        description = "Real-time purchase propensity and cart-abandonment monitoring. Every error is a JSON object {error, status}; a method a route does not answer gets 405 with Allow. With http.auth_token set, every route except /health (and /metrics unless http.protect_metrics) needs `Authorization: Bearer <token>`."
+        description = "Real-time purchase propensity and cart-abandonment monitoring. Every error is a JSON object {error, status}; a method a route does not answer gets 405 with Allow. With http.auth_token set, every route except /health (and /metrics unless http.protect_metrics) needs `Authorization: Bearer <token>`. The web console at / reads only these routes."
     ),
     paths(
         super::score,
@@ -22,19 +22,24 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         super::product,
         super::outcomes,
         super::model_card,
+        super::model_report,
+        super::segments,
+        super::live::live,
         super::health,
         super::ready,
         super::metrics,
         super::openapi,
     ),
+    // A path parameter's type is not collected with the route: named here.
+    components(schemas(super::types::ReportChart)),
     modifiers(&BearerToken),
     security(("bearer" = [])),
     tags(
         (name = "scoring", description = "Propensities and the action to take"),
         (name = "events", description = "The HTTP collector"),
         (name = "lookups", description = "Sessions, users and products as the service holds them"),
-        (name = "outcomes", description = "Sessions by outcome, counted once"),
-        (name = "model", description = "The model in service"),
+        (name = "outcomes", description = "Sessions by outcome, counted once; what was applied lately"),
+        (name = "model", description = "The models in service: propensity and customer segments"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

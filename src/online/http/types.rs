@@ -318,6 +318,8 @@ pub struct SessionBody {
     pub cart_value: f64,
     /// Products viewed, in order.
     pub views: Vec<u64>,
+    /// Every product the session touched, in the order first touched.
+    pub products: Vec<SessionProductBody>,
     pub counts: CountsBody,
     /// The session and user features a score would use now, by name.
     pub features: std::collections::BTreeMap<String, f64>,
@@ -485,4 +487,128 @@ pub struct ReadyBody {
     pub ready: bool,
     pub store_healthy: bool,
     pub live_sessions: usize,
+}
+
+/// A product a session touched.
+#[derive(Serialize, ToSchema)]
+pub struct SessionProductBody {
+    pub product_id: u64,
+    /// The latest price seen in the session.
+    pub price: f64,
+    pub views: u32,
+    pub carts: u32,
+    pub removes: u32,
+    pub purchases: u32,
+    /// Units in the cart now.
+    pub in_cart: u32,
+    pub last_view_at: Option<String>,
+}
+
+/// `GET /v1/live`: what this instance applied lately, for dashboards.
+#[derive(Serialize, ToSchema)]
+pub struct LiveBody {
+    /// The stream's event time (the latest event applied, less the allowed lateness).
+    pub as_of: String,
+    /// Events applied since the service started, by type: `view`, `cart`, `remove_from_cart`,
+    /// `purchase`.
+    pub events: std::collections::BTreeMap<String, u64>,
+    pub live_sessions: usize,
+    pub users_in_memory: usize,
+    /// `alerting.abandonment_ratio_threshold`.
+    pub abandonment_threshold: f64,
+    /// How far back, in wall-clock seconds, `sales` and `likely_to_sell` look.
+    pub sales_window_seconds: u64,
+    /// Purchases applied in the window, by product, most sold first.
+    pub sales: Vec<ProductSalesBody>,
+    /// The products carted most in the window, scored by the model in service for a shopper
+    /// who starts a session now, most likely first.
+    pub likely_to_sell: Vec<LikelyBody>,
+    /// The shoppers who carted or bought last, newest first.
+    pub recent_sessions: Vec<RecentSessionBody>,
+}
+
+/// One product's recent sales.
+#[derive(Serialize, ToSchema)]
+pub struct ProductSalesBody {
+    pub product_id: u64,
+    pub purchases: u32,
+    pub revenue: f64,
+    /// Event time of the latest sale.
+    pub last_sale_at: String,
+}
+
+/// A product likely to sell.
+#[derive(Serialize, ToSchema)]
+pub struct LikelyBody {
+    pub product_id: u64,
+    pub propensity: f64,
+    pub band: crate::online::scoring::Band,
+    /// Carts and purchases in the window.
+    pub carts: u32,
+    pub purchases: u32,
+}
+
+/// A shopper who carted or bought lately.
+#[derive(Serialize, ToSchema)]
+pub struct RecentSessionBody {
+    pub user_id: u64,
+    pub user_session: String,
+    /// `cart` or `purchase`.
+    pub event_type: String,
+    pub last_event_at: String,
+}
+
+/// `GET /v1/segments`: the customer segments in service.
+#[derive(Serialize, ToSchema)]
+pub struct SegmentsBody {
+    pub version: String,
+    pub fitted_at: String,
+    /// The value model whose predictions were clustered.
+    pub value_model_version: String,
+    /// Customers fitted.
+    pub customers: u64,
+    /// The features the segments were fitted on, in the order of each segment's `means`.
+    pub features: Vec<String>,
+    pub segments: Vec<SegmentBody>,
+}
+
+/// One segment.
+#[derive(Serialize, ToSchema)]
+pub struct SegmentBody {
+    pub name: String,
+    /// Customers of the fit in this segment.
+    pub customers: u64,
+    /// Mean probability that its customers are still customers.
+    pub mean_p_alive: f64,
+    /// Mean of each feature over its customers.
+    pub means: Vec<f64>,
+}
+
+/// A chart of the training report, as `GET /v1/model/report/{chart}` names it.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+pub enum ReportChart {
+    #[serde(rename = "roc.svg")]
+    #[schema(rename = "roc.svg")]
+    Roc,
+    #[serde(rename = "pr.svg")]
+    #[schema(rename = "pr.svg")]
+    PrecisionRecall,
+    #[serde(rename = "calibration.svg")]
+    #[schema(rename = "calibration.svg")]
+    Calibration,
+    #[serde(rename = "feature_importance.svg")]
+    #[schema(rename = "feature_importance.svg")]
+    FeatureImportance,
+}
+
+impl ReportChart {
+    /// The file `train --report-dir` writes it to.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ReportChart::Roc => "roc.svg",
+            ReportChart::PrecisionRecall => "pr.svg",
+            ReportChart::Calibration => "calibration.svg",
+            ReportChart::FeatureImportance => "feature_importance.svg",
+        }
+    }
 }
