@@ -798,7 +798,7 @@ async function loadModel(gen) {
         kv('training distributions', model.training_distributions ? 'yes' : 'no'))),
     h('div', { class: 'card' }, h('h2', {}, 'Metrics'),
       metrics.length ? h('table', { id: 'metrics' },
-        h('tbody', {}, metrics.map(([k, v]) => h('tr', { 'data-metric': k }, h('td', {}, k), h('td', { class: 'num' }, fmtFixed(v, 4))))))
+        h('tbody', {}, metrics.map(([k, v]) => h('tr', { 'data-metric': k }, h('td', {}, k), h('td', { class: 'num' }, Number.isInteger(v) ? fmtInt(v) : fmtFixed(v, 4))))))
         : h('p', { class: 'empty' }, 'no metrics')),
     h('div', { class: 'card' }, h('h2', {}, 'Top features'),
       h('div', { id: 'importance', class: 'chart' },
@@ -833,13 +833,13 @@ async function loadReportChart(file, gen) {
 
 // Horizontal bar chart: one labelled bar per item ({label, value, text}).
 function barChart(items, color) {
-  const rowH = 24; const labelW = 190; const barW = 220; const W = labelW + barW + 110;
+  const rowH = 24; const labelW = 250; const barW = 170; const W = labelW + barW + 60;
   const H = items.length * rowH + 8;
   const max = Math.max(0, ...items.map((i) => i.value)) || 1;
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'fixed', role: 'img' });
   items.forEach((it, i) => {
     const y = 4 + i * rowH;
-    const label = it.label.length > 28 ? `${it.label.slice(0, 27)}…` : it.label;
+    const label = it.label.length > 36 ? `${it.label.slice(0, 35)}…` : it.label;
     const t = s('text', { x: labelW - 8, y: y + 15, 'text-anchor': 'end', 'font-size': 12, fill: '#1f2328' }, label);
     t.appendChild(s('title', {}, it.label));
     svg.appendChild(t);
