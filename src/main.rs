@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use propensity::config::{LogFormat, Settings};
+use propensity::tools::generate::{GenerateOptions, Process};
 
 // Millions of small, short-lived allocations (events, messages, entity state) across the actor
 // threads: glibc's malloc spent a sixth of the actor path's time freeing and consolidating.
@@ -49,6 +50,11 @@ enum Command {
         /// Also write the generator's own purchase probability for every scoring point.
         #[arg(long)]
         truth: Option<PathBuf>,
+        /// What the shoppers do: browse and buy through the purchase funnel (with a truth for
+        /// the propensity model), or buy on BG/NBD occasions with Gamma-Gamma spend (with known
+        /// parameters for `value fit`); docs/synthetic-model.md describes both.
+        #[arg(long, value_enum, default_value_t = Process::Funnel)]
+        process: Process,
     },
     /// Train the propensity model by replaying history through the feature engine.
     Train {
@@ -300,15 +306,17 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             out,
             truth,
+            process,
         } => {
-            let summary = propensity::tools::generate::generate_files(
+            let options = GenerateOptions {
                 users,
                 days,
                 seed,
-                &out,
-                truth.as_deref(),
-                true,
-            )?;
+                process,
+                ..GenerateOptions::default()
+            };
+            let summary =
+                propensity::tools::generate::write_files(&options, &out, truth.as_deref(), true)?;
             println!(
                 "wrote {} events ({} sessions, {} with a cart, {} abandoned, {} purchases, {} scoring points) to {}",
                 summary.events,

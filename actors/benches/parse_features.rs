@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use propensity_actors::event::{CSV_HEADER, CsvEvents, Event, EventType, parse_record};
+use propensity_actors::features::{DAY_MILLIS, PurchaseDays};
 use propensity_actors::{ReplayEngine, SessionKey};
 
 const SESSION_TIMEOUT: i64 = 30 * 60 * 1000;
@@ -118,6 +119,34 @@ fn features(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("feature_vector", |b| {
         b.iter(|| engine.features(black_box(key), black_box(last.product_id)))
+    });
+    // What the live customer value adds to applying a purchase: the user's purchase-day
+    // summary (`PurchaseDays::record`, inside `UserState::apply`), 10,000 purchases of 500
+    // shoppers spread over 40 days.
+    let purchases: Vec<(usize, i64, f64)> = events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let day = (index as i64 * 40 / events.len() as i64) * DAY_MILLIS;
+            (
+                (event.user_id % 500) as usize,
+                event.time + day,
+                event.price,
+            )
+        })
+        .collect();
+    group.throughput(Throughput::Elements(purchases.len() as u64));
+    group.bench_function("purchase_days_record_10000", |b| {
+        b.iter_batched(
+            || vec![PurchaseDays::default(); 500],
+            |mut shoppers| {
+                for &(shopper, time, price) in &purchases {
+                    shoppers[shopper].record(black_box(time), black_box(price));
+                }
+                shoppers
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -211,6 +211,31 @@ mod tests {
     }
 
     #[test]
+    fn a_fit_that_stalls_at_its_top_ends_there() {
+        // 16,000 customers drawn from the CDNOW estimates, 1 to 4 repeat purchases each (seed
+        // 32 of a likelihood-ratio study). The line search stalled at the top (gradient 2e-9),
+        // then stepped out to parameters of 1e95, where the likelihood is NaN, and More-Thuente
+        // extrapolated forever: the fit never returned. It must end, at the top.
+        use rand::{Rng, SeedableRng};
+        use rand_distr::{Distribution, Gamma};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(32);
+        let rates = Gamma::new(CDNOW.q, 1.0 / CDNOW.gamma).unwrap();
+        let spends: Vec<SpendHistory> = (0..16_000)
+            .map(|_| {
+                let rate: f64 = rates.sample(&mut rng);
+                let value = Gamma::new(CDNOW.p, 1.0 / rate).unwrap();
+                let frequency = 1 + (rng.r#gen::<f64>() * 4.0) as u32;
+                let total: f64 = (0..frequency).map(|_| value.sample(&mut rng)).sum();
+                spend(frequency, total / f64::from(frequency))
+            })
+            .collect();
+        let fitted = fit(&spends).unwrap();
+        let truth: f64 = spends.iter().map(|s| CDNOW.log_likelihood(*s)).sum();
+        let statistic = 2.0 * (fitted.log_likelihood - truth);
+        assert!((0.0..16.27).contains(&statistic), "2·ΔLL = {statistic}");
+    }
+
+    #[test]
     fn one_purchase_density_is_the_gamma_mixture() {
         // x = 1: z ~ Gamma(p, nu), nu ~ Gamma(q, gamma) gives the density
         // z^(p-1) gamma^q / B(p, q) / (gamma + z)^(p+q), a compound gamma.

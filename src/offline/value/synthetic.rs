@@ -87,34 +87,64 @@ impl SimulatedCustomer {
 /// buys at exponential intervals, and after each repeat purchase drops out with that probability.
 pub fn simulate(params: BgNbdParams, cohort: Cohort, seed: u64) -> Vec<SimulatedCustomer> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let rates = Gamma::new(params.r, 1.0 / params.alpha).expect("BG/NBD r and alpha are > 0");
-    let dropouts = Beta::new(params.a, params.b).expect("BG/NBD a and b are > 0");
+    let draws = CustomerDraws::new(params);
     (0..cohort.customers)
         .map(|_| {
             let first_purchase = rng.r#gen::<f64>() * cohort.first_purchase_weeks;
-            let rate: f64 = rates.sample(&mut rng);
-            let dropout: f64 = dropouts.sample(&mut rng);
-            let mut repeat_purchases = Vec::new();
-            let mut time = first_purchase;
-            loop {
-                // An exponential wait by inversion. A rate that underflowed to 0 makes the wait
-                // infinite or NaN; both end the customer's purchases.
-                let uniform: f64 = 1.0 - rng.r#gen::<f64>();
-                time += -uniform.ln() / rate;
-                if time.is_nan() || time > cohort.end_weeks {
-                    break;
-                }
-                repeat_purchases.push(time);
-                if rng.r#gen::<f64>() < dropout {
-                    break;
-                }
-            }
-            SimulatedCustomer {
-                first_purchase,
-                repeat_purchases,
-            }
+            draws.customer(first_purchase, cohort.end_weeks, &mut rng)
         })
         .collect()
+}
+
+/// The BG/NBD population as distributions: one customer's purchase rate and dropout
+/// probability, then their purchases. `propensity generate --process repeat-buyers` draws its
+/// shoppers with it too, so the generator and the fit's own tests share one definition.
+#[derive(Clone, Copy, Debug)]
+pub struct CustomerDraws {
+    rates: Gamma<f64>,
+    dropouts: Beta<f64>,
+}
+
+impl CustomerDraws {
+    /// Panics unless every parameter is positive and finite (they are constants here).
+    pub fn new(params: BgNbdParams) -> CustomerDraws {
+        CustomerDraws {
+            rates: Gamma::new(params.r, 1.0 / params.alpha).expect("BG/NBD r and alpha are > 0"),
+            dropouts: Beta::new(params.a, params.b).expect("BG/NBD a and b are > 0"),
+        }
+    }
+
+    /// One customer whose first purchase is at `first_purchase` (weeks): draws a rate and a
+    /// dropout probability, then repeat purchases at exponential intervals up to `end_weeks`,
+    /// dropping out after each with that probability.
+    pub fn customer<R: Rng>(
+        &self,
+        first_purchase: f64,
+        end_weeks: f64,
+        rng: &mut R,
+    ) -> SimulatedCustomer {
+        let rate: f64 = self.rates.sample(rng);
+        let dropout: f64 = self.dropouts.sample(rng);
+        let mut repeat_purchases = Vec::new();
+        let mut time = first_purchase;
+        loop {
+            // An exponential wait by inversion. A rate that underflowed to 0 makes the wait
+            // infinite or NaN; both end the customer's purchases.
+            let uniform: f64 = 1.0 - rng.r#gen::<f64>();
+            time += -uniform.ln() / rate;
+            if time.is_nan() || time > end_weeks {
+                break;
+            }
+            repeat_purchases.push(time);
+            if rng.r#gen::<f64>() < dropout {
+                break;
+            }
+        }
+        SimulatedCustomer {
+            first_purchase,
+            repeat_purchases,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! (session arrivals, plans, the scheduler and the gaps between events), `funnel.rs` (one
 //! product's decisions and their purchase probabilities), `output.rs` (the events CSV and the
 //! truth file), with `clock.rs` (time units, the diurnal profile) and `random.rs` (the draws).
+//! `repeat.rs` is the other process, `--process repeat-buyers`: purchase occasions from BG/NBD
+//! and spend from Gamma-Gamma with known parameters, the customer-value models' truth.
 //! This file holds the entry points and the tests of whole runs.
 //!
 //! # The behavioural model
@@ -97,6 +99,7 @@ mod funnel;
 mod output;
 mod population;
 mod random;
+mod repeat;
 mod session;
 
 use std::fs::File;
@@ -113,10 +116,25 @@ use rand_chacha::ChaCha8Rng;
 use self::clock::{DAY, HOUR, SECOND};
 use self::output::Output;
 use self::population::{Catalogue, MAX_USERS, User};
+use self::repeat::RepeatBuyer;
 use self::session::Generator;
+use crate::offline::value::synthetic::CustomerDraws;
 
 pub use self::output::TRUTH_HEADER;
+pub use self::repeat::{REPEAT_PURCHASES, SPEND};
 pub use self::session::GenerateSummary;
+
+/// Which behavioural process the shoppers follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Process {
+    /// Browsing sessions whose products run the purchase funnel, with an exact truth for every
+    /// scoring point (the propensity model's oracle).
+    #[default]
+    Funnel,
+    /// Purchase occasions from BG/NBD and spend from Gamma-Gamma with known parameters (the
+    /// customer-value models' truth); one view, cart and purchase per occasion, no truth file.
+    RepeatBuyers,
+}
 
 /// Events per user per simulated day, measured (7.0 to 7.4 over runs of 1,000 to 20,000 users
 /// and 3 to 30 days), for sizing runs: `--users 20000 --days 14` writes about 2.0 million events.
@@ -133,6 +151,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// When the simulated span starts.
     pub start: DateTime<Utc>,
+    /// The shoppers' behaviour.
+    pub process: Process,
 }
 
 impl Default for GenerateOptions {
@@ -145,6 +165,7 @@ impl Default for GenerateOptions {
                 .with_ymd_and_hms(2019, 10, 1, 0, 0, 0)
                 .single()
                 .expect("a valid date"),
+            process: Process::Funnel,
         }
     }
 }
@@ -167,12 +188,26 @@ pub fn generate<W: Write, T: Write>(
         "at most {MAX_USERS} users fit the REES46 user id range, {} asked",
         options.users
     );
+    ensure!(
+        options.process == Process::Funnel || truth.is_none(),
+        "the repeat-buyer process has no truth file: every occasion is bought (drop --truth)"
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let catalogue = Catalogue::new(&mut rng);
     let start = options.start.timestamp_millis().div_euclid(SECOND) * SECOND;
-    let users = (0..options.users)
+    let end = start + Millis::from(options.days) * DAY;
+    let users: Vec<User> = (0..options.users)
         .map(|index| User::new(index, options.users, start, &catalogue, &mut rng))
         .collect();
+    let buyers = match options.process {
+        Process::Funnel => Vec::new(),
+        Process::RepeatBuyers => {
+            let draws = CustomerDraws::new(REPEAT_PURCHASES);
+            (0..users.len())
+                .map(|_| RepeatBuyer::new(start, end, &draws, &mut rng))
+                .collect()
+        }
+    };
     let mut output = Output::new(out, truth)?;
     let mut generator = Generator {
         rng,
@@ -182,8 +217,8 @@ pub fn generate<W: Write, T: Write>(
         next_sequence: 0,
         summary: GenerateSummary::default(),
         interests: Vec::new(),
+        buyers,
     };
-    let end = start + Millis::from(options.days) * DAY;
     let mut chunk_start = start;
     while chunk_start < end {
         let chunk_end = (chunk_start + CHUNK).min(end);
@@ -208,8 +243,8 @@ pub fn generate<W: Write, T: Write>(
     Ok(summary)
 }
 
-/// Generates into files, with a progress bar on stderr when `show_progress` is set: what the
-/// `generate` and `demo` commands call.
+/// Generates the funnel process into files, with a progress bar on stderr when `show_progress`
+/// is set: what `demo`, the benchmarks and the tests call.
 pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
     users: u64,
     days: u32,
@@ -218,13 +253,25 @@ pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
     truth: Option<Q>,
     show_progress: bool,
 ) -> Result<GenerateSummary> {
-    let out = out.as_ref();
     let options = GenerateOptions {
         users,
         days,
         seed,
         ..GenerateOptions::default()
     };
+    write_files(&options, out, truth, show_progress)
+}
+
+/// Generates into files, with a progress bar on stderr when `show_progress` is set: what the
+/// `generate` command calls.
+pub fn write_files<P: AsRef<Path>, Q: AsRef<Path>>(
+    options: &GenerateOptions,
+    out: P,
+    truth: Option<Q>,
+    show_progress: bool,
+) -> Result<GenerateSummary> {
+    let out = out.as_ref();
+    let (users, days) = (options.users, options.days);
     let events =
         File::create(out).with_context(|| format!("failed to create {}", out.display()))?;
     let truth_file = match truth.as_ref().map(AsRef::as_ref) {
@@ -234,7 +281,10 @@ pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
         None => None,
     };
     let progress = if show_progress {
-        let expected = (users as f64 * f64::from(days) * EVENTS_PER_USER_DAY) as u64;
+        let expected = match options.process {
+            Process::Funnel => (users as f64 * f64::from(days) * EVENTS_PER_USER_DAY) as u64,
+            Process::RepeatBuyers => repeat::expected_events(users, days),
+        };
         let bar = ProgressBar::new(expected);
         bar.set_style(
             ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/~{human_len} events ({per_sec})")
@@ -245,7 +295,7 @@ pub fn generate_files<P: AsRef<Path>, Q: AsRef<Path>>(
     } else {
         ProgressBar::hidden()
     };
-    let summary = generate(&options, events, truth_file, &progress)
+    let summary = generate(options, events, truth_file, &progress)
         .with_context(|| format!("failed to generate {}", out.display()))?;
     progress.finish_and_clear();
     Ok(summary)

@@ -82,7 +82,7 @@ impl<W: Write, T: Write> Output<W, T> {
             event.category_id = category.id;
             event.category_code.clone_from(&category.code);
             event.brand.clone_from(&product.brand);
-            event.price = product.price;
+            event.price = record.price.unwrap_or(product.price);
             event.user_id = generator.users[record.user as usize].id;
             event.user_session.clear();
             write_uuid(&mut event.user_session, record.session);

@@ -12,6 +12,7 @@ use super::clock::{DIURNAL_AMPLITUDE, MINUTE, SECOND, diurnal};
 use super::funnel::{CART_SHARE, DIRECT_BUY_SHARE, Funnel, Interest, Stage, VIEW_IN_CART};
 use super::population::{Catalogue, PREFERRED_CATEGORIES, User};
 use super::random::{normal, pick};
+use super::repeat::{self, RepeatBuyer};
 
 /// What a run produced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -77,6 +78,8 @@ pub(super) struct Record {
     pub(super) event_type: EventType,
     /// The truth of a scoring point (unused for purchases).
     pub(super) probability: f64,
+    /// The price on this event when it is not the product's catalogue price (repeat buyers).
+    pub(super) price: Option<f64>,
 }
 
 /// The state of a run: the users, the catalogue, the one random stream and the events
@@ -91,11 +94,18 @@ pub(super) struct Generator {
     pub(super) summary: GenerateSummary,
     /// The current session's products, kept to reuse the allocation.
     pub(super) interests: Vec<Interest>,
+    /// Under the repeat-buyer process, each user's purchase occasions (by user index); empty
+    /// under the funnel process.
+    pub(super) buyers: Vec<RepeatBuyer>,
 }
 
 impl Generator {
     /// Simulates every session that starts before `until`.
     pub(super) fn simulate_until(&mut self, until: Millis) {
+        if !self.buyers.is_empty() {
+            self.simulate_occasions_until(until);
+            return;
+        }
         for index in 0..self.users.len() {
             while self.users[index].next_arrival < until {
                 let user = &mut self.users[index];
@@ -105,6 +115,33 @@ impl Generator {
                 if self.rng.r#gen::<f64>() < accept && arrival >= self.users[index].busy_until {
                     self.simulate_session(index, arrival);
                 }
+            }
+        }
+    }
+
+    /// The repeat-buyer process: one buying session per occasion before `until`.
+    fn simulate_occasions_until(&mut self, until: Millis) {
+        for index in 0..self.users.len() {
+            while let Some(time) = self.buyers[index].next_before(until) {
+                let mut emitter = Emitter {
+                    time,
+                    first: true,
+                    user: index as u32,
+                    session: uuid_bits(self.rng.r#gen()),
+                    price: None,
+                    pending: &mut self.pending,
+                    next_sequence: &mut self.next_sequence,
+                };
+                repeat::buying_session(
+                    &mut self.users[index],
+                    &self.buyers[index],
+                    &self.catalogue,
+                    &mut emitter,
+                    &mut self.rng,
+                );
+                self.summary.sessions += 1;
+                self.summary.sessions_with_cart += 1;
+                self.summary.purchases += 1;
             }
         }
     }
@@ -138,6 +175,7 @@ impl Generator {
             first: true,
             user: user_index as u32,
             session,
+            price: None,
             pending: &mut self.pending,
             next_sequence: &mut self.next_sequence,
         };
@@ -275,7 +313,7 @@ impl Generator {
 }
 
 /// Preference among a user's three categories: the first most.
-const PREFERRED_CUMULATIVE: [f64; PREFERRED_CATEGORIES] = [0.5, 0.8, 1.0];
+pub(super) const PREFERRED_CUMULATIVE: [f64; PREFERRED_CATEGORIES] = [0.5, 0.8, 1.0];
 
 /// Picks the next product of a session: sometimes one the user viewed before and did not buy,
 /// else a popular one of `category`; never one already opened in this session, because a product
@@ -308,17 +346,19 @@ fn open_product(
 }
 
 /// Appends a session's events with their gaps.
-struct Emitter<'a> {
+pub(super) struct Emitter<'a> {
     time: Millis,
     first: bool,
     user: u32,
     session: u128,
+    /// The price on the events when it is not the catalogue's.
+    pub(super) price: Option<f64>,
     pending: &'a mut Vec<Record>,
     next_sequence: &'a mut u64,
 }
 
 impl Emitter<'_> {
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         event_type: EventType,
         product: u32,
@@ -338,6 +378,7 @@ impl Emitter<'_> {
             session: self.session,
             event_type,
             probability,
+            price: self.price,
         });
         *self.next_sequence += 1;
     }
