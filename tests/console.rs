@@ -164,25 +164,11 @@ async fn assert_abandonment_matches_the_api(
     use propensity_actors::event::{format_time, parse_time};
     let started = Instant::now();
     loop {
-        let live: Value = client
-            .get(format!("{url}/v1/live"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let live = get(client, url, "/v1/live", &[]).await;
         let to = parse_time(live["as_of"].as_str().unwrap()).unwrap();
         let from = to - 47 * 3_600_000;
-        let outcomes: Value = client
-            .get(format!("{url}/v1/outcomes"))
-            .query(&[("from", format_time(from)), ("to", format_time(to))])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let period = [("from", format_time(from)), ("to", format_time(to))];
+        let outcomes = get(client, url, "/v1/outcomes", &period).await;
         let total = &outcomes["total"];
         let expected = format!(
             "({} purchased, {} abandoned, {} browsed)",
@@ -224,6 +210,19 @@ fn thousands(count: &Value) -> String {
         out.push(digit);
     }
     out
+}
+
+async fn get(client: &reqwest::Client, url: &str, path: &str, query: &[(&str, String)]) -> Value {
+    let response = client
+        .get(format!("{url}{path}"))
+        .query(query)
+        .send()
+        .await
+        .expect("the service answers");
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON answer");
+    assert!(status.is_success(), "GET {path}: {status} {body}");
+    body
 }
 
 async fn post(client: &reqwest::Client, url: &str, path: &str, token: &str, body: &Value) -> Value {
@@ -288,14 +287,7 @@ async fn the_console_shows_sales_live_and_the_same_scores_as_the_api() {
         }
     })
     .await;
-    let live: Value = client
-        .get(format!("{url}/v1/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live = get(&client, &url, "/v1/live", &[]).await;
     assert_eq!(
         live_sessions
             .as_str()
