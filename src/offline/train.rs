@@ -103,16 +103,31 @@ pub struct ScoringRow {
 
 /// Labels scoring points as purchases arrive. A row waits in its session's list until the
 /// session ends: by then a purchase of the same product has labelled it 1, or it stays 0. Only
-/// rows of open sessions are held.
+/// rows of open sessions are held. Rows are handed on by reference and every list is reused, so a
+/// row is copied once into its list and once by whoever keeps it.
 #[derive(Default)]
 struct Labeler {
     pending: foldhash::HashMap<SessionKey, Vec<ScoringRow>>,
-    finished: Vec<ScoringRow>,
+    /// Lists of the sessions that ended since the last hand-on.
+    ended: Vec<Vec<ScoringRow>>,
+    /// Emptied lists, kept with their capacity for the next sessions.
+    spare: Vec<Vec<ScoringRow>>,
+    /// (sequence, list, row) of the ended rows, to merge several lists in event order.
+    order: Vec<(u64, u32, u32)>,
 }
+
+/// Lists longer than this are not kept for reuse, so one long session does not pin its memory.
+const SPARE_LIST_ROWS: usize = 64;
+/// How many emptied lists are kept.
+const SPARE_LISTS: usize = 4096;
 
 impl Labeler {
     fn wait(&mut self, row: ScoringRow) {
-        self.pending.entry(row.key).or_default().push(row);
+        let spare = &mut self.spare;
+        self.pending
+            .entry(row.key)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(row);
     }
 
     fn purchase(&mut self, key: SessionKey, product_id: u64) {
@@ -128,19 +143,35 @@ impl Labeler {
 
     fn session_ended(&mut self, key: SessionKey) {
         if let Some(rows) = self.pending.remove(&key) {
-            self.finished.extend(rows);
+            self.ended.push(rows);
         }
     }
 
     /// Hands on the rows whose sessions ended, in event order: which sessions end together
     /// depends only on the events, so the output order is deterministic.
-    fn hand_on(&mut self, emit: &mut impl FnMut(ScoringRow)) {
-        if self.finished.is_empty() {
-            return;
+    fn hand_on(&mut self, emit: &mut impl FnMut(&ScoringRow)) {
+        match self.ended.as_slice() {
+            [] => return,
+            // Each list is in event order already.
+            [rows] => rows.iter().for_each(&mut *emit),
+            lists => {
+                self.order.clear();
+                for (list, rows) in lists.iter().enumerate() {
+                    for (index, row) in rows.iter().enumerate() {
+                        self.order.push((row.sequence, list as u32, index as u32));
+                    }
+                }
+                self.order.sort_unstable();
+                for &(_, list, index) in &self.order {
+                    emit(&lists[list as usize][index as usize]);
+                }
+            }
         }
-        self.finished.sort_unstable_by_key(|row| row.sequence);
-        for row in self.finished.drain(..) {
-            emit(row);
+        for mut rows in self.ended.drain(..) {
+            if rows.capacity() <= SPARE_LIST_ROWS && self.spare.len() < SPARE_LISTS {
+                rows.clear();
+                self.spare.push(rows);
+            }
         }
     }
 }
@@ -161,7 +192,7 @@ pub fn replay_rows<I: Iterator<Item = Event>>(
     events: I,
     session_timeout: Millis,
     progress: &ProgressBar,
-    mut emit: impl FnMut(ScoringRow),
+    mut emit: impl FnMut(&ScoringRow),
 ) -> (ReplayStats, ReplayEngine) {
     let mut engine = ReplayEngine::new(session_timeout);
     let mut stats = ReplayStats::default();
@@ -226,7 +257,9 @@ pub fn replay<I: Iterator<Item = Event>>(
     progress: &ProgressBar,
 ) -> (ScoringRows, ReplayStats, ReplayEngine) {
     let mut finished = Vec::new();
-    let (stats, engine) = replay_rows(events, session_timeout, progress, |row| finished.push(row));
+    let (stats, engine) = replay_rows(events, session_timeout, progress, |row| {
+        finished.push(row.clone())
+    });
     finished.sort_unstable_by_key(|row| row.sequence);
     let mut rows = ScoringRows::default();
     rows.reserve(finished.len());
@@ -631,15 +664,15 @@ pub fn run(request: &TrainRequest) -> Result<(TrainReport, Model)> {
             scoring_points += 1;
             let split = cuts.split(row.time);
             let (written, weight) = match split {
-                Split::Fit => match sample.offer(&row) {
+                Split::Fit => match sample.offer(row) {
                     Some(weight) => (Ok(()), weight),
                     None => return,
                 },
-                Split::Calibration => (calibration.push(&row), 1),
-                Split::Validation => (validation.push(&row), 1),
+                Split::Calibration => (calibration.push(row), 1),
+                Split::Validation => (validation.push(row), 1),
             };
             let exported = match export.as_mut() {
-                Some(export) => export.write(&row, split, weight),
+                Some(export) => export.write(row, split, weight),
                 None => Ok(()),
             };
             if let Err(error) = written.and(exported)
