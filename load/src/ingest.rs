@@ -94,9 +94,13 @@ pub async fn ingest(service: &Service, events: Vec<Event>, batch: usize) -> Resu
     // The events themselves are moved into the engine and dropped there; count from here.
     let heap_before = heap_bytes() - events_heap_estimate(&events);
     let mut chunks = Vec::with_capacity(count / batch + 1);
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        chunks.push(events.by_ref().take(batch).collect::<Vec<_>>());
+    {
+        // The input's own buffer must be gone before the heap is read again: the estimate above
+        // took it out of the baseline already.
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            chunks.push(events.by_ref().take(batch).collect::<Vec<_>>());
+        }
     }
     let started = Instant::now();
     // Two batches in flight keep every shard busy while the next one is split.

@@ -14,8 +14,10 @@ use propensity_actors::store::{
     LoadedCatalog, LoadedUserSide, StateBatch, StateStore, StoreFuture,
 };
 
-/// Heap held by the events themselves (vector slots and their strings).
-pub fn events_heap_estimate(events: &[Event]) -> i64 {
+/// Heap held by the events themselves: the vector's whole buffer (its capacity, which a
+/// collected vector may hold beyond its length) and the events' strings.
+#[allow(clippy::ptr_arg)] // it needs the capacity, which a slice does not have
+pub fn events_heap_estimate(events: &Vec<Event>) -> i64 {
     let strings: usize = events
         .iter()
         .map(|event| {
@@ -25,7 +27,7 @@ pub fn events_heap_estimate(events: &[Event]) -> i64 {
                 + event.event_id.as_ref().map_or(0, String::capacity)
         })
         .sum();
-    (std::mem::size_of_val(events) + strings) as i64
+    (events.capacity() * std::mem::size_of::<Event>() + strings) as i64
 }
 
 /// A store that accepts every write and holds nothing: isolates the engine's own memory from the
