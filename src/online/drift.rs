@@ -4,8 +4,11 @@
 //!
 //! Every score counts its feature values into the bins of the model's profiles, in the window's
 //! current slot; the PSI is computed when /metrics is read, so scoring pays for a few counter
-//! increments and nothing else. A model reload starts a new window on the new model's bins.
+//! increments and nothing else. Each slot is striped by thread: every HTTP worker counts under a
+//! lock of its own, so one worker never waits for another (which a preempted holder would make
+//! a wait of a whole time slice). A model reload starts a new window on the new model's bins.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,12 +23,22 @@ struct Slot {
 }
 
 /// The window of one model: its profiles, where each profile's bins start in a slot's counts,
-/// and the slots.
+/// and the slots, [`STRIPES`] per slot of time (stripe-major: `stripe * slots + slot`).
 struct Window {
     names: Vec<String>,
     profiles: Vec<Profile>,
     offsets: Vec<usize>,
-    slots: Vec<Mutex<Slot>>,
+    slots: usize,
+    stripes: Vec<Mutex<Slot>>,
+}
+
+/// Stripes per slot of time: threads beyond this many share them.
+const STRIPES: usize = 8;
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
 }
 
 /// The PSI of one feature (or `propensity`) over the window.
@@ -70,7 +83,8 @@ impl DriftWatch {
             offsets.push(width);
             width += profile.bin_shares.len();
         }
-        let slots = (0..self.settings.slots.max(1))
+        let slots = self.settings.slots.max(1) as usize;
+        let stripes = (0..slots * STRIPES)
             .map(|_| {
                 Mutex::new(Slot {
                     epoch: 0,
@@ -83,6 +97,7 @@ impl DriftWatch {
             profiles: all,
             offsets,
             slots,
+            stripes,
         })));
     }
 
@@ -99,27 +114,36 @@ impl DriftWatch {
 
     /// Counts one scored vector and its propensity.
     pub fn record(&self, features: &[f64], propensity: f64) {
-        self.record_at(self.epoch_now(), features, propensity);
+        self.record_all(std::iter::once((features, propensity)));
     }
 
-    fn record_at(&self, epoch: u64, features: &[f64], propensity: f64) {
+    /// Counts scored vectors and their propensities: one clock read and one lock for them all.
+    pub fn record_all<'a>(&self, scored: impl IntoIterator<Item = (&'a [f64], f64)>) {
+        self.record_at(self.epoch_now(), scored);
+    }
+
+    fn record_at<'a>(&self, epoch: u64, scored: impl IntoIterator<Item = (&'a [f64], f64)>) {
         let guard = self.window.load();
         let Some(window) = guard.as_ref() else {
             return;
         };
-        if features.len() + 1 != window.profiles.len() {
-            return;
-        }
-        let slot = &window.slots[(epoch % window.slots.len() as u64) as usize];
+        let stripe = STRIPE.with(|stripe| *stripe);
+        let slot = &window.stripes[stripe * window.slots + (epoch % window.slots as u64) as usize];
         let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.epoch != epoch {
             slot.epoch = epoch;
             slot.counts.fill(0);
         }
-        let values = features.iter().chain(std::iter::once(&propensity));
-        for ((profile, &offset), &value) in window.profiles.iter().zip(&window.offsets).zip(values)
-        {
-            slot.counts[offset + profile.bin(value)] += 1;
+        for (features, propensity) in scored {
+            if features.len() + 1 != window.profiles.len() {
+                continue;
+            }
+            let values = features.iter().chain(std::iter::once(&propensity));
+            for ((profile, &offset), &value) in
+                window.profiles.iter().zip(&window.offsets).zip(values)
+            {
+                slot.counts[offset + profile.bin(value)] += 1;
+            }
         }
     }
 
@@ -134,14 +158,14 @@ impl DriftWatch {
         let Some(window) = guard.as_ref() else {
             return (0, Vec::new());
         };
-        let oldest = epoch.saturating_sub(window.slots.len() as u64 - 1);
+        let oldest = epoch.saturating_sub(window.slots as u64 - 1);
         let width = window.offsets.last().copied().unwrap_or(0)
             + window
                 .profiles
                 .last()
                 .map_or(0, |profile| profile.bin_shares.len());
         let mut counts = vec![0u64; width];
-        for slot in &window.slots {
+        for slot in &window.stripes {
             let slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if (oldest..=epoch).contains(&slot.epoch) {
                 for (total, count) in counts.iter_mut().zip(&slot.counts) {
@@ -219,7 +243,7 @@ mod tests {
         watch.start_window(&model);
         for row in 0..1000u64 {
             let features = [(row % 10) as f64, (row * 37 % 100) as f64 + 60.0];
-            watch.record_at(5, &features, model.score(&features));
+            watch.record_at(5, [(&features[..], model.score(&features))]);
         }
         let (rows, drifts) = watch.drifts_at(5);
         assert_eq!(rows, 1000);
@@ -235,14 +259,14 @@ mod tests {
         let watch = watch(10);
         watch.start_window(&model);
         for _ in 0..20 {
-            watch.record_at(100, &[1.0, 1.0], 0.1);
+            watch.record_at(100, [(&[1.0, 1.0][..], 0.1)]);
         }
         assert_eq!(watch.drifts_at(100).0, 20);
         assert_eq!(watch.drifts_at(109).0, 20, "still inside ten slots");
         assert_eq!(watch.drifts_at(110).0, 0, "slid out");
         assert!(watch.drifts_at(110).1.is_empty(), "too few rows for a PSI");
         for _ in 0..20 {
-            watch.record_at(110, &[1.0, 1.0], 0.1);
+            watch.record_at(110, [(&[1.0, 1.0][..], 0.1)]);
         }
         assert_eq!(
             watch.drifts_at(110).0,
@@ -254,11 +278,32 @@ mod tests {
         let mut old = model.clone();
         old.profiles = None;
         watch.start_window(&old);
-        watch.record_at(110, &[1.0, 1.0], 0.1);
+        watch.record_at(110, [(&[1.0, 1.0][..], 0.1)]);
         assert_eq!(
             watch.drifts_at(110),
             (0, Vec::new()),
             "no profiles, no watch"
         );
+    }
+
+    #[test]
+    fn counts_of_every_thread_add_up_and_slide_together() {
+        let model = model();
+        let watch = watch(10);
+        watch.start_window(&model);
+        std::thread::scope(|scope| {
+            for thread in 0..(STRIPES as u64 + 3) {
+                let watch = &watch;
+                scope.spawn(move || {
+                    let rows = vec![(&[1.0, 1.0][..], 0.1); 10 + thread as usize];
+                    watch.record_at(100, rows);
+                });
+            }
+        });
+        let threads = STRIPES as u64 + 3;
+        let expected: u64 = (0..threads).map(|thread| 10 + thread).sum();
+        assert_eq!(watch.drifts_at(100).0, expected, "every stripe is summed, shared ones too");
+        watch.record_at(110, [(&[1.0, 1.0][..], 0.1)]);
+        assert_eq!(watch.drifts_at(110).0, 1, "each stripe's slot slid out on its own");
     }
 }

@@ -195,11 +195,10 @@ impl ScoringActor {
     /// Scores feature vectors with the model in service.
     pub fn score(&self, vectors: &[FeatureVector], explain: bool) -> ScoreResult {
         let model = self.slot.current();
-        let scores = vectors
+        let scores: Vec<Scored> = vectors
             .iter()
             .map(|vector| {
                 let propensity = model.score(vector);
-                self.drift.record(vector, propensity);
                 let band = Band::of(propensity, &self.settings);
                 let explanation = if explain {
                     serde_json::to_value(model.explain(vector)).unwrap_or(serde_json::Value::Null)
@@ -214,6 +213,12 @@ impl ScoringActor {
                 }
             })
             .collect();
+        self.drift.record_all(
+            vectors
+                .iter()
+                .zip(&scores)
+                .map(|(vector, scored)| (&vector[..], scored.propensity)),
+        );
         ScoreResult {
             model_version: model.version.clone(),
             scores,
