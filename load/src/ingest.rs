@@ -12,7 +12,7 @@ use propensity::online::serve::Service;
 use propensity_actors::event::Event;
 
 use crate::events::{read_events, synthetic};
-use crate::memory::{DiscardStore, events_heap_estimate, heap_bytes, resident_bytes};
+use crate::memory::{DiscardStore, SizeCensus, events_heap_estimate, heap_bytes, resident_bytes};
 
 /// Options of `ingest`.
 #[derive(clap::Args, Clone)]
@@ -42,6 +42,11 @@ pub struct IngestArgs {
     /// in a keyspace of this run's own, dropped afterwards.
     #[arg(long, conflicts_with = "discard_writes")]
     scylla: Option<String>,
+    /// Also count the live heap's growth by allocation size and print the classes that grew
+    /// most, per live session: where memory per session goes. Every allocation then updates a
+    /// counter shared by all threads, so the run's events/s are not comparable to others'.
+    #[arg(long)]
+    heap_by_size: bool,
     #[arg(long, default_value = "var/bench")]
     work_dir: PathBuf,
 }
@@ -58,6 +63,9 @@ pub struct IngestResult {
     pub rss_growth_bytes: i64,
     /// Live heap after the run minus before, the events given excluded.
     pub heap_growth_bytes: i64,
+    /// The live allocations' change by size (empty unless counted, see `--heap-by-size`). The
+    /// events given are in it: their strings and their vector show as freed.
+    pub by_size: SizeCensus,
 }
 
 /// Settings of a service started to be measured: on a free port, every session kept live, the
@@ -93,6 +101,7 @@ pub async fn ingest(service: &Service, events: Vec<Event>, batch: usize) -> Resu
     let rss_before = resident_bytes();
     // The events themselves are moved into the engine and dropped there; count from here.
     let heap_before = heap_bytes() - events_heap_estimate(&events);
+    let census_before = SizeCensus::now();
     let mut chunks = Vec::with_capacity(count / batch + 1);
     {
         // The input's own buffer must be gone before the heap is read again: the estimate above
@@ -131,6 +140,7 @@ pub async fn ingest(service: &Service, events: Vec<Event>, batch: usize) -> Resu
         users: stats.users_in_memory,
         rss_growth_bytes: resident_bytes() - rss_before,
         heap_growth_bytes: heap_bytes() - heap_before,
+        by_size: SizeCensus::now().since(&census_before),
     })
 }
 
@@ -157,6 +167,9 @@ pub async fn run(args: IngestArgs) -> Result<()> {
         Some(path) => path.clone(),
         None => synthetic(&args.work_dir, args.users, args.days)?,
     };
+    if args.heap_by_size {
+        crate::memory::count_by_size();
+    }
     let events = read_events(&path)?;
     // The engine does not score here, but the service needs a model to start.
     let model = args.work_dir.join("model.json");
@@ -181,6 +194,9 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     if args.discard_writes {
         let result = measure_memory(&settings, events).await?;
         print_ingest(&result);
+        if args.heap_by_size {
+            result.by_size.print(result.live_sessions, 25);
+        }
         return Ok(());
     }
     let service = Service::start(&settings).await?;
@@ -193,6 +209,9 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     let result = result?;
     stopped?;
     print_ingest(&result);
+    if args.heap_by_size {
+        result.by_size.print(result.live_sessions, 25);
+    }
     let flushes = &metrics.flush_latency;
     let count = flushes.get_sample_count();
     println!(

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use propensity_actors::SessionKey;
 use propensity_actors::event::Event;
@@ -98,22 +98,174 @@ fn counter() -> &'static AtomicI64 {
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         counter().fetch_add(layout.size() as i64, Ordering::Relaxed);
+        count_size(layout.size(), 1);
         unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         counter().fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        count_size(layout.size(), -1);
         unsafe { mimalloc::MiMalloc.dealloc(pointer, layout) }
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         counter().fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        count_size(layout.size(), -1);
+        count_size(new_size, 1);
         unsafe { mimalloc::MiMalloc.realloc(pointer, layout, new_size) }
     }
 }
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Allocation sizes below this are counted one by one; larger ones by power of two.
+const EXACT_SIZES: usize = 4096;
+const SIZE_CLASSES: usize = EXACT_SIZES + 64;
+
+/// Whether live allocations are also counted by size (off unless asked: every allocation then
+/// updates one more counter, shared by all threads).
+static BY_SIZE: AtomicBool = AtomicBool::new(false);
+static LIVE_BY_SIZE: [AtomicI64; SIZE_CLASSES] = [const { AtomicI64::new(0) }; SIZE_CLASSES];
+/// Live bytes of the power-of-two classes, whose allocations differ in size.
+static LIVE_LARGE_BYTES: [AtomicI64; 64] = [const { AtomicI64::new(0) }; 64];
+
+/// The class of an allocation of `size` bytes: the size itself, or past [`EXACT_SIZES`] its
+/// power of two.
+fn size_class(size: usize) -> usize {
+    if size < EXACT_SIZES {
+        size
+    } else {
+        EXACT_SIZES + size.ilog2() as usize
+    }
+}
+
+fn count_size(size: usize, allocations: i64) {
+    if !BY_SIZE.load(Ordering::Relaxed) {
+        return;
+    }
+    let class = size_class(size);
+    LIVE_BY_SIZE[class].fetch_add(allocations, Ordering::Relaxed);
+    if class >= EXACT_SIZES {
+        LIVE_LARGE_BYTES[class - EXACT_SIZES]
+            .fetch_add(allocations * size as i64, Ordering::Relaxed);
+    }
+}
+
+/// Counts live allocations by size from now on, for [`SizeCensus`].
+pub fn count_by_size() {
+    BY_SIZE.store(true, Ordering::Relaxed);
+}
+
+/// Live allocations by size class: a snapshot, or the change between two.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SizeCensus {
+    allocations: Vec<i64>,
+    large_bytes: Vec<i64>,
+}
+
+/// One size class of a census.
+#[derive(Debug, PartialEq)]
+pub struct SizeRow {
+    /// `"176"`, or `"2^20.."` for a power-of-two class.
+    pub size: String,
+    pub allocations: i64,
+    pub bytes: i64,
+}
+
+impl SizeCensus {
+    /// The live allocations now (all zero unless [`count_by_size`] was called).
+    pub fn now() -> SizeCensus {
+        SizeCensus {
+            allocations: LIVE_BY_SIZE
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .collect(),
+            large_bytes: LIVE_LARGE_BYTES
+                .iter()
+                .map(|bytes| bytes.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+
+    /// What changed from `before` to this one.
+    pub fn since(&self, before: &SizeCensus) -> SizeCensus {
+        let minus = |now: &[i64], then: &[i64]| -> Vec<i64> {
+            now.iter().zip(then).map(|(now, then)| now - then).collect()
+        };
+        SizeCensus {
+            allocations: minus(&self.allocations, &before.allocations),
+            large_bytes: minus(&self.large_bytes, &before.large_bytes),
+        }
+    }
+
+    /// Every class that changed, the most bytes first (freed ones last).
+    pub fn rows(&self) -> Vec<SizeRow> {
+        let mut rows: Vec<SizeRow> = self
+            .allocations
+            .iter()
+            .enumerate()
+            .filter(|(_, allocations)| **allocations != 0)
+            .map(|(class, &allocations)| {
+                if class < EXACT_SIZES {
+                    SizeRow {
+                        size: class.to_string(),
+                        allocations,
+                        bytes: allocations * class as i64,
+                    }
+                } else {
+                    let power = class - EXACT_SIZES;
+                    SizeRow {
+                        size: format!("2^{power}.."),
+                        allocations,
+                        bytes: self.large_bytes[power],
+                    }
+                }
+            })
+            .collect();
+        rows.sort_by_key(|row| std::cmp::Reverse(row.bytes));
+        rows
+    }
+
+    /// The `top` classes that grew most, and the rest summed, per live session.
+    pub fn print(&self, sessions: usize, top: usize) {
+        let per = sessions.max(1) as f64;
+        let rows = self.rows();
+        println!("live heap growth by allocation size, per live session ({sessions} sessions):");
+        println!(
+            "{:>12} {:>14} {:>12} {:>14}",
+            "size (B)", "allocations", "per session", "B per session"
+        );
+        for row in rows.iter().take(top) {
+            println!(
+                "{:>12} {:>14} {:>12.3} {:>14.1}",
+                row.size,
+                row.allocations,
+                row.allocations as f64 / per,
+                row.bytes as f64 / per
+            );
+        }
+        let rest: i64 = rows.iter().skip(top).map(|row| row.bytes).sum();
+        let total: i64 = rows.iter().map(|row| row.bytes).sum();
+        println!(
+            "{:>12} {:>14} {:>12} {:>14.1}",
+            "the rest",
+            "",
+            "",
+            rest as f64 / per
+        );
+        println!(
+            "{:>12} {:>14} {:>12} {:>14.1}",
+            "total",
+            "",
+            "",
+            total as f64 / per
+        );
+        println!(
+            "(the input events, freed during the run, count here as negative allocations, mostly among the rest; the live heap growth above leaves them out)"
+        );
+    }
+}
 
 /// Live heap bytes now, as the counting allocator sees them.
 pub fn heap_bytes() -> i64 {
@@ -134,4 +286,53 @@ pub fn resident_bytes() -> i64 {
                 .and_then(|pages| pages.parse::<i64>().ok())
         })
         .map_or(0, |pages| pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_classed_exactly_then_by_power_of_two() {
+        assert_eq!(size_class(0), 0);
+        assert_eq!(size_class(176), 176);
+        assert_eq!(size_class(EXACT_SIZES - 1), EXACT_SIZES - 1);
+        assert_eq!(size_class(EXACT_SIZES), EXACT_SIZES + 12);
+        assert_eq!(size_class(151 << 20), EXACT_SIZES + 27);
+    }
+
+    #[test]
+    fn a_census_change_lists_the_largest_growth_first_and_frees_last() {
+        let mut before = SizeCensus {
+            allocations: vec![0; SIZE_CLASSES],
+            large_bytes: vec![0; 64],
+        };
+        before.allocations[36] = 10;
+        let mut after = before.clone();
+        after.allocations[176] = 3;
+        after.allocations[36] = 4;
+        after.allocations[EXACT_SIZES + 20] = 1;
+        after.large_bytes[20] = 1_500_000;
+        let rows = after.since(&before).rows();
+        assert_eq!(
+            rows,
+            vec![
+                SizeRow {
+                    size: "2^20..".into(),
+                    allocations: 1,
+                    bytes: 1_500_000
+                },
+                SizeRow {
+                    size: "176".into(),
+                    allocations: 3,
+                    bytes: 528
+                },
+                SizeRow {
+                    size: "36".into(),
+                    allocations: -6,
+                    bytes: -216
+                },
+            ]
+        );
+    }
 }
