@@ -144,6 +144,14 @@ pub async fn ingest(service: &Service, events: Vec<Event>, batch: usize) -> Resu
     })
 }
 
+/// Prints what an ingest run measured, and with `by_size` where its memory went.
+fn print_run(result: &IngestResult, by_size: bool) {
+    print_ingest(result);
+    if by_size {
+        result.by_size.print(result.live_sessions, 25);
+    }
+}
+
 /// Prints what an ingest run measured.
 pub fn print_ingest(result: &IngestResult) {
     println!(
@@ -193,10 +201,7 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     }
     if args.discard_writes {
         let result = measure_memory(&settings, events).await?;
-        print_ingest(&result);
-        if args.heap_by_size {
-            result.by_size.print(result.live_sessions, 25);
-        }
+        print_run(&result, args.heap_by_size);
         return Ok(());
     }
     let service = Service::start(&settings).await?;
@@ -208,10 +213,7 @@ pub async fn run(args: IngestArgs) -> Result<()> {
     }
     let result = result?;
     stopped?;
-    print_ingest(&result);
-    if args.heap_by_size {
-        result.by_size.print(result.live_sessions, 25);
-    }
+    print_run(&result, args.heap_by_size);
     let flushes = &metrics.flush_latency;
     let count = flushes.get_sample_count();
     println!(

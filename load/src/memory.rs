@@ -247,20 +247,14 @@ impl SizeCensus {
         }
         let rest: i64 = rows.iter().skip(top).map(|row| row.bytes).sum();
         let total: i64 = rows.iter().map(|row| row.bytes).sum();
-        println!(
-            "{:>12} {:>14} {:>12} {:>14.1}",
-            "the rest",
-            "",
-            "",
-            rest as f64 / per
-        );
-        println!(
-            "{:>12} {:>14} {:>12} {:>14.1}",
-            "total",
-            "",
-            "",
-            total as f64 / per
-        );
+        for (label, bytes) in [("the rest", rest), ("total", total)] {
+            println!(
+                "{label:>12} {:>14} {:>12} {:>14.1}",
+                "",
+                "",
+                bytes as f64 / per
+            );
+        }
         println!(
             "(the input events, freed during the run, count here as negative allocations, mostly among the rest; the live heap growth above leaves them out)"
         );

@@ -28,8 +28,14 @@ struct Window {
     names: Vec<String>,
     profiles: Vec<Profile>,
     offsets: Vec<usize>,
-    slots: usize,
     stripes: Vec<Mutex<Slot>>,
+}
+
+impl Window {
+    /// Slots of time in the window.
+    fn slots(&self) -> usize {
+        self.stripes.len() / STRIPES
+    }
 }
 
 /// Stripes per slot of time: threads beyond this many share them.
@@ -96,7 +102,6 @@ impl DriftWatch {
             names,
             profiles: all,
             offsets,
-            slots,
             stripes,
         })));
     }
@@ -128,7 +133,8 @@ impl DriftWatch {
             return;
         };
         let stripe = STRIPE.with(|stripe| *stripe);
-        let slot = &window.stripes[stripe * window.slots + (epoch % window.slots as u64) as usize];
+        let slots = window.slots();
+        let slot = &window.stripes[stripe * slots + (epoch % slots as u64) as usize];
         let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.epoch != epoch {
             slot.epoch = epoch;
@@ -158,7 +164,7 @@ impl DriftWatch {
         let Some(window) = guard.as_ref() else {
             return (0, Vec::new());
         };
-        let oldest = epoch.saturating_sub(window.slots as u64 - 1);
+        let oldest = epoch.saturating_sub(window.slots() as u64 - 1);
         let width = window.offsets.last().copied().unwrap_or(0)
             + window
                 .profiles
@@ -302,8 +308,16 @@ mod tests {
         });
         let threads = STRIPES as u64 + 3;
         let expected: u64 = (0..threads).map(|thread| 10 + thread).sum();
-        assert_eq!(watch.drifts_at(100).0, expected, "every stripe is summed, shared ones too");
+        assert_eq!(
+            watch.drifts_at(100).0,
+            expected,
+            "every stripe is summed, shared ones too"
+        );
         watch.record_at(110, [(&[1.0, 1.0][..], 0.1)]);
-        assert_eq!(watch.drifts_at(110).0, 1, "each stripe's slot slid out on its own");
+        assert_eq!(
+            watch.drifts_at(110).0,
+            1,
+            "each stripe's slot slid out on its own"
+        );
     }
 }
