@@ -66,7 +66,11 @@ impl UserSide {
     /// Applies one event to its user and session: admission (duplicates), the session, then the
     /// user's history, as a user actor and its session actors do.
     pub fn apply(&mut self, event: &Event) -> Applied {
-        let identity = event.identity();
+        self.apply_identified(event, event.identity())
+    }
+
+    /// [`Self::apply`] for a caller that has the event's identity already.
+    pub fn apply_identified(&mut self, event: &Event, identity: u64) -> Applied {
         let no_guard = DeliveryGuard::default();
         let admission = delivery::admit(self.users.get(&event.user_id), &no_guard, identity, false);
         if admission == Admission::Duplicate {
@@ -189,7 +193,12 @@ impl ReplayEngine {
 
     /// Applies one event to both sides.
     pub fn apply(&mut self, event: &Event) -> Applied {
-        let applied = self.users.apply(event);
+        self.apply_identified(event, event.identity())
+    }
+
+    /// [`Self::apply`] for a caller that has the event's identity already.
+    pub fn apply_identified(&mut self, event: &Event, identity: u64) -> Applied {
+        let applied = self.users.apply_identified(event, identity);
         if matches!(applied, Applied::Changed { .. }) {
             self.catalog.apply(event);
         }

@@ -204,7 +204,8 @@ pub fn replay_rows<I: Iterator<Item = Event>>(
             progress.inc(65_536);
         }
         let key = SessionKey::of(&event);
-        match engine.apply(&event) {
+        let identity = event.identity();
+        match engine.apply_identified(&event, identity) {
             Applied::Duplicate => {
                 stats.duplicates += 1;
                 continue;
@@ -226,7 +227,7 @@ pub fn replay_rows<I: Iterator<Item = Event>>(
                 features: engine.features(key, event.product_id),
                 label: false,
                 time: event.time,
-                identity: event.identity(),
+                identity,
                 key,
                 product_id: event.product_id,
             });
