@@ -230,6 +230,10 @@ impl Iterator for OrderedEvents {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
+        if let [source] = self.sources.as_mut_slice() {
+            // One sorted file, the common case: nothing to merge.
+            return self.pending[0].take().or_else(|| source.next());
+        }
         let Reverse((_, index)) = self.heads.pop()?;
         let event = self.pending[index].take()?;
         let next = self.sources[index].next();
@@ -304,6 +308,24 @@ mod tests {
             .collect();
         // Equal times keep the order of the files: product 2 (a.csv) before product 6 (b.csv).
         assert_eq!(products, vec![1, 5, 7, 2, 6, 8, 4, 3]);
+    }
+
+    #[test]
+    fn one_sorted_file_streams_every_good_row_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sorted = write(
+            dir.path(),
+            "a.csv",
+            &[&row(1, 1), "garbage", &row(5, 2), &row(5, 3), &row(9, 4)],
+        );
+        let history = HistoryFiles::scan(&[sorted]).unwrap();
+        assert!(history.files[0].sorted);
+        let spill = tempfile::tempdir().unwrap();
+        let products: Vec<u64> = ordered_events(&history, spill.path())
+            .unwrap()
+            .map(|event| event.product_id)
+            .collect();
+        assert_eq!(products, vec![1, 2, 3, 4]);
     }
 
     #[test]
