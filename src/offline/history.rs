@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -90,9 +90,10 @@ impl HistoryFiles {
     }
 }
 
-fn open(path: &Path) -> Result<CsvEvents<BufReader<File>>> {
+fn open(path: &Path) -> Result<CsvEvents<File>> {
     let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(CsvEvents::new(BufReader::with_capacity(1 << 20, file)))
+    // `CsvEvents` buffers its reads itself.
+    Ok(CsvEvents::new(file))
 }
 
 fn report_bad_row(path: &Path, error: &ParseError, bad_rows: u64) {
@@ -116,7 +117,7 @@ fn scan_file(path: &Path, progress: &ProgressBar) -> Result<FileSummary> {
         .with_context(|| format!("failed to read {}", path.display()))?
         .len();
     let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
-    let events = CsvEvents::new(BufReader::with_capacity(1 << 20, progress.wrap_read(file)));
+    let events = CsvEvents::new(progress.wrap_read(file));
     let mut summary = FileSummary {
         path: path.to_owned(),
         rows: 0,

@@ -11,8 +11,9 @@ use std::io::{Chain, Cursor, Read};
 
 use super::{CSV_HEADER, Event, ParseError, event_from_fields, parse_record};
 
-/// Bytes read from the source at a time; a longer line grows the buffer.
-const BUFFER_BYTES: usize = 1 << 20;
+/// Bytes read from the source at a time (a longer line grows the buffer): enough to make the
+/// read calls' cost vanish, small enough to allocate for a short input.
+const BUFFER_BYTES: usize = 1 << 16;
 
 const BYTE_ORDER_MARK: &[u8] = b"\xef\xbb\xbf";
 
@@ -100,7 +101,8 @@ impl<R: Read> Lines<R> {
 }
 
 impl<R: Read> CsvEvents<R> {
-    /// Wraps a reader; the first record must be the REES46 header.
+    /// Wraps a reader; the first record must be the REES46 header. Reads are buffered here, so
+    /// a plain `File` needs no `BufReader`.
     pub fn new(source: R) -> Self {
         Self::with_buffer(source, BUFFER_BYTES)
     }
