@@ -356,32 +356,17 @@ fn parse_id(field: &'static str, text: &str) -> Result<u64, ParseError> {
     if text.len() > 20 {
         return Err(invalid(field, text, "expected an unsigned integer"));
     }
-    if text.len() < 20 {
-        // Nineteen digits or fewer stay below 2^64: no overflow to watch for.
-        let mut value = 0u64;
-        for &byte in text.as_bytes() {
-            let digit = byte.wrapping_sub(b'0');
-            if digit > 9 {
-                return Err(invalid(field, text, "expected an unsigned integer"));
-            }
-            value = value * 10 + u64::from(digit);
-        }
-        return Ok(value);
-    }
-    // Checked and converted in one pass (this runs three times per row of every replay).
     let mut value = 0u64;
-    let mut overflow = false;
     for &byte in text.as_bytes() {
         let digit = byte.wrapping_sub(b'0');
         if digit > 9 {
             return Err(invalid(field, text, "expected an unsigned integer"));
         }
-        let (times_ten, over_mul) = value.overflowing_mul(10);
-        let (sum, over_add) = times_ten.overflowing_add(u64::from(digit));
-        overflow |= over_mul | over_add;
-        value = sum;
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
     }
-    if overflow {
+    // Nineteen digits stay below 2^64; twenty fit when they do not exceed its largest value
+    // (digit strings of one length compare as their numbers do).
+    if text.len() == 20 && text > "18446744073709551615" {
         return Err(invalid(field, text, "does not fit in 64 bits"));
     }
     Ok(value)
@@ -807,8 +792,19 @@ mod tests {
     #[test]
     fn plain_prices_equal_the_general_parser() {
         let mut texts: Vec<String> = [
-            "0", "0.0", "1.", ".5", "1081.98", "0.1", "0.3", "2.675", "999999999999999",
-            "99999999999999.9", "0.00000000000001", "123456789.012345", "00012.50",
+            "0",
+            "0.0",
+            "1.",
+            ".5",
+            "1081.98",
+            "0.1",
+            "0.3",
+            "2.675",
+            "999999999999999",
+            "99999999999999.9",
+            "0.00000000000001",
+            "123456789.012345",
+            "00012.50",
         ]
         .iter()
         .map(|text| text.to_string())
@@ -821,18 +817,36 @@ mod tests {
             state ^= state << 17;
             let digits = (state % 15 + 1) as usize;
             let mantissa = state >> 8;
-            let text = format!("{:0width$}", mantissa % 10u64.pow(digits as u32), width = digits);
+            let text = format!(
+                "{:0width$}",
+                mantissa % 10u64.pow(digits as u32),
+                width = digits
+            );
             let point = (state >> 4) as usize % (digits + 1);
             texts.push(format!("{}.{}", &text[..point], &text[point..]));
             texts.push(text);
         }
         for text in &texts {
             let general: f64 = text.parse().unwrap();
-            assert_eq!(plain_decimal(text).map(f64::to_bits), Some(general.to_bits()), "{text}");
+            assert_eq!(
+                plain_decimal(text).map(f64::to_bits),
+                Some(general.to_bits()),
+                "{text}"
+            );
             assert_eq!(parse_price(text), Ok(general), "{text}");
         }
         // Not plain: left to the general parser, which still accepts or rejects them.
-        for text in ["", ".", "1.2.3", "-1", "+1", "1e3", "1234567890123456", "inf", "1,5"] {
+        for text in [
+            "",
+            ".",
+            "1.2.3",
+            "-1",
+            "+1",
+            "1e3",
+            "1234567890123456",
+            "inf",
+            "1,5",
+        ] {
             assert_eq!(plain_decimal(text), None, "{text}");
         }
         assert_eq!(parse_price("+1"), Ok(1.0));
@@ -884,7 +898,10 @@ mod tests {
             ("1.0", "expected an unsigned integer"),
         ] {
             let error = user_id(text).unwrap_err();
-            assert!(error.contains("`user_id`") && error.contains(reason), "{text}: {error}");
+            assert!(
+                error.contains("`user_id`") && error.contains(reason),
+                "{text}: {error}"
+            );
         }
     }
 

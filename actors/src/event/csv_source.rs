@@ -134,29 +134,35 @@ impl<R: Read> CsvEvents<R> {
             lines_before: line - 1,
         };
     }
+}
 
-    /// Checks the header; `found` is the record's fields as read.
-    fn check_header<'a>(
-        &mut self,
-        found: impl Iterator<Item = &'a [u8]>,
-        line: u64,
-    ) -> Result<(), ParseError> {
-        self.header_checked = true;
-        let found: Vec<&[u8]> = found.collect();
-        if found.iter().copied().eq(CSV_HEADER.iter().map(|name| name.as_bytes())) {
-            return Ok(());
-        }
-        Err(ParseError::Header {
-            expected: CSV_HEADER.join(","),
-            // As read: the fields joined by the commas that separated them.
-            found: found
-                .iter()
-                .map(|field| String::from_utf8_lossy(field))
-                .collect::<Vec<_>>()
-                .join(","),
-        }
-        .at_line(line))
+/// Checks the header; `found` is the record's fields as read.
+fn check_header<'a>(found: impl Iterator<Item = &'a [u8]>, line: u64) -> Result<(), ParseError> {
+    let found: Vec<&[u8]> = found.collect();
+    if found
+        .iter()
+        .copied()
+        .eq(CSV_HEADER.iter().map(|name| name.as_bytes()))
+    {
+        return Ok(());
     }
+    Err(ParseError::Header {
+        expected: CSV_HEADER.join(","),
+        // As read: the fields joined by the commas that separated them.
+        found: found
+            .iter()
+            .map(|field| String::from_utf8_lossy(field))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+    .at_line(line))
+}
+
+fn io_error(error: &dyn std::fmt::Display, line: u64) -> ParseError {
+    ParseError::Io {
+        reason: error.to_string(),
+    }
+    .at_line(line)
 }
 
 fn csv_reader<S: Read>(source: S) -> csv::Reader<S> {
@@ -229,7 +235,10 @@ fn parse_line(line: &[u8], commas: &Commas) -> Result<Event, ParseError> {
     let text = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
     let mut fields = [""; 9];
     let mut start = 0;
-    for (field, end) in fields.iter_mut().zip(commas.at.iter().copied().chain([line.len()])) {
+    for (field, end) in fields
+        .iter_mut()
+        .zip(commas.at.iter().copied().chain([line.len()]))
+    {
         // Commas are ASCII, so every cut is a character boundary.
         *field = &text[start..end];
         start = end + 1;
@@ -246,13 +255,7 @@ impl<R: Read> Iterator for CsvEvents<R> {
                 Source::Lines(lines) => {
                     let (line, range) = match lines.next_line()? {
                         Ok(next) => next,
-                        Err(error) => {
-                            let line = lines.line;
-                            return Some(Err(ParseError::Io {
-                                reason: error.to_string(),
-                            }
-                            .at_line(line)));
-                        }
+                        Err(error) => return Some(Err(io_error(&error, lines.line))),
                     };
                     let mut bytes = &lines.buffer[range.clone()];
                     if let [rest @ .., b'\r'] = bytes {
@@ -271,9 +274,8 @@ impl<R: Read> Iterator for CsvEvents<R> {
                         continue;
                     }
                     if !self.header_checked {
-                        // Borrowing `lines` and `self` at once is not possible: copy the fields.
-                        let header = bytes.to_vec();
-                        match self.check_header(header.split(|byte| *byte == b','), line) {
+                        self.header_checked = true;
+                        match check_header(bytes.split(|byte| *byte == b','), line) {
                             Ok(()) => continue,
                             Err(error) => return Some(Err(error)),
                         }
@@ -294,10 +296,7 @@ impl<R: Read> Iterator for CsvEvents<R> {
                                 .position()
                                 .map(|position| position.line())
                                 .unwrap_or(0);
-                            return Some(Err(ParseError::Io {
-                                reason: error.to_string(),
-                            }
-                            .at_line(lines_before + line)));
+                            return Some(Err(io_error(&error, lines_before + line)));
                         }
                     }
                     let line = lines_before
@@ -309,8 +308,8 @@ impl<R: Read> Iterator for CsvEvents<R> {
                         continue;
                     }
                     if !self.header_checked {
-                        let header = record.clone();
-                        match self.check_header(header.iter(), line) {
+                        self.header_checked = true;
+                        match check_header(record.iter(), line) {
                             Ok(()) => continue,
                             Err(error) => return Some(Err(error)),
                         }
@@ -332,7 +331,9 @@ mod tests {
     fn through_csv_crate(bytes: &[u8]) -> Vec<Result<Event, String>> {
         let mut events = CsvEvents::with_buffer(bytes, 1);
         events.switch_to_csv(0, 1);
-        events.map(|event| event.map_err(|error| error.to_string())).collect()
+        events
+            .map(|event| event.map_err(|error| error.to_string()))
+            .collect()
     }
 
     fn through_lines(bytes: &[u8], buffer: usize) -> Vec<Result<Event, String>> {
@@ -356,8 +357,12 @@ mod tests {
             format!("\u{feff}{HEADER}\n{ROW}\n").into(),
             format!("\n\n{HEADER}\n\n{ROW}\n\n\n{row2}\n\n").into(),
             format!("{HEADER}\n{ROW}\n{row2}\r{ROW}\n{row2}\n").into(),
-            format!("{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,cart,5,6,\"a,b\",\"x\ny\",1,7,s\n{row2}\n").into(),
-            format!("{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,cart,5,6,a\"b,,1,7,s\n{row2}\nbad\n").into(),
+            format!(
+                "{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,cart,5,6,\"a,b\",\"x\ny\",1,7,s\n{row2}\n"
+            )
+            .into(),
+            format!("{HEADER}\n{ROW}\n2019-10-01 00:00:05 UTC,cart,5,6,a\"b,,1,7,s\n{row2}\nbad\n")
+                .into(),
             format!("{HEADER}\n{ROW},extra\n{row2}\n,,,,,,,,\nx\n\r\n{row2}\n").into(),
             format!("a,b\n{ROW}\n").into(),
             format!("\"event_time\",{}\n{ROW}\n", &HEADER[11..]).into(),
@@ -385,7 +390,11 @@ mod tests {
         // The cases above are not vacuous: they hold events, errors and line numbers.
         let quirky = through_csv_crate(&files[8]);
         assert!(quirky.iter().any(Result::is_ok));
-        assert!(quirky.iter().any(|event| matches!(event, Err(message) if message.starts_with("line 5:"))));
+        assert!(
+            quirky
+                .iter()
+                .any(|event| matches!(event, Err(message) if message.starts_with("line 5:")))
+        );
     }
 
     #[test]
@@ -396,9 +405,10 @@ mod tests {
                     let mut line = vec![b'a'; length];
                     line[at] = byte;
                     // Bytes that differ from a comma in one bit, or have the high bit set.
-                    line.iter_mut().enumerate().filter(|(i, _)| *i != at && i % 3 == 0).for_each(
-                        |(i, b)| *b = [b'-', b'.', 0xac, 0x2d, 0x0c][i % 5],
-                    );
+                    line.iter_mut()
+                        .enumerate()
+                        .filter(|(i, _)| *i != at && i % 3 == 0)
+                        .for_each(|(i, b)| *b = [b'-', b'.', 0xac, 0x2d, 0x0c][i % 5]);
                     let found = plain_commas(&line);
                     assert_eq!(found.is_some(), plain, "{line:?}");
                     if let Some(commas) = found {
