@@ -66,17 +66,23 @@ impl UserSide {
     /// Applies one event to its user and session: admission (duplicates), the session, then the
     /// user's history, as a user actor and its session actors do.
     pub fn apply(&mut self, event: &Event) -> Applied {
-        self.apply_identified(event, event.identity())
+        self.apply_identified(event, SessionKey::of(event), event.identity())
     }
 
-    /// [`Self::apply`] for a caller that has the event's identity already.
-    pub fn apply_identified(&mut self, event: &Event, identity: u64) -> Applied {
+    /// [`Self::apply`] for a caller that has the event's session key and identity already.
+    pub fn apply_identified(&mut self, event: &Event, key: SessionKey, identity: u64) -> Applied {
+        // A user first seen here has no identities yet, so admitting it as found or as absent is
+        // the same: one lookup serves admission and the update.
+        let user = self
+            .users
+            .entry(event.user_id)
+            .or_insert_with(|| UserState::new(event.user_id, event.time));
         let no_guard = DeliveryGuard::default();
-        let admission = delivery::admit(self.users.get(&event.user_id), &no_guard, identity, false);
+        let admission = delivery::admit(Some(user), &no_guard, identity, false);
         if admission == Admission::Duplicate {
             return Applied::Duplicate;
         }
-        let step = match self.sessions.entry(SessionKey::of(event)) {
+        let step = match self.sessions.entry(key) {
             Entry::Occupied(entry) => {
                 session::continue_or_restart(entry.into_mut(), event, self.session_timeout)
             }
@@ -86,10 +92,6 @@ impl UserSide {
                 step
             }
         };
-        let user = self
-            .users
-            .entry(event.user_id)
-            .or_insert_with(|| UserState::new(event.user_id, event.time));
         delivery::apply_to_user(
             user,
             &mut DeliveryGuard::default(),
@@ -193,12 +195,12 @@ impl ReplayEngine {
 
     /// Applies one event to both sides.
     pub fn apply(&mut self, event: &Event) -> Applied {
-        self.apply_identified(event, event.identity())
+        self.apply_identified(event, SessionKey::of(event), event.identity())
     }
 
-    /// [`Self::apply`] for a caller that has the event's identity already.
-    pub fn apply_identified(&mut self, event: &Event, identity: u64) -> Applied {
-        let applied = self.users.apply_identified(event, identity);
+    /// [`Self::apply`] for a caller that has the event's session key and identity already.
+    pub fn apply_identified(&mut self, event: &Event, key: SessionKey, identity: u64) -> Applied {
+        let applied = self.users.apply_identified(event, key, identity);
         if matches!(applied, Applied::Changed { .. }) {
             self.catalog.apply(event);
         }

@@ -205,7 +205,7 @@ pub fn replay_rows<I: Iterator<Item = Event>>(
         }
         let key = SessionKey::of(&event);
         let identity = event.identity();
-        match engine.apply_identified(&event, identity) {
+        match engine.apply_identified(&event, key, identity) {
             Applied::Duplicate => {
                 stats.duplicates += 1;
                 continue;
