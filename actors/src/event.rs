@@ -684,6 +684,9 @@ impl From<&Event> for JsonEvent {
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
 
     const HEADER: &str = "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n";
@@ -934,13 +937,8 @@ mod tests {
     fn ids_read_eight_digits_at_a_time_agree_with_the_standard_parser() {
         // Every length up to twenty-one, digits and one stray character anywhere: the value or
         // the refusal of `u64::from_str`, except that a `+` sign is refused here.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |bound: u64| rng.gen_range(0..bound);
         let strays = [
             '/', ':', ' ', 'a', '.', '+', '-', '\u{0}', '\u{7f}', 'é', '\u{ff}',
         ];

@@ -318,6 +318,9 @@ fn price_bucket(price: f64) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
     use super::*;
 
     fn event(time: Millis, event_type: EventType, price: f64) -> Event {
@@ -384,13 +387,8 @@ mod tests {
             }
             None
         }
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+        let mut next = move |bound: u64| rng.gen_range(0..bound);
         for _ in 0..2_000 {
             let mut category = CategoryState::new(1, 0);
             for _ in 0..next(40) {
@@ -416,15 +414,10 @@ mod tests {
 
     #[test]
     fn parts_merge_to_what_one_state_holds_whatever_the_interleaving() {
-        // A small deterministic generator: users spread over three sources, prices and times
+        // Seeded random events: users spread over three sources, prices and times
         // that collide, events out of order and far apart.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |bound: u64| rng.gen_range(0..bound);
         let types = [
             EventType::View,
             EventType::View,
