@@ -363,6 +363,27 @@ impl Engine {
         })
     }
 
+    /// Features of `product_ids` for a shopper with no history and no session yet: the catalog's
+    /// side read as [`Engine::features`] reads it, the shopper's side computed from nothing. No
+    /// shard is asked and no store is read for a shopper who does not exist.
+    pub async fn new_shopper_features(
+        &self,
+        product_ids: Vec<u64>,
+    ) -> Result<Vec<FeatureVector>, EngineError> {
+        let catalog_side = match self.board.catalog_side(&product_ids) {
+            Some(values) => values,
+            None => self.catalog_features(&product_ids).await?,
+        };
+        let mut user_side = vec![0.0; product_ids.len() * USER_SIDE_COUNT];
+        for (product_id, out) in product_ids
+            .iter()
+            .zip(user_side.chunks_exact_mut(USER_SIDE_COUNT))
+        {
+            crate::features::user_side_features(None, None, *product_id, out);
+        }
+        Ok(assemble(product_ids.len(), &user_side, &catalog_side))
+    }
+
     /// The catalog-side features of each product, one after another, from their partitions.
     async fn catalog_features(&self, product_ids: &[u64]) -> Result<Vec<f64>, EngineError> {
         // One request per catalog partition, with the positions of its products.
@@ -1043,6 +1064,31 @@ mod tests {
         store.holding.store(false, Ordering::SeqCst);
         assert_eq!(held.await.unwrap().unwrap().applied, 1);
         assert_eq!(engine.user(slow).await.unwrap().unwrap().counts.views, 1);
+        engine.stop().await.ok();
+    }
+
+    #[actix::test]
+    async fn a_new_shopper_is_scored_from_the_catalog_alone_without_a_user_load() {
+        let store = Arc::new(TestStore::default());
+        let engine = start(2, settings(false), &store);
+        engine.ingest(vec![view(5, 7), view(6, 8)]).await.unwrap();
+        engine.catalog_caught_up().await.unwrap();
+        let nobody = SessionKey::new(0, "");
+        let through_the_shard = engine.features(nobody, vec![7, 8, 9]).await.unwrap();
+        // A load of user 0 now waits forever: the new shopper's features must not need one.
+        *store.held_user.lock().unwrap() = Some(0);
+        store.holding.store(true, Ordering::SeqCst);
+        engine.flush(false).await.unwrap();
+        engine.drop_all().await.unwrap();
+        let vectors = actix::clock::timeout(
+            Duration::from_secs(10),
+            engine.new_shopper_features(vec![7, 8, 9]),
+        )
+        .await
+        .expect("a new shopper's features wait for no user load")
+        .unwrap();
+        assert_eq!(vectors, through_the_shard);
+        store.holding.store(false, Ordering::SeqCst);
         engine.stop().await.ok();
     }
 

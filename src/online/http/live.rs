@@ -3,7 +3,6 @@
 
 use actix_web::{HttpResponse, web};
 use propensity_actors::event::{EventType, format_time};
-use propensity_actors::features::SessionKey;
 
 use super::types::{ErrorBody, LikelyBody, LiveBody, ProductSalesBody, RecentSessionBody};
 use super::{ApiError, AppState};
@@ -13,9 +12,6 @@ use crate::online::scoring::Score;
 const LIVE_PRODUCTS: usize = 20;
 /// How many of the most carted products are scored for `likely_to_sell`.
 const LIKELY_PRODUCTS: usize = 10;
-/// The shopper `likely_to_sell` is scored for: nobody's history, a session that starts now. No
-/// REES46 user has id 0.
-const NEW_SHOPPER: u64 = 0;
 
 /// Events applied by type, live sessions, sales per product in the last minutes, the products
 /// most likely to sell now and the latest shoppers to cart or buy. Covers what this instance
@@ -52,8 +48,7 @@ pub(super) async fn live(state: web::Data<AppState>) -> Result<HttpResponse, Api
     let mut likely_to_sell = Vec::with_capacity(carted.len());
     if !carted.is_empty() {
         let product_ids = carted.iter().map(|product| product.product_id).collect();
-        let key = SessionKey::new(NEW_SHOPPER, "");
-        let vectors = state.engine.features(key, product_ids).await?;
+        let vectors = state.engine.new_shopper_features(product_ids).await?;
         let scored = state
             .scoring
             .send(Score {
