@@ -616,8 +616,13 @@ impl Frame {
 
 /// Opens an SVG sized to hold a standard [`Frame`] with axis titles.
 pub(crate) fn svg_open(frame: &Frame, title: &str) -> String {
+    svg_open_wider(frame, 0.0, title)
+}
+
+/// As [`svg_open`], with `extra` pixels of room right of the plot area (for a legend).
+pub(crate) fn svg_open_wider(frame: &Frame, extra: f64, title: &str) -> String {
     svg_open_sized(
-        frame.left + frame.width + 30.0,
+        frame.left + frame.width + 30.0 + extra,
         frame.top + frame.height + 60.0,
         title,
     )
@@ -681,7 +686,7 @@ fn finite_or_zero(value: f64) -> f64 {
 }
 
 /// Escapes text for SVG element content and attribute values.
-fn xml_escape(text: &str) -> String {
+pub(crate) fn xml_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for character in text.chars() {
         match character {

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::input::{self, InputFormat};
 use super::summary::{Periods, summarize};
 use super::{PredictedValue, ValueError, ValueModel};
-use crate::offline::model::report::{CURVE_COLOR, Frame, format_number, svg_open};
+use crate::offline::model::report::{
+    CURVE_COLOR, Frame, format_number, svg_open_wider, xml_escape,
+};
 
 /// The features segments are made of, in order.
 pub const FEATURES: [&str; 4] = [
@@ -388,8 +390,28 @@ fn write_chart(
         .fold(1.0, f64::max)
         .ceil();
     let frame = Frame::square(x_max, y_max);
-    let mut svg = svg_open(
+    // The legend sits right of the plot area, so it covers no customer.
+    let legend: Vec<String> = model
+        .segments
+        .iter()
+        .map(|segment| {
+            format!(
+                "{} ({})",
+                segment.name,
+                format_number(segment.customers as f64)
+            )
+        })
+        .collect();
+    let legend_width = 20.0
+        + legend
+            .iter()
+            .map(|line| line.chars().count())
+            .max()
+            .unwrap_or(0) as f64
+            * 8.0;
+    let mut svg = svg_open_wider(
         &frame,
+        legend_width,
         &format!(
             "{} customers in {} segments",
             model.customers,
@@ -412,14 +434,13 @@ fn write_chart(
             COLORS[labels[row] % COLORS.len()]
         ));
     }
-    for (index, segment) in model.segments.iter().enumerate() {
+    for (index, line) in legend.iter().enumerate() {
         svg.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\" font-weight=\"bold\">{} ({})</text>\n",
-            frame.x(0.0) + 10.0,
-            frame.y(y_max) + 16.0 + 16.0 * index as f64,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\" font-weight=\"bold\">{}</text>\n",
+            frame.x(x_max) + 20.0,
+            frame.y(y_max) + 12.0 + 16.0 * index as f64,
             COLORS[index % COLORS.len()],
-            segment.name,
-            format_number(segment.customers as f64)
+            xml_escape(line)
         ));
     }
     svg.push_str("</svg>\n");
