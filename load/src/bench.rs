@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use propensity::config::Settings;
 use propensity::online::serve::Service;
 use propensity_actors::event::Event;
@@ -399,6 +399,17 @@ async fn bench_bus(
         runs.push(bus::with_scylla(&freshness_settings, node));
     }
     for run_settings in runs {
+        if run_settings.store.kind == propensity::config::StoreKind::Scylla {
+            // Cassandra's JVM compiles its hot paths during its first minutes of work: on a node
+            // started minutes before, this run measured p50 5.2 s where the next run measured
+            // 1.0 s. A node in service is warm (and ScyllaDB compiles nothing at run time), so
+            // the same run goes once first, unreported, on a keyspace dropped after it.
+            println!("freshness (scylla store): a warm-up run first, not reported");
+            let warm_up =
+                bus::freshness(&run_settings, freshness_events.clone(), args.freshness_rate).await;
+            bus::drop_keyspace(&run_settings);
+            warm_up.context("the warm-up run of the freshness measure on the scylla store")?;
+        }
         let freshness =
             bus::freshness(&run_settings, freshness_events.clone(), args.freshness_rate).await;
         if run_settings.store.kind == propensity::config::StoreKind::Scylla {
@@ -431,12 +442,17 @@ fn freshness_measure(
         value: freshness.p99_ms,
         unit: "ms (p99)",
         result: format!(
-            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} purchase probes (one every 100 ms; store polled every 10 ms; the consumer makes applied events durable every {} ms)",
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} purchase probes (one every 100 ms; store polled every 10 ms; the consumer makes applied events durable every {} ms{})",
             freshness.p50_ms,
             freshness.p99_ms,
             freshness.max_ms,
             freshness.probes,
-            settings.bus.rabbitmq.ack_interval_ms
+            settings.bus.rabbitmq.ack_interval_ms,
+            if freshness.store == "scylla" {
+                "; after an unreported warm-up run of the same events"
+            } else {
+                ""
+            }
         ),
         goal: report::Goal::at_most(2000.0),
         goal_text: "p99 ≤ 2 s".into(),
