@@ -3,7 +3,8 @@
 //! must show in its sales panel within 2 s; the session explorer must show the propensity
 //! `/v1/score` gives for the same shopper and product, with the same decision path; the model
 //! card shows the report's charts and the customers page the segments in service; with a token
-//! configured, the console asks for it and shows nothing without it.
+//! configured, the console asks for it and shows nothing without it; behind a reverse proxy that
+//! serves the service under a path prefix, the console loads and asks for nothing outside it.
 //!
 //! Screenshots of every page go to `target/tmp/console/`, for people to look at; nothing is
 //! compared pixel by pixel.
@@ -509,5 +510,128 @@ async fn with_a_token_the_console_asks_for_it_and_shows_nothing_without_it() {
         "the token prompt goes once the token is given"
     );
     drop(console);
+    service.stop().await.unwrap();
+}
+
+/// The path a [`PrefixProxy`] serves the service under, as a shop's web tier might.
+const PREFIX: &str = "/shop/propensity/";
+
+/// Paths a [`PrefixProxy`] was asked for outside its prefix.
+type Outside = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A reverse proxy that serves a service under [`PREFIX`] and answers 404 to anything else,
+/// recording those paths: a console that asks for an absolute path fails behind it.
+struct PrefixProxy {
+    url: String,
+    outside: Outside,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl PrefixProxy {
+    fn start(target: String) -> PrefixProxy {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+
+        async fn forward(
+            request: HttpRequest,
+            body: web::Bytes,
+            state: web::Data<(String, reqwest::Client, Outside)>,
+        ) -> HttpResponse {
+            let (target, client, outside) = state.get_ref();
+            let path = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |path| path.as_str());
+            let Some(rest) = path.strip_prefix(PREFIX) else {
+                outside.lock().unwrap().push(path.to_owned());
+                return HttpResponse::NotFound().body("outside the prefix");
+            };
+            let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes()).unwrap();
+            let mut outgoing = client
+                .request(method, format!("{target}/{rest}"))
+                .body(body);
+            for name in ["authorization", "content-type", "accept"] {
+                if let Some(value) = request.headers().get(name) {
+                    outgoing = outgoing.header(name, value.as_bytes());
+                }
+            }
+            let answer = outgoing.send().await.expect("the proxied service answers");
+            let status = actix_web::http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .map(|value| value.as_bytes().to_vec());
+            let mut response = HttpResponse::build(status);
+            if let Some(content_type) = content_type {
+                response.insert_header(("content-type", content_type));
+            }
+            response.body(answer.bytes().await.expect("the proxied body arrives"))
+        }
+
+        let outside = Outside::default();
+        let state = web::Data::new((target, reqwest::Client::new(), outside.clone()));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .default_service(web::to(forward))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .expect("the proxy binds a loopback port");
+        let address = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        PrefixProxy {
+            url: format!("http://{address}{PREFIX}"),
+            outside,
+            server: handle,
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn behind_a_proxy_under_a_path_prefix_the_console_loads_and_shows_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::small_model(dir.path(), 30 * 60 * 1000);
+    let settings = common::settings(dir.path(), &model);
+    let service = Service::start(&settings).await.unwrap();
+    let client = reqwest::Client::new();
+    common::post_events(
+        &client,
+        &service.url(),
+        &[purchase(940_000_001, 1_999_999_003, 1_570_000_000_000, 7.5)],
+    )
+    .await;
+    let proxy = PrefixProxy::start(service.url());
+
+    let console = Arc::new({
+        let url = proxy.url.clone();
+        blocking(move || Console::open(&url, "prefix")).await
+    });
+    blocking({
+        let console = console.clone();
+        move || {
+            console.wait_for(
+                "the product's sale on the overview, through the proxy",
+                "document.querySelector('#sales tr[data-product-id=\"1999999003\"] .purchases')?.textContent.trim() === '1'",
+                PAGE_TIMEOUT,
+            );
+            console.go("#/model");
+            console.wait_for(
+                "the model card, through the proxy",
+                "document.querySelector('#app')?.innerText.includes('dt-') || null",
+                PAGE_TIMEOUT,
+            );
+            console.screenshot("prefix");
+        }
+    })
+    .await;
+    let outside = proxy.outside.lock().unwrap().clone();
+    assert!(
+        outside.is_empty(),
+        "the console asked for paths outside the prefix it was served under: {outside:?}"
+    );
+    drop(console);
+    proxy.server.stop(true).await;
     service.stop().await.unwrap();
 }

@@ -131,6 +131,8 @@ function getToken() {
 }
 
 // The one fetch helper: token header, 401 handling, JSON errors. raw: return text instead of JSON.
+// `path` is the API's own (`/v1/live`); it is fetched relative to the page, so the console works
+// behind a proxy that serves the service under a path prefix.
 async function api(path, { method = 'GET', body, raw = false } = {}) {
   const epoch = state.authEpoch;
   const token = getToken();
@@ -139,7 +141,7 @@ async function api(path, { method = 'GET', body, raw = false } = {}) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let res;
   try {
-    res = await fetch(path, {
+    res = await fetch(path.replace(/^\//, ''), {
       method, headers, cache: 'no-store',
       body: body === undefined ? undefined : JSON.stringify(body),
     });
