@@ -19,7 +19,7 @@ pub(crate) mod report;
 mod train;
 mod tree;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{SecondsFormat, Utc};
 use ndarray::Array2;
@@ -281,23 +281,16 @@ impl Model {
     /// Writes the model as pretty JSON.
     ///
     /// Writes a sibling `<path>.tmp` and renames it over `path`, so a process watching the file
-    /// for hot reloads never reads a half-written model.
+    /// for hot reloads never reads a half-written model; creates the directory when missing.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
-        let path = path.as_ref();
         let json = serde_json::to_vec_pretty(self).map_err(ModelError::Serialize)?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(|source| ModelError::Io {
-            operation: "write",
-            path: temporary.clone(),
-            source,
-        })?;
-        std::fs::rename(&temporary, path).map_err(|source| ModelError::Io {
-            operation: "replace",
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::offline::write_replacing(path.as_ref(), &json).map_err(
+            |(operation, path, source)| ModelError::Io {
+                operation,
+                path,
+                source,
+            },
+        )
     }
 
     /// Checks the invariants that deserialization alone cannot: every split reads an existing
@@ -561,7 +554,7 @@ mod tests {
     use super::*;
     use ndarray::array;
 
-    fn temporary_dir(name: &str) -> PathBuf {
+    fn temporary_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "propensity-model-{name}-{}-{}",
             std::process::id(),
@@ -702,13 +695,14 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = temporary_dir("round-trip");
-        let path = dir.join("model.json");
+        // A directory that does not exist yet is created.
+        let path = dir.join("new").join("model.json");
         let mut model = small_model();
         model.metrics = Some(evaluate(&[0.1, 0.9, 0.4], &[false, true, true]));
         model.data_span = Some(("2026-01-01T00:00:00Z".into(), "2026-01-31T00:00:00Z".into()));
         model.save(&path).unwrap();
         assert!(
-            !dir.join("model.json.tmp").exists(),
+            !dir.join("new").join("model.json.tmp").exists(),
             "the temporary file is renamed away"
         );
         let loaded = Model::load(&path).unwrap();
@@ -791,16 +785,24 @@ mod tests {
 
     #[test]
     fn save_reports_unwritable_paths() {
+        // A directory cannot be made under a file, even by root.
+        let dir = temporary_dir("unwritable");
+        std::fs::write(dir.join("a-file"), "").unwrap();
         let error = small_model()
-            .save("/nonexistent-directory/model.json")
+            .save(dir.join("a-file").join("model.json"))
             .unwrap_err();
-        assert!(matches!(
-            error,
-            ModelError::Io {
-                operation: "write",
-                ..
-            }
-        ));
+        assert!(
+            matches!(
+                &error,
+                ModelError::Io {
+                    operation: "create directory",
+                    path,
+                    ..
+                } if path.ends_with("a-file")
+            ),
+            "{error}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

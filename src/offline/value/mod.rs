@@ -28,7 +28,7 @@ pub mod segments;
 pub mod summary;
 pub mod synthetic;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -182,21 +182,15 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 }
 
 /// Writes `value` as pretty JSON, through a sibling `<path>.tmp` renamed over `path` so that a
-/// reader (the service's hot reload) never sees half a file.
+/// reader (the service's hot reload) never sees half a file; creates the directory when missing.
 pub(crate) fn write_json<T: Serialize>(value: &T, path: &Path) -> Result<(), ValueError> {
     let json = serde_json::to_vec_pretty(value).map_err(ValueError::Serialize)?;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, json).map_err(|source| ValueError::Io {
-        operation: "write",
-        path: temporary.clone(),
-        source,
-    })?;
-    std::fs::rename(&temporary, path).map_err(|source| ValueError::Io {
-        operation: "replace",
-        path: path.to_path_buf(),
-        source,
+    crate::offline::write_replacing(path, &json).map_err(|(operation, path, source)| {
+        ValueError::Io {
+            operation,
+            path,
+            source,
+        }
     })
 }
 
@@ -264,11 +258,12 @@ mod tests {
     #[test]
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("value.json");
+        // A directory that does not exist yet is created.
+        let path = dir.path().join("new").join("value.json");
         let saved = model(2357);
         saved.save(&path).unwrap();
         assert_eq!(ValueModel::load(&path).unwrap(), saved);
-        assert!(!dir.path().join("value.json.tmp").exists());
+        assert!(!dir.path().join("new").join("value.json.tmp").exists());
         std::fs::write(&path, "{\"version\": 3}").unwrap();
         let error = ValueModel::load(&path).unwrap_err().to_string();
         assert!(error.contains("invalid value model file"), "{error}");
